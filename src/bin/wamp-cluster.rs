@@ -1,0 +1,160 @@
+//! The `wamp-cluster` program: `wamp-cluster node --config config/node.toml`.
+//!
+//! Reads the configuration (file, then `WAMP_CLUSTER_*` variables, then flags), sets up logs and
+//! metrics, starts the node and waits. SIGINT, SIGTERM and `POST /cluster/leave` mean a graceful
+//! leave, then exit 0. Exit codes: 0 after a leave, 1 when the node failed (such as another
+//! process using its node id), 2 for a bad configuration or command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+use wamp_cluster::{Config, Node};
+
+#[derive(Parser)]
+#[command(name = "wamp-cluster", version, about = "Cluster node for WAMP routers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node until SIGINT, SIGTERM or `POST /cluster/leave`.
+    Node(NodeArgs),
+}
+
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// TOML configuration file (keys: see the README). Without it, defaults apply.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Overrides `node_id`.
+    #[arg(long)]
+    node_id: Option<String>,
+    /// Overrides `cluster_id`.
+    #[arg(long)]
+    cluster_id: Option<String>,
+    /// Overrides `gossip_addr` (UDP, IP:port).
+    #[arg(long)]
+    gossip_addr: Option<String>,
+    /// Overrides `gossip_advertise_addr`.
+    #[arg(long)]
+    gossip_advertise_addr: Option<String>,
+    /// Overrides `forward_addr` (TCP, IP:port).
+    #[arg(long)]
+    forward_addr: Option<String>,
+    /// Overrides `forward_advertise_addr`.
+    #[arg(long)]
+    forward_advertise_addr: Option<String>,
+    /// Overrides `admin_addr` (HTTP, IP:port; port 0 picks a free port).
+    #[arg(long)]
+    admin_addr: Option<String>,
+    /// A seed (`IP:port` or `host:port`); repeat for several. Replaces `seeds`.
+    #[arg(long = "seed", value_name = "ADDR")]
+    seeds: Vec<String>,
+    /// Log format on standard error. `RUST_LOG` filters (default `info`).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+impl NodeArgs {
+    /// The configuration: defaults, file, environment, flags; validated.
+    fn config(&self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        config.apply_env(std::env::vars())?;
+        let flags = [
+            ("node_id", &self.node_id),
+            ("cluster_id", &self.cluster_id),
+            ("gossip_addr", &self.gossip_addr),
+            ("gossip_advertise_addr", &self.gossip_advertise_addr),
+            ("forward_addr", &self.forward_addr),
+            ("forward_advertise_addr", &self.forward_advertise_addr),
+            ("admin_addr", &self.admin_addr),
+        ];
+        for (key, value) in flags {
+            if let Some(value) = value {
+                config
+                    .set(key, value)
+                    .with_context(|| format!("flag --{}", key.replace('_', "-")))?;
+            }
+        }
+        if !self.seeds.is_empty() {
+            config.seeds = self.seeds.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Command::Node(args) = cli.command;
+    init_logging(args.log_format);
+    let config = match args.config() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("wamp-cluster: {err:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("wamp-cluster: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            error!("{err:#}");
+            eprintln!("wamp-cluster: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let prometheus =
+        wamp_cluster::metrics::install_prometheus().map_err(anyhow::Error::msg)?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let node = Node::builder(config).prometheus(prometheus).start().await?;
+    tokio::select! {
+        _ = sigterm.recv() => info!("SIGTERM: leaving"),
+        _ = sigint.recv() => info!("SIGINT: leaving"),
+        _ = node.leave_requested() => info!("leave requested through the admin API"),
+        err = node.failed() => {
+            let _ = node.abort().await;
+            return Err(err.into());
+        }
+    }
+    node.leave().await?;
+    info!("left the cluster");
+    Ok(())
+}

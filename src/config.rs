@@ -1,0 +1,512 @@
+//! Node configuration: the keys of the TOML file, their defaults, validation, and the layering
+//! of file, environment (`WAMP_CLUSTER_…`) and flags.
+//!
+//! Every key can be set in all three places. Later layers win: defaults, then the file, then the
+//! environment, then flags. [`Config::validate`] refuses a bad value with a message that names
+//! the key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ConfigError;
+
+/// Prefix of the environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "WAMP_CLUSTER_";
+
+/// Longest node id or cluster id accepted, in bytes.
+pub const MAX_ID_LEN: usize = 128;
+
+/// Largest size of the labels once encoded for gossip, in bytes. Labels travel in every gossip
+/// exchange, so they must stay small.
+pub const MAX_LABELS_BYTES: usize = 1024;
+
+/// The whole configuration of a node. See `config/node.toml` for an annotated example.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Unique and stable name of this node across restarts: letters, digits, `.`, `_`, `-`.
+    pub node_id: String,
+    /// Nodes gossiping with another cluster id are ignored.
+    pub cluster_id: String,
+    /// UDP address chitchat binds for gossip. Port 0 is refused: the address is part of the
+    /// node's gossip identity and must be known before binding.
+    pub gossip_addr: SocketAddr,
+    /// Gossip address other nodes use to reach this one, when it differs from `gossip_addr`
+    /// (NAT, containers). Required when `gossip_addr` is an unspecified address (`0.0.0.0`).
+    pub gossip_advertise_addr: Option<SocketAddr>,
+    /// TCP address the forwarder listens on; published to the other nodes.
+    pub forward_addr: SocketAddr,
+    /// Forward address other nodes dial, when it differs from `forward_addr`. Required when
+    /// `forward_addr` is an unspecified address.
+    pub forward_advertise_addr: Option<SocketAddr>,
+    /// HTTP admin API and `/metrics`. Port 0 binds a free port (the bound address is gossiped).
+    pub admin_addr: SocketAddr,
+    /// Gossip addresses (`IP:port`) or names (`host:port`) of existing nodes to join through.
+    /// Names are resolved again periodically, so nodes behind one DNS name are found.
+    pub seeds: Vec<String>,
+    /// Free-form labels, gossiped and shown in `/cluster/members`.
+    pub labels: BTreeMap<String, String>,
+    /// Gossip and failure detection.
+    pub gossip: GossipConfig,
+}
+
+/// Gossip timings (the `[gossip]` section).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GossipConfig {
+    /// Milliseconds between gossip rounds; also the failure detector's initial heartbeat
+    /// interval, so a freshly joined node's crash is detected as fast as an old one's.
+    pub interval_ms: u64,
+    /// Phi-accrual threshold above which a silent node is declared down. With the defaults a
+    /// node is declared down after about 1–2 s of silence.
+    pub phi_threshold: f64,
+    /// Seconds a dead node stays in the member list before it is forgotten.
+    pub dead_node_grace_period_secs: u64,
+    /// Milliseconds a starting node waits to hear from another node before it declares itself
+    /// `ready` anyway (it may be the first node of its cluster).
+    pub join_timeout_ms: u64,
+    /// Gossip rounds a leaving node keeps gossiping with `status=leaving` before it stops, so
+    /// that its peers see it leave rather than fail.
+    pub leave_rounds: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_id: String::new(),
+            cluster_id: "default".into(),
+            gossip_addr: SocketAddr::from(([127, 0, 0, 1], 7946)),
+            gossip_advertise_addr: None,
+            forward_addr: SocketAddr::from(([127, 0, 0, 1], 7947)),
+            forward_advertise_addr: None,
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            seeds: Vec::new(),
+            labels: BTreeMap::new(),
+            gossip: GossipConfig::default(),
+        }
+    }
+}
+
+impl Default for GossipConfig {
+    fn default() -> Self {
+        Self::lan()
+    }
+}
+
+impl GossipConfig {
+    /// Timings for a LAN: gossip every 200 ms, failure detected in about 2 s.
+    pub fn lan() -> Self {
+        Self {
+            interval_ms: 200,
+            phi_threshold: 8.0,
+            dead_node_grace_period_secs: 3600,
+            join_timeout_ms: 2000,
+            leave_rounds: 5,
+        }
+    }
+
+    /// Slower detection (about 10 s of silence), for tests that share a loaded machine and do not
+    /// test failure detection: a busy CPU cannot make a node look dead.
+    pub fn tolerant() -> Self {
+        Self {
+            phi_threshold: 40.0,
+            ..Self::lan()
+        }
+    }
+
+    /// The gossip interval.
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms)
+    }
+
+    /// How long a graceful leave keeps gossiping before it stops.
+    pub fn leave_duration(&self) -> Duration {
+        self.interval() * self.leave_rounds
+    }
+}
+
+/// The type of a key, for parsing its value from an environment variable or a flag.
+#[derive(Clone, Copy)]
+enum Kind {
+    Str,
+    Addr,
+    OptAddr,
+    List,
+    Map,
+    U64,
+    U32,
+    F64,
+}
+
+/// Every key and its type, in the order of the documentation. Sections are joined with `.`.
+const KEYS: &[(&str, Kind)] = &[
+    ("node_id", Kind::Str),
+    ("cluster_id", Kind::Str),
+    ("gossip_addr", Kind::Addr),
+    ("gossip_advertise_addr", Kind::OptAddr),
+    ("forward_addr", Kind::Addr),
+    ("forward_advertise_addr", Kind::OptAddr),
+    ("admin_addr", Kind::Addr),
+    ("seeds", Kind::List),
+    ("labels", Kind::Map),
+    ("gossip.interval_ms", Kind::U64),
+    ("gossip.phi_threshold", Kind::F64),
+    ("gossip.dead_node_grace_period_secs", Kind::U64),
+    ("gossip.join_timeout_ms", Kind::U64),
+    ("gossip.leave_rounds", Kind::U32),
+];
+
+impl Config {
+    /// A configuration with defaults and the given node id.
+    pub fn new(node_id: impl Into<String>) -> Self {
+        Self {
+            node_id: node_id.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Reads a TOML file over the defaults. Unknown keys are refused.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|err| match err {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                source_name: path.display().to_string(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses TOML text over the defaults. Unknown keys are refused.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|err| ConfigError::Parse {
+            source_name: "config".into(),
+            message: err.to_string(),
+        })
+    }
+
+    /// Applies every `WAMP_CLUSTER_*` variable from `vars` (usually `std::env::vars()`): the key
+    /// in capitals, sections joined by `__` (`WAMP_CLUSTER_GOSSIP__INTERVAL_MS`). A variable with
+    /// the prefix that names no key is refused, so a typo does not go unnoticed.
+    pub fn apply_env(
+        &mut self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
+        for (name, value) in vars {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let key = rest.to_ascii_lowercase().replace("__", ".");
+            self.set(&key, &value).map_err(|err| match err {
+                ConfigError::UnknownKey { .. } => ConfigError::UnknownEnv { name: name.clone() },
+                ConfigError::Invalid { key, message } => ConfigError::Invalid {
+                    key: format!("{key} (from {name})"),
+                    message,
+                },
+                other => other,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Sets one key (`gossip.interval_ms`) from its text form, as an environment variable or a
+    /// flag gives it: lists are comma-separated, maps are `k=v,k=v`.
+    pub fn set(&mut self, key: &str, raw: &str) -> Result<(), ConfigError> {
+        let Some(&(key, kind)) = KEYS.iter().find(|(name, _)| *name == key) else {
+            return Err(ConfigError::UnknownKey { key: key.into() });
+        };
+        let invalid = |message: String| ConfigError::Invalid {
+            key: key.into(),
+            message,
+        };
+        let raw = raw.trim();
+        let value = match kind {
+            Kind::Str => toml::Value::String(raw.into()),
+            Kind::Addr | Kind::OptAddr => {
+                let addr: SocketAddr = raw
+                    .parse()
+                    .map_err(|_| invalid(format!("`{raw}` is not an IP:port address")))?;
+                toml::Value::String(addr.to_string())
+            }
+            Kind::List => toml::Value::Array(
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| toml::Value::String(s.into()))
+                    .collect(),
+            ),
+            Kind::Map => {
+                let mut table = toml::Table::new();
+                for pair in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    let (k, v) = pair
+                        .split_once('=')
+                        .ok_or_else(|| invalid(format!("`{pair}` is not k=v")))?;
+                    table.insert(k.trim().into(), toml::Value::String(v.trim().into()));
+                }
+                toml::Value::Table(table)
+            }
+            Kind::U64 | Kind::U32 => {
+                let n: u64 = raw
+                    .parse()
+                    .map_err(|_| invalid(format!("`{raw}` is not a non-negative integer")))?;
+                if matches!(kind, Kind::U32) && n > u64::from(u32::MAX) {
+                    return Err(invalid(format!("`{raw}` is too large")));
+                }
+                let n = i64::try_from(n).map_err(|_| invalid(format!("`{raw}` is too large")))?;
+                toml::Value::Integer(n)
+            }
+            Kind::F64 => toml::Value::Float(
+                raw.parse()
+                    .map_err(|_| invalid(format!("`{raw}` is not a number")))?,
+            ),
+        };
+        // Round-trip through TOML so that each key is set by the same serde code as the file.
+        let mut table = toml::Table::try_from(&*self).map_err(|err| invalid(err.to_string()))?;
+        let (section, leaf) = match key.split_once('.') {
+            Some((section, leaf)) => (Some(section), leaf),
+            None => (None, key),
+        };
+        let target = match section {
+            Some(section) => table
+                .get_mut(section)
+                .and_then(toml::Value::as_table_mut)
+                .ok_or_else(|| invalid("section missing".into()))?,
+            None => &mut table,
+        };
+        target.insert(leaf.into(), value);
+        *self = table
+            .try_into()
+            .map_err(|err: toml::de::Error| invalid(err.message().to_string()))?;
+        Ok(())
+    }
+
+    /// Checks every value; the error names the first bad key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: &str| {
+            Err(ConfigError::Invalid {
+                key: key.into(),
+                message: message.into(),
+            })
+        };
+        validate_id("node_id", &self.node_id)?;
+        validate_id("cluster_id", &self.cluster_id)?;
+        if self.gossip_addr.port() == 0 {
+            return invalid(
+                "gossip_addr",
+                "port 0 is not allowed: the gossip address is part of the node's identity",
+            );
+        }
+        if self.forward_addr.port() == 0 {
+            return invalid("forward_addr", "port 0 is not allowed: pick a port");
+        }
+        validate_advertise(
+            ("gossip_addr", self.gossip_addr),
+            ("gossip_advertise_addr", self.gossip_advertise_addr),
+        )?;
+        validate_advertise(
+            ("forward_addr", self.forward_addr),
+            ("forward_advertise_addr", self.forward_advertise_addr),
+        )?;
+        for seed in &self.seeds {
+            if seed.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+                return invalid("seeds", &format!("`{seed}` is not IP:port or host:port"));
+            }
+        }
+        if self.labels.keys().any(|k| k.is_empty()) {
+            return invalid("labels", "a label name is empty");
+        }
+        let labels_len = serde_json::to_string(&self.labels).map_or(usize::MAX, |s| s.len());
+        if labels_len > MAX_LABELS_BYTES {
+            return invalid(
+                "labels",
+                &format!("{labels_len} bytes once encoded, more than {MAX_LABELS_BYTES}"),
+            );
+        }
+        let g = &self.gossip;
+        if !(10..=60_000).contains(&g.interval_ms) {
+            return invalid("gossip.interval_ms", "must be between 10 and 60000");
+        }
+        if !g.phi_threshold.is_finite() || !(1.0..=1000.0).contains(&g.phi_threshold) {
+            return invalid("gossip.phi_threshold", "must be between 1 and 1000");
+        }
+        if g.dead_node_grace_period_secs == 0 {
+            return invalid("gossip.dead_node_grace_period_secs", "must be at least 1");
+        }
+        if g.join_timeout_ms > 600_000 {
+            return invalid("gossip.join_timeout_ms", "must be at most 600000");
+        }
+        if g.leave_rounds > 100 {
+            return invalid("gossip.leave_rounds", "must be at most 100");
+        }
+        Ok(())
+    }
+
+    /// The gossip address other nodes use.
+    pub fn gossip_public_addr(&self) -> SocketAddr {
+        self.gossip_advertise_addr.unwrap_or(self.gossip_addr)
+    }
+
+    /// The forward address other nodes dial.
+    pub fn forward_public_addr(&self) -> SocketAddr {
+        self.forward_advertise_addr.unwrap_or(self.forward_addr)
+    }
+}
+
+fn validate_id(key: &str, id: &str) -> Result<(), ConfigError> {
+    let message = if id.is_empty() {
+        "must be set".to_string()
+    } else if id.len() > MAX_ID_LEN {
+        format!("longer than {MAX_ID_LEN} bytes")
+    } else if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        format!("`{id}` contains {c:?}; use letters, digits, '.', '_' and '-'")
+    } else {
+        return Ok(());
+    };
+    Err(ConfigError::Invalid {
+        key: key.into(),
+        message,
+    })
+}
+
+fn validate_advertise(
+    (bind_key, bind): (&str, SocketAddr),
+    (adv_key, advertise): (&str, Option<SocketAddr>),
+) -> Result<(), ConfigError> {
+    match advertise {
+        None if bind.ip().is_unspecified() => Err(ConfigError::Invalid {
+            key: adv_key.into(),
+            message: format!(
+                "must be set when {bind_key} is the unspecified address {bind}: \
+                 other nodes cannot dial it"
+            ),
+        }),
+        Some(addr) if addr.ip().is_unspecified() || addr.port() == 0 => Err(ConfigError::Invalid {
+            key: adv_key.into(),
+            message: format!("{addr} cannot be dialled by other nodes"),
+        }),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> Config {
+        Config::new("node-1")
+    }
+
+    #[test]
+    fn the_defaults_with_a_node_id_are_valid() {
+        valid().validate().unwrap();
+    }
+
+    #[test]
+    fn a_missing_node_id_is_refused_by_name() {
+        let err = Config::default().validate().unwrap_err().to_string();
+        assert!(err.contains("node_id"), "{err}");
+    }
+
+    #[test]
+    fn the_file_is_read_over_the_defaults() {
+        let config = Config::from_toml(
+            r#"
+            node_id = "n1"
+            seeds = ["127.0.0.1:1", "localhost:2"]
+            labels = { zone = "a" }
+            [gossip]
+            interval_ms = 100
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.node_id, "n1");
+        assert_eq!(config.seeds.len(), 2);
+        assert_eq!(config.labels["zone"], "a");
+        assert_eq!(config.gossip.interval_ms, 100);
+        assert_eq!(config.gossip.phi_threshold, 8.0);
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_file_is_refused_by_name() {
+        let err = Config::from_toml("gossip_adr = \"127.0.0.1:1\"").unwrap_err();
+        assert!(err.to_string().contains("gossip_adr"), "{err}");
+    }
+
+    #[test]
+    fn environment_variables_override_the_file_and_name_the_key_when_bad() {
+        let mut config = valid();
+        config
+            .apply_env([
+                ("WAMP_CLUSTER_GOSSIP__INTERVAL_MS".into(), "100".into()),
+                ("WAMP_CLUSTER_SEEDS".into(), "a:1, b:2".into()),
+                ("WAMP_CLUSTER_LABELS".into(), "zone=a,rack=r1".into()),
+                ("WAMP_CLUSTER_NODE_ID".into(), "123".into()),
+                ("PATH".into(), "/bin".into()),
+            ])
+            .unwrap();
+        assert_eq!(config.gossip.interval_ms, 100);
+        assert_eq!(config.seeds, ["a:1", "b:2"]);
+        assert_eq!(config.labels["rack"], "r1");
+        assert_eq!(config.node_id, "123");
+
+        let err = config
+            .apply_env([("WAMP_CLUSTER_GOSSIP__INTERVAL_MS".into(), "soon".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("gossip.interval_ms"), "{err}");
+        assert!(err.contains("WAMP_CLUSTER_GOSSIP__INTERVAL_MS"), "{err}");
+
+        let err = config
+            .apply_env([("WAMP_CLUSTER_GOSIP__INTERVAL_MS".into(), "1".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("WAMP_CLUSTER_GOSIP__INTERVAL_MS"), "{err}");
+    }
+
+    #[test]
+    fn binding_an_unspecified_address_needs_an_advertise_address() {
+        let mut config = valid();
+        config.set("gossip_addr", "0.0.0.0:7946").unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("gossip_advertise_addr"), "{err}");
+        config.set("gossip_advertise_addr", "10.0.0.5:7946").unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.gossip_public_addr().to_string(), "10.0.0.5:7946");
+
+        config.set("forward_addr", "0.0.0.0:7947").unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("forward_advertise_addr"), "{err}");
+    }
+
+    #[test]
+    fn each_bad_value_is_refused_with_its_key() {
+        let cases = [
+            ("node_id", "has space"),
+            ("cluster_id", ""),
+            ("gossip_addr", "127.0.0.1:0"),
+            ("gossip.interval_ms", "0"),
+            ("gossip.phi_threshold", "0"),
+            ("gossip.dead_node_grace_period_secs", "0"),
+            ("gossip.leave_rounds", "1000"),
+            ("seeds", "no-port"),
+        ];
+        for (key, raw) in cases {
+            let mut config = valid();
+            config.set(key, raw).unwrap();
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{key}={raw}: {err}");
+        }
+        let err = valid().set("admin_addr", "nowhere").unwrap_err().to_string();
+        assert!(err.contains("admin_addr"), "{err}");
+    }
+}

@@ -1,0 +1,44 @@
+//! wamp-cluster: the cluster layer of a clustered WAMP router.
+//!
+//! Nodes learn who is in the cluster and who is alive from gossip (the `chitchat` crate, over
+//! UDP); each node publishes an immutable live view of the members and a consistent-hash ring
+//! over them. The same library runs as the `wamp-cluster` node program and inside a router.
+//!
+//! # Layout
+//!
+//! - [`config`]: the configuration keys, their defaults, validation, and the layering of file,
+//!   `WAMP_CLUSTER_*` environment variables and flags.
+//! - [`membership`]: chitchat on a thread of its own; the [`LiveView`] derived from gossip by
+//!   pure functions ([`membership::view`]), the ring ([`membership::ring`]), membership events
+//!   and reachability reports.
+//! - [`node`]: [`Node::builder`] starts membership and the admin API together from one
+//!   [`Config`]; [`NodeHandle`] stops them.
+//! - [`admin`]: the HTTP admin API and `/metrics`.
+//! - [`metrics`]: metric names and the Prometheus recorder.
+//! - [`error`]: one error enum per layer.
+//!
+//! How a change flows: chitchat applies a gossip exchange → its live-nodes watcher fires on the
+//! gossip thread → [`Membership`] reads chitchat's state, derives a new [`LiveView`], stores it
+//! in an `ArcSwap` (read without a lock by [`Membership::view`]) and sends it to view watchers,
+//! then sends the [`MembershipEvent`]s that lead to it and updates the metrics.
+
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+#![warn(clippy::await_holding_lock)]
+
+pub mod admin;
+pub mod config;
+pub mod error;
+pub mod membership;
+pub mod metrics;
+pub mod node;
+mod node_id;
+
+pub use config::{Config, GossipConfig};
+pub use error::{ConfigError, MembershipError, NodeError};
+pub use membership::{LiveView, Member, Membership, MembershipEvent, Ring, Status};
+pub use node::{Node, NodeBuilder, NodeHandle};
+pub use node_id::NodeId;
+
+/// The version of wamp-cluster, published in gossip as `version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

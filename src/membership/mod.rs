@@ -1,0 +1,480 @@
+//! Membership: who is in the cluster and who is alive, from chitchat gossip over UDP.
+//!
+//! [`Membership::start`] runs chitchat on a thread of its own with its own single-threaded
+//! runtime, so that no forwarding load can starve the gossip timers (a node whose gossip stalls
+//! for about a second is declared dead by every other node). On every change that gossip
+//! reports, and on every reachability report, the [`LiveView`] is derived again by the pure
+//! functions of [`view`] and published three ways: a lock-free snapshot ([`Membership::view`]),
+//! a watch channel of snapshots and a broadcast channel of [`MembershipEvent`]s.
+//!
+//! - [`keys`]: the gossip keys a node publishes.
+//! - [`view`]: members, the live view, events; derived from gossip.
+//! - [`ring`]: consistent hashing over the live, ready members.
+
+pub mod keys;
+pub mod ring;
+pub mod view;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use chitchat::transport::UdpTransport;
+use chitchat::{
+    spawn_chitchat, Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig,
+    ProtocolVersion,
+};
+use tokio::sync::{broadcast, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+pub use keys::{NodeKeys, Status};
+pub use ring::Ring;
+pub use view::{LiveView, Member, MembershipEvent};
+
+use crate::config::Config;
+use crate::error::MembershipError;
+use crate::metrics as m;
+use crate::NodeId;
+use view::{derive_view, diff_events, GossipNode, Unreachable, ViewInput};
+
+/// Events a subscriber may fall behind by before it loses the oldest ones (it is told how many
+/// with `RecvError::Lagged`).
+pub const EVENT_CHANNEL_CAPACITY: usize = 1024;
+
+/// The view is also rebuilt this often without a gossip change, to notice dead nodes that
+/// chitchat forgot.
+const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Longest wait for the gossip thread to start (bind its socket, resolve seed names) or stop.
+const THREAD_START_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Chitchat's failure detector ignores heartbeat intervals longer than this.
+const MAX_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Heartbeat intervals the failure detector averages over.
+const SAMPLING_WINDOW: usize = 1000;
+
+/// A running membership. Cheap to clone; every clone talks to the same gossip thread.
+#[derive(Clone)]
+pub struct Membership {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    self_id: NodeId,
+    generation: u64,
+    gossip_addr: SocketAddr,
+    leave_duration: Duration,
+    view: ArcSwap<LiveView>,
+    view_tx: watch::Sender<Arc<LiveView>>,
+    events_tx: broadcast::Sender<MembershipEvent>,
+    input: Mutex<ViewInput>,
+    chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
+    stop: CancellationToken,
+    stopped: watch::Sender<Option<Result<(), MembershipError>>>,
+    /// Set once a leave began: the node never turns `ready` after that.
+    leaving: AtomicBool,
+}
+
+impl Membership {
+    /// Starts gossip from a validated configuration. `admin_addr` is published when given.
+    /// Returns once the gossip socket is bound; the node starts as `joining` and turns `ready`
+    /// once it hears from another node, or after `gossip.join_timeout_ms`, or at once when no
+    /// seed other than itself is configured.
+    pub async fn start(
+        config: &Config,
+        admin_addr: Option<SocketAddr>,
+    ) -> Result<Membership, MembershipError> {
+        let generation = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        let self_id = NodeId::from(config.node_id.as_str());
+        let gossip_addr = config.gossip_public_addr();
+        let interval = config.gossip.interval();
+        let chitchat_config = ChitchatConfig {
+            chitchat_id: ChitchatId::new(config.node_id.as_str(), generation, gossip_addr),
+            cluster_id: config.cluster_id.clone(),
+            gossip_interval: interval,
+            listen_addr: config.gossip_addr,
+            seed_nodes: config.seeds.clone(),
+            failure_detector_config: FailureDetectorConfig {
+                phi_threshold: config.gossip.phi_threshold,
+                sampling_window_size: SAMPLING_WINDOW,
+                max_interval: MAX_HEARTBEAT_INTERVAL,
+                initial_interval: interval,
+                dead_node_grace_period: Duration::from_secs(
+                    config.gossip.dead_node_grace_period_secs,
+                ),
+            },
+            marked_for_deletion_grace_period: Duration::from_secs(
+                config.gossip.dead_node_grace_period_secs,
+            ),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            protocol_version: ProtocolVersion::V1,
+        };
+        let keys = NodeKeys {
+            forward_addr: Some(config.forward_public_addr()),
+            admin_addr,
+            status: Status::Joining,
+            version: Some(crate::VERSION.to_owned()),
+            labels: config.labels.clone(),
+        };
+        let foreign_seeds = config
+            .seeds
+            .iter()
+            .any(|seed| seed.parse::<SocketAddr>().ok() != Some(gossip_addr));
+        let join_timeout = Duration::from_millis(config.gossip.join_timeout_ms);
+        let start_error = |message: String| MembershipError::Start {
+            addr: config.gossip_addr,
+            message,
+        };
+
+        let (started_tx, started_rx) = oneshot::channel();
+        let thread_name = format!("gossip-{}", config.node_id);
+        let leave_duration = config.gossip.leave_duration();
+        std::thread::Builder::new()
+            .name(thread_name)
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(err) => {
+                        let _ = started_tx.send(Err(err.to_string()));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let handle =
+                        match spawn_chitchat(chitchat_config, keys.to_pairs(), &UdpTransport).await
+                        {
+                            Ok(handle) => handle,
+                            Err(err) => {
+                                let _ = started_tx.send(Err(format!("{err:#}")));
+                                return;
+                            }
+                        };
+                    let self_view = LiveView::empty(self_id.clone());
+                    let (view_tx, _) = watch::channel(Arc::new(self_view.clone()));
+                    let (events_tx, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
+                    let (stopped, _) = watch::channel(None);
+                    let shared = Arc::new(Shared {
+                        self_id,
+                        generation,
+                        gossip_addr,
+                        leave_duration,
+                        view: ArcSwap::from_pointee(self_view),
+                        view_tx,
+                        events_tx,
+                        input: Mutex::new(ViewInput::default()),
+                        chitchat: handle.chitchat(),
+                        stop: CancellationToken::new(),
+                        stopped,
+                        leaving: AtomicBool::new(false),
+                    });
+                    if started_tx.send(Ok(shared.clone())).is_err() {
+                        // The caller gave up waiting: nobody will ever use this node.
+                        let _ = handle.shutdown().await;
+                        return;
+                    }
+                    let result = drive(&shared, &handle, foreign_seeds, join_timeout).await;
+                    if let Err(err) = handle.shutdown().await {
+                        debug!(error = %err, "gossip server stopped with an error");
+                    }
+                    if let Err(err) = &result {
+                        error!(error = %err, "membership stopped");
+                    }
+                    shared.stopped.send_replace(Some(result));
+                });
+            })
+            .map_err(|err| start_error(err.to_string()))?;
+
+        let shared = tokio::time::timeout(THREAD_START_STOP_TIMEOUT, started_rx)
+            .await
+            .map_err(|_| start_error("timed out".into()))?
+            .map_err(|_| start_error("gossip thread died".into()))?
+            .map_err(start_error)?;
+        info!(
+            node = %shared.self_id,
+            generation,
+            gossip_addr = %shared.gossip_addr,
+            "membership started"
+        );
+        Ok(Membership { shared })
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &NodeId {
+        &self.shared.self_id
+    }
+
+    /// This node's generation (its start time in nanoseconds since the Unix epoch).
+    pub fn generation(&self) -> u64 {
+        self.shared.generation
+    }
+
+    /// The gossip address other nodes reach this node at.
+    pub fn gossip_addr(&self) -> SocketAddr {
+        self.shared.gossip_addr
+    }
+
+    /// The current view: a lock-free read of an immutable snapshot.
+    pub fn view(&self) -> Arc<LiveView> {
+        self.shared.view.load_full()
+    }
+
+    /// A receiver that always holds the latest view and wakes on every new one
+    /// (`tokio_stream::wrappers::WatchStream` makes it a stream).
+    pub fn watch_view(&self) -> watch::Receiver<Arc<LiveView>> {
+        self.shared.view_tx.subscribe()
+    }
+
+    /// A receiver of membership events from now on (`tokio_stream::wrappers::BroadcastStream`
+    /// makes it a stream). One that falls [`EVENT_CHANNEL_CAPACITY`] events behind loses the
+    /// oldest and is told how many.
+    pub fn subscribe_events(&self) -> broadcast::Receiver<MembershipEvent> {
+        self.shared.events_tx.subscribe()
+    }
+
+    /// Marks `node` unreachable in its current generation: it leaves the broadcast targets (not
+    /// the ring) until [`Membership::report_reachable`] or a new generation. Returns `true` when
+    /// this changed its state (the caller reports bad nodes on that transition only); unknown
+    /// nodes and self are ignored.
+    pub fn report_unreachable(&self, node: &str, reason: impl Into<String>) -> bool {
+        let mut input = self.shared.lock_input();
+        let view = self.view();
+        let Some(member) = view.member(node).filter(|_| self.shared.self_id != node) else {
+            return false;
+        };
+        if input
+            .unreachable
+            .get(node)
+            .is_some_and(|r| r.generation == member.generation)
+        {
+            return false;
+        }
+        let report = Unreachable {
+            generation: member.generation,
+            reason: reason.into(),
+        };
+        input.unreachable.insert(member.node_id.clone(), report);
+        self.shared.rebuild(&mut input);
+        true
+    }
+
+    /// Marks `node` reachable again. Returns `true` when it was unreachable.
+    pub fn report_reachable(&self, node: &str) -> bool {
+        let mut input = self.shared.lock_input();
+        if input.unreachable.remove(node).is_none() {
+            return false;
+        }
+        self.shared.rebuild(&mut input);
+        true
+    }
+
+    /// Graceful leave: publishes `status=leaving`, keeps gossiping for `gossip.leave_rounds`
+    /// rounds so that peers see it (they take the node out of their broadcast targets at once,
+    /// and later see it `Left`, not `Down`), then stops gossip. Bounded by the leave duration
+    /// plus the thread's stop timeout.
+    pub async fn leave(&self) -> Result<(), MembershipError> {
+        if self.shared.stop.is_cancelled() {
+            return self.stopped().await;
+        }
+        info!(node = %self.shared.self_id, "leaving the cluster");
+        self.shared.leaving.store(true, Ordering::SeqCst);
+        self.shared.set_status(Status::Leaving).await;
+        let mut stopped = self.shared.stopped.subscribe();
+        // Stop early if gossip dies meanwhile.
+        let _ = tokio::time::timeout(
+            self.shared.leave_duration,
+            stopped.wait_for(|s| s.is_some()),
+        )
+        .await;
+        self.shutdown().await
+    }
+
+    /// Stops gossip at once, without announcing a leave: peers see the node `Down`. Returns how
+    /// membership ended (an error if it had stopped on its own, such as a node id conflict).
+    pub async fn shutdown(&self) -> Result<(), MembershipError> {
+        self.shared.stop.cancel();
+        match tokio::time::timeout(THREAD_START_STOP_TIMEOUT, self.stopped()).await {
+            Ok(result) => result,
+            Err(_) => Err(MembershipError::Gossip(
+                "gossip thread did not stop in time".into(),
+            )),
+        }
+    }
+
+    /// Resolves when membership has stopped: `Ok` after [`Membership::leave`] or
+    /// [`Membership::shutdown`], the error when it stopped on its own.
+    pub async fn stopped(&self) -> Result<(), MembershipError> {
+        let mut stopped = self.shared.stopped.subscribe();
+        let result = match stopped.wait_for(|s| s.is_some()).await {
+            Ok(result) => result.clone().unwrap_or(Err(MembershipError::Stopped)),
+            Err(_) => Err(MembershipError::Stopped),
+        };
+        result
+    }
+
+    /// Whether membership has stopped.
+    pub fn is_stopped(&self) -> bool {
+        self.shared.stopped.borrow().is_some()
+    }
+}
+
+impl Shared {
+    fn lock_input(&self) -> MutexGuard<'_, ViewInput> {
+        self.input.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Derives and publishes a new view from `input`, and sends the events that lead to it.
+    fn rebuild(&self, input: &mut ViewInput) {
+        let old = self.view.load_full();
+        let new = Arc::new(derive_view(&self.self_id, input, &old));
+        let events = diff_events(&old, &new);
+        self.view.store(new.clone());
+        self.view_tx.send_replace(new.clone());
+        let node = self.self_id.to_string();
+        for event in events {
+            info!(node = %self.self_id, peer = %event.node(), kind = event.kind(), ?event, "membership event");
+            metrics::counter!(m::MEMBERSHIP_EVENTS, "node" => node.clone(), "kind" => event.kind())
+                .increment(1);
+            // No receiver is fine: nobody is listening.
+            let _ = self.events_tx.send(event);
+        }
+        for status in [Status::Joining, Status::Ready, Status::Leaving] {
+            let count = new
+                .members()
+                .iter()
+                .filter(|m| m.live && m.status == status)
+                .count();
+            metrics::gauge!(m::LIVE_MEMBERS, "node" => node.clone(), "status" => status.as_str())
+                .set(count as f64);
+        }
+        let dead = new.members().iter().filter(|m| !m.live).count();
+        metrics::gauge!(m::DEAD_MEMBERS, "node" => node.clone()).set(dead as f64);
+        let unreachable = new
+            .members()
+            .iter()
+            .filter(|m| m.live && !m.reachable)
+            .count();
+        metrics::gauge!(m::UNREACHABLE_MEMBERS, "node" => node).set(unreachable as f64);
+    }
+
+    /// Reads chitchat's state, rebuilds the view, and returns a node id conflict if one shows.
+    async fn refresh(&self) -> Result<(), MembershipError> {
+        let (gossip, conflict) = {
+            let chitchat = self.chitchat.lock().await;
+            let live: HashSet<&ChitchatId> = chitchat.live_nodes().collect();
+            let mut conflict = None;
+            let gossip: Vec<GossipNode> = chitchat
+                .node_states()
+                .iter()
+                .map(|(id, state)| {
+                    if *id.node_id == *self.self_id.as_str() && id.generation_id > self.generation
+                    {
+                        conflict = Some(id.clone());
+                    }
+                    GossipNode {
+                        node_id: NodeId::from(id.node_id.clone()),
+                        generation: id.generation_id,
+                        gossip_addr: id.gossip_advertise_addr,
+                        alive: live.contains(id),
+                        keys: NodeKeys::parse(state.key_values()),
+                    }
+                })
+                .collect();
+            (gossip, conflict)
+        };
+        if let Some(other) = conflict {
+            let err = MembershipError::NodeIdConflict {
+                node_id: self.self_id.to_string(),
+                generation: self.generation,
+                gossip_addr: self.gossip_addr,
+                other_generation: other.generation_id,
+                other_gossip_addr: other.gossip_advertise_addr,
+            };
+            metrics::counter!(
+                m::NODE_ID_CONFLICTS,
+                "node" => self.self_id.to_string(),
+                "other_gossip_addr" => other.gossip_advertise_addr.to_string()
+            )
+            .increment(1);
+            return Err(err);
+        }
+        let mut input = self.lock_input();
+        input.gossip = gossip;
+        self.rebuild(&mut input);
+        Ok(())
+    }
+
+    /// Publishes this node's status and refreshes the view so that it shows at once. `Ready`
+    /// is not published once a leave began (checked under chitchat's lock, which the leave
+    /// also takes to publish `Leaving`).
+    async fn set_status(&self, status: Status) {
+        {
+            let mut chitchat = self.chitchat.lock().await;
+            if status == Status::Ready && self.leaving.load(Ordering::SeqCst) {
+                return;
+            }
+            chitchat.self_node_state().set(keys::STATUS, status.as_str());
+        }
+        if let Err(err) = self.refresh().await {
+            warn!(error = %err, "refresh after a status change failed");
+        }
+    }
+}
+
+/// The membership loop on the gossip thread: refreshes the view on every gossip change, turns
+/// the node `ready` once it has joined, and ends on a stop request, a node id conflict or a
+/// gossip failure.
+async fn drive(
+    shared: &Shared,
+    handle: &ChitchatHandle,
+    foreign_seeds: bool,
+    join_timeout: Duration,
+) -> Result<(), MembershipError> {
+    let mut watcher = shared.chitchat.lock().await.live_nodes_watcher();
+    let termination = handle.termination_watcher();
+    tokio::pin!(termination);
+    let mut refresh_tick = tokio::time::interval(REFRESH_INTERVAL);
+    let join_deadline = tokio::time::Instant::now() + join_timeout;
+    let mut joining = true;
+    loop {
+        tokio::select! {
+            _ = shared.stop.cancelled() => return Ok(()),
+            result = &mut termination => {
+                let message = result.err().map_or("stopped".to_string(), |e| format!("{e:#}"));
+                return Err(MembershipError::Gossip(message));
+            }
+            changed = watcher.changed() => {
+                if changed.is_err() {
+                    return Err(MembershipError::Gossip("gossip state dropped".into()));
+                }
+            }
+            _ = refresh_tick.tick() => {}
+            _ = tokio::time::sleep_until(join_deadline), if joining => {}
+        }
+        shared.refresh().await?;
+        if joining {
+            let heard_from_peer = shared
+                .view
+                .load()
+                .members()
+                .iter()
+                .any(|m| m.node_id != shared.self_id && m.live);
+            if !foreign_seeds || heard_from_peer || tokio::time::Instant::now() >= join_deadline
+            {
+                joining = false;
+                info!(node = %shared.self_id, heard_from_peer, "node is ready");
+                shared.set_status(Status::Ready).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,613 @@
+//! The live view: an immutable snapshot of the members, derived from gossip by pure functions.
+//!
+//! [`derive_view`] turns what chitchat knows (one entry per node id and generation) and this
+//! node's reachability reports into a [`LiveView`]; [`diff_events`] compares two views and says
+//! what happened between them. Neither touches a socket, so both are unit-tested here.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::keys::{NodeKeys, Status};
+use super::ring::Ring;
+use crate::NodeId;
+
+/// What gossip says about one generation of one node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GossipNode {
+    /// The node's id.
+    pub node_id: NodeId,
+    /// Its generation (start time in nanoseconds since the Unix epoch).
+    pub generation: u64,
+    /// The gossip address it advertises.
+    pub gossip_addr: SocketAddr,
+    /// Whether chitchat's failure detector holds it alive.
+    pub alive: bool,
+    /// Its published keys.
+    pub keys: NodeKeys,
+}
+
+/// This node's local opinion that a node cannot be reached (from a bad-node report).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unreachable {
+    /// The generation the report was about; a newer generation is reachable again.
+    pub generation: u64,
+    /// Why, as the reporter said.
+    pub reason: String,
+}
+
+/// One member of the cluster, in its highest known generation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Member {
+    /// Node id.
+    pub node_id: NodeId,
+    /// Generation: the node's start time in nanoseconds. A restart is a new generation.
+    pub generation: u64,
+    /// The gossip address it advertises.
+    pub gossip_addr: SocketAddr,
+    /// The forward address it advertises, once published.
+    pub forward_addr: Option<SocketAddr>,
+    /// Its admin API address, once published.
+    pub admin_addr: Option<SocketAddr>,
+    /// Its status.
+    pub status: Status,
+    /// The wamp-cluster version it runs.
+    pub version: Option<String>,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Gossip holds it alive and it has published a forward address.
+    pub live: bool,
+    /// This node has no report that it cannot reach it.
+    pub reachable: bool,
+    /// Why it is unreachable, when it is.
+    pub unreachable_reason: Option<String>,
+}
+
+impl Member {
+    /// Live and ready: on the ring.
+    pub fn is_ring_member(&self) -> bool {
+        self.live && self.status == Status::Ready
+    }
+
+    /// Live, ready and reachable: a broadcast target (when it is not this node).
+    pub fn is_target(&self) -> bool {
+        self.is_ring_member() && self.reachable
+    }
+}
+
+/// An immutable snapshot of the members as this node sees them. Cheap to share (`Arc`), read
+/// without a lock; a new one is published on every change.
+#[derive(Debug, Clone)]
+pub struct LiveView {
+    self_id: NodeId,
+    /// Sorted by node id.
+    members: Vec<Member>,
+    /// Sorted by node id.
+    targets: Vec<NodeId>,
+    ring: Arc<Ring>,
+    epoch: u64,
+}
+
+impl LiveView {
+    /// A view that knows only this node, before gossip has said anything.
+    pub fn empty(self_id: NodeId) -> LiveView {
+        LiveView {
+            self_id,
+            members: Vec::new(),
+            targets: Vec::new(),
+            ring: Arc::new(Ring::new([])),
+            epoch: 0,
+        }
+    }
+
+    /// This node's id.
+    pub fn self_id(&self) -> &NodeId {
+        &self.self_id
+    }
+
+    /// Every member gossip knows, self included, sorted by node id; dead ones with `live: false`.
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// The member with this id.
+    pub fn member(&self, node_id: &str) -> Option<&Member> {
+        self.members
+            .binary_search_by(|m| m.node_id.as_str().cmp(node_id))
+            .ok()
+            .map(|i| &self.members[i])
+    }
+
+    /// This node's own entry.
+    pub fn self_member(&self) -> Option<&Member> {
+        self.member(self.self_id.as_str())
+    }
+
+    /// The ready, live, reachable members other than this node, sorted by node id.
+    pub fn broadcast_targets(&self) -> &[NodeId] {
+        &self.targets
+    }
+
+    /// Whether `node_id` is a broadcast target.
+    pub fn is_target(&self, node_id: &str) -> bool {
+        self.targets
+            .binary_search_by(|n| n.as_str().cmp(node_id))
+            .is_ok()
+    }
+
+    /// The consistent-hash ring over the live, ready members, self included.
+    pub fn ring(&self) -> &Ring {
+        &self.ring
+    }
+
+    /// Counts up by one with every published view.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+}
+
+/// What happened to a member between two views.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MembershipEvent {
+    /// A node became live: seen for the first time, or back after it was down with the same
+    /// generation (a pause, a healed partition).
+    Joined {
+        /// The node.
+        node: NodeId,
+        /// Its generation.
+        generation: u64,
+    },
+    /// A node came back with a newer generation; the old generation is gone for good.
+    Restarted {
+        /// The node.
+        node: NodeId,
+        /// The generation it replaced.
+        old_generation: u64,
+        /// Its new generation.
+        generation: u64,
+    },
+    /// A node announced that it is leaving; it is no longer a broadcast target.
+    Leaving {
+        /// The node.
+        node: NodeId,
+        /// Its generation.
+        generation: u64,
+    },
+    /// A node that announced its leave stopped gossiping.
+    Left {
+        /// The node.
+        node: NodeId,
+        /// Its generation.
+        generation: u64,
+    },
+    /// A node stopped gossiping without announcing it: crashed, paused or cut off.
+    Down {
+        /// The node.
+        node: NodeId,
+        /// Its generation.
+        generation: u64,
+    },
+    /// This node reported that it cannot reach the node.
+    Unreachable {
+        /// The node.
+        node: NodeId,
+        /// Its generation.
+        generation: u64,
+        /// The reporter's reason.
+        reason: String,
+    },
+    /// A node reported unreachable answers again.
+    Reachable {
+        /// The node.
+        node: NodeId,
+        /// Its generation.
+        generation: u64,
+    },
+}
+
+impl MembershipEvent {
+    /// The event's kind in snake case (`joined`, `down`, …), as metrics and logs name it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MembershipEvent::Joined { .. } => "joined",
+            MembershipEvent::Restarted { .. } => "restarted",
+            MembershipEvent::Leaving { .. } => "leaving",
+            MembershipEvent::Left { .. } => "left",
+            MembershipEvent::Down { .. } => "down",
+            MembershipEvent::Unreachable { .. } => "unreachable",
+            MembershipEvent::Reachable { .. } => "reachable",
+        }
+    }
+
+    /// The node the event is about.
+    pub fn node(&self) -> &NodeId {
+        match self {
+            MembershipEvent::Joined { node, .. }
+            | MembershipEvent::Restarted { node, .. }
+            | MembershipEvent::Leaving { node, .. }
+            | MembershipEvent::Left { node, .. }
+            | MembershipEvent::Down { node, .. }
+            | MembershipEvent::Unreachable { node, .. }
+            | MembershipEvent::Reachable { node, .. } => node,
+        }
+    }
+}
+
+/// Everything a view is derived from, kept between rebuilds.
+#[derive(Debug, Default)]
+pub struct ViewInput {
+    /// Every generation of every node chitchat knows, self included.
+    pub gossip: Vec<GossipNode>,
+    /// Reachability reports, by node id.
+    pub unreachable: HashMap<NodeId, Unreachable>,
+    /// The highest generation ever seen per node id, so an old generation never comes back
+    /// even after chitchat forgot the newer one. Entries of ids that chitchat no longer knows in
+    /// any generation are dropped, so this stays as large as chitchat's own state.
+    pub highest_generation: HashMap<NodeId, u64>,
+}
+
+/// Builds the view from its input (and drops reachability reports and generation floors that
+/// no longer apply). `previous` lends its ring when the ring's members did not change.
+pub fn derive_view(self_id: &NodeId, input: &mut ViewInput, previous: &LiveView) -> LiveView {
+    // Generation floors live as long as chitchat knows the node id in any generation.
+    let known: HashSet<&NodeId> = input.gossip.iter().map(|n| &n.node_id).collect();
+    input.highest_generation.retain(|id, _| known.contains(id));
+    // Highest generation per node id, never lower than one seen before.
+    let mut latest: BTreeMap<&NodeId, &GossipNode> = BTreeMap::new();
+    for node in &input.gossip {
+        let floor = input.highest_generation.get(&node.node_id).copied();
+        if floor.is_some_and(|floor| node.generation < floor) {
+            continue;
+        }
+        match latest.get(&node.node_id) {
+            Some(best) if best.generation >= node.generation => {}
+            _ => {
+                latest.insert(&node.node_id, node);
+            }
+        }
+    }
+    for (id, node) in &latest {
+        input
+            .highest_generation
+            .insert((*id).clone(), node.generation);
+    }
+    input.unreachable.retain(|id, report| {
+        latest
+            .get(id)
+            .is_some_and(|node| node.generation == report.generation && id != self_id)
+    });
+
+    let members: Vec<Member> = latest
+        .into_values()
+        .map(|node| {
+            let report = input.unreachable.get(&node.node_id);
+            Member {
+                node_id: node.node_id.clone(),
+                generation: node.generation,
+                gossip_addr: node.gossip_addr,
+                forward_addr: node.keys.forward_addr,
+                admin_addr: node.keys.admin_addr,
+                status: node.keys.status,
+                version: node.keys.version.clone(),
+                labels: node.keys.labels.clone(),
+                live: node.alive && node.keys.forward_addr.is_some(),
+                reachable: report.is_none(),
+                unreachable_reason: report.map(|r| r.reason.clone()),
+            }
+        })
+        .collect();
+
+    let targets = members
+        .iter()
+        .filter(|m| m.is_target() && m.node_id != *self_id)
+        .map(|m| m.node_id.clone())
+        .collect();
+    let ring_nodes: Vec<NodeId> = members
+        .iter()
+        .filter(|m| m.is_ring_member())
+        .map(|m| m.node_id.clone())
+        .collect();
+    let ring = if previous.ring.nodes() == ring_nodes.as_slice() {
+        previous.ring.clone()
+    } else {
+        Arc::new(Ring::new(ring_nodes))
+    };
+    LiveView {
+        self_id: self_id.clone(),
+        members,
+        targets,
+        ring,
+        epoch: previous.epoch + 1,
+    }
+}
+
+/// The events that lead from `old` to `new`, about nodes other than self, in node id order.
+pub fn diff_events(old: &LiveView, new: &LiveView) -> Vec<MembershipEvent> {
+    let mut events = Vec::new();
+    for m in &new.members {
+        if m.node_id == new.self_id {
+            continue;
+        }
+        let node = m.node_id.clone();
+        let generation = m.generation;
+        let Some(o) = old.member(m.node_id.as_str()) else {
+            if m.live {
+                events.push(MembershipEvent::Joined { node, generation });
+                if m.status == Status::Leaving {
+                    events.push(MembershipEvent::Leaving {
+                        node: m.node_id.clone(),
+                        generation,
+                    });
+                }
+            }
+            continue;
+        };
+        if o.generation < m.generation {
+            events.push(MembershipEvent::Restarted {
+                node,
+                old_generation: o.generation,
+                generation,
+            });
+            continue;
+        }
+        if m.live && m.status == Status::Leaving && !(o.live && o.status == Status::Leaving) {
+            if !o.live {
+                events.push(MembershipEvent::Joined {
+                    node: node.clone(),
+                    generation,
+                });
+            }
+            events.push(MembershipEvent::Leaving {
+                node: node.clone(),
+                generation,
+            });
+        } else if o.live && !m.live {
+            if o.status == Status::Leaving || m.status == Status::Leaving {
+                events.push(MembershipEvent::Left {
+                    node: node.clone(),
+                    generation,
+                });
+            } else {
+                events.push(MembershipEvent::Down {
+                    node: node.clone(),
+                    generation,
+                });
+            }
+        } else if !o.live && m.live {
+            events.push(MembershipEvent::Joined {
+                node: node.clone(),
+                generation,
+            });
+        }
+        match (o.reachable, m.reachable) {
+            (true, false) => events.push(MembershipEvent::Unreachable {
+                node,
+                generation,
+                reason: m.unreachable_reason.clone().unwrap_or_default(),
+            }),
+            (false, true) => events.push(MembershipEvent::Reachable { node, generation }),
+            _ => {}
+        }
+    }
+    events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gossip(id: &str, generation: u64, alive: bool, status: Status) -> GossipNode {
+        GossipNode {
+            node_id: id.into(),
+            generation,
+            gossip_addr: "127.0.0.1:1".parse().unwrap(),
+            alive,
+            keys: NodeKeys {
+                forward_addr: Some("127.0.0.1:2".parse().unwrap()),
+                status,
+                ..NodeKeys::default()
+            },
+        }
+    }
+
+    struct Harness {
+        self_id: NodeId,
+        input: ViewInput,
+        view: LiveView,
+    }
+
+    impl Harness {
+        fn new() -> Self {
+            let self_id = NodeId::from("me");
+            Harness {
+                view: LiveView::empty(self_id.clone()),
+                self_id,
+                input: ViewInput::default(),
+            }
+        }
+
+        /// Replaces the gossip input, rebuilds and returns the events.
+        fn gossip(&mut self, nodes: Vec<GossipNode>) -> Vec<MembershipEvent> {
+            self.input.gossip = nodes;
+            self.rebuild()
+        }
+
+        fn rebuild(&mut self) -> Vec<MembershipEvent> {
+            let new = derive_view(&self.self_id, &mut self.input, &self.view);
+            let events = diff_events(&self.view, &new);
+            self.view = new;
+            events
+        }
+
+        fn kinds(events: &[MembershipEvent]) -> Vec<(&'static str, String)> {
+            events
+                .iter()
+                .map(|e| (e.kind(), e.node().to_string()))
+                .collect()
+        }
+    }
+
+    fn me() -> GossipNode {
+        gossip("me", 1, true, Status::Ready)
+    }
+
+    #[test]
+    fn a_restart_replaces_the_old_generation_and_it_never_comes_back() {
+        let mut h = Harness::new();
+        h.gossip(vec![me(), gossip("b", 10, true, Status::Ready)]);
+        let events = h.gossip(vec![
+            me(),
+            gossip("b", 10, true, Status::Ready),
+            gossip("b", 20, true, Status::Ready),
+        ]);
+        assert_eq!(
+            events,
+            [MembershipEvent::Restarted {
+                node: "b".into(),
+                old_generation: 10,
+                generation: 20
+            }]
+        );
+        assert_eq!(h.view.member("b").unwrap().generation, 20);
+        assert_eq!(h.view.members().len(), 2);
+
+        // chitchat forgot generation 20 before 10: 10 must not come back.
+        let events = h.gossip(vec![me(), gossip("b", 10, true, Status::Ready)]);
+        assert!(events.is_empty(), "{events:?}");
+        assert!(h.view.member("b").is_none());
+        assert!(!h.view.is_target("b"));
+    }
+
+    #[test]
+    fn leaving_and_unreachable_members_are_not_targets_but_stay_on_the_ring() {
+        let mut h = Harness::new();
+        h.gossip(vec![
+            me(),
+            gossip("a", 1, true, Status::Ready),
+            gossip("b", 1, true, Status::Leaving),
+            gossip("c", 1, true, Status::Ready),
+            gossip("d", 1, true, Status::Joining),
+            gossip("e", 1, false, Status::Ready),
+        ]);
+        assert_eq!(h.view.broadcast_targets(), ["a", "c"]);
+        h.input.unreachable.insert(
+            "c".into(),
+            Unreachable {
+                generation: 1,
+                reason: "ack timeout".into(),
+            },
+        );
+        let events = h.rebuild();
+        assert_eq!(
+            events,
+            [MembershipEvent::Unreachable {
+                node: "c".into(),
+                generation: 1,
+                reason: "ack timeout".into()
+            }]
+        );
+        assert_eq!(h.view.broadcast_targets(), ["a"]);
+        assert_eq!(h.view.ring().nodes(), ["a", "c", "me"]);
+        let c = h.view.member("c").unwrap();
+        assert!(c.live && !c.reachable);
+        assert_eq!(c.unreachable_reason.as_deref(), Some("ack timeout"));
+    }
+
+    #[test]
+    fn a_member_without_forward_addr_is_not_live() {
+        let mut h = Harness::new();
+        let mut b = gossip("b", 1, true, Status::Ready);
+        b.keys.forward_addr = None;
+        let events = h.gossip(vec![me(), b]);
+        assert!(events.is_empty());
+        assert!(!h.view.member("b").unwrap().live);
+        assert!(h.view.broadcast_targets().is_empty());
+        assert_eq!(h.view.ring().nodes(), ["me"]);
+    }
+
+    #[test]
+    fn a_new_generation_clears_an_unreachable_report() {
+        let mut h = Harness::new();
+        h.gossip(vec![me(), gossip("b", 1, true, Status::Ready)]);
+        h.input.unreachable.insert(
+            "b".into(),
+            Unreachable {
+                generation: 1,
+                reason: "connection lost".into(),
+            },
+        );
+        h.rebuild();
+        assert!(!h.view.is_target("b"));
+        h.gossip(vec![
+            me(),
+            gossip("b", 1, false, Status::Ready),
+            gossip("b", 2, true, Status::Ready),
+        ]);
+        assert!(h.view.is_target("b"));
+        assert!(h.input.unreachable.is_empty());
+    }
+
+    #[test]
+    fn a_graceful_leave_reads_leaving_then_left_and_a_crash_reads_down() {
+        let mut h = Harness::new();
+        h.gossip(vec![
+            me(),
+            gossip("a", 1, true, Status::Ready),
+            gossip("b", 1, true, Status::Ready),
+        ]);
+        let events = h.gossip(vec![
+            me(),
+            gossip("a", 1, true, Status::Leaving),
+            gossip("b", 1, true, Status::Ready),
+        ]);
+        assert_eq!(Harness::kinds(&events), [("leaving", "a".into())]);
+        assert!(!h.view.is_target("a"));
+        let events = h.gossip(vec![
+            me(),
+            gossip("a", 1, false, Status::Leaving),
+            gossip("b", 1, false, Status::Ready),
+        ]);
+        assert_eq!(
+            Harness::kinds(&events),
+            [("left", "a".into()), ("down", "b".into())]
+        );
+        // A paused node that comes back is live again.
+        let events = h.gossip(vec![
+            me(),
+            gossip("a", 1, false, Status::Leaving),
+            gossip("b", 1, true, Status::Ready),
+        ]);
+        assert_eq!(Harness::kinds(&events), [("joined", "b".into())]);
+    }
+
+    #[test]
+    fn joins_are_reported_once_and_never_about_self() {
+        let mut h = Harness::new();
+        let events = h.gossip(vec![me(), gossip("a", 1, true, Status::Joining)]);
+        assert_eq!(Harness::kinds(&events), [("joined", "a".into())]);
+        let events = h.gossip(vec![me(), gossip("a", 1, true, Status::Ready)]);
+        assert!(events.is_empty());
+        assert!(h.view.is_target("a"));
+        assert!(!h.view.is_target("me"));
+        assert_eq!(h.view.epoch(), 2);
+    }
+
+    #[test]
+    fn the_ring_is_reused_while_its_members_do_not_change() {
+        let mut h = Harness::new();
+        h.gossip(vec![me(), gossip("a", 1, true, Status::Ready)]);
+        let before = h.view.ring.clone();
+        h.input.unreachable.insert(
+            "a".into(),
+            Unreachable {
+                generation: 1,
+                reason: "x".into(),
+            },
+        );
+        h.rebuild();
+        assert!(Arc::ptr_eq(&before, &h.view.ring));
+    }
+}

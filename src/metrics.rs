@@ -1,0 +1,60 @@
+//! Metric names and the Prometheus recorder.
+//!
+//! The library records through the `metrics` facade; whoever embeds it installs a recorder. Every
+//! series carries the local node id as the label `node`, so several nodes in one process stay
+//! apart under one global recorder.
+
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
+
+/// Gauge: live members by `status` (`joining`, `ready`, `leaving`), self included.
+pub const LIVE_MEMBERS: &str = "wamp_cluster_live_members";
+/// Gauge: members that gossip knows but holds dead.
+pub const DEAD_MEMBERS: &str = "wamp_cluster_dead_members";
+/// Gauge: live members this node reported unreachable.
+pub const UNREACHABLE_MEMBERS: &str = "wamp_cluster_unreachable_members";
+/// Counter: membership events by `kind` (`joined`, `restarted`, `leaving`, `left`, `down`,
+/// `unreachable`, `reachable`).
+pub const MEMBERSHIP_EVENTS: &str = "wamp_cluster_membership_events_total";
+/// Counter: sightings of another process that uses this node's id (label `other_gossip_addr`).
+pub const NODE_ID_CONFLICTS: &str = "wamp_cluster_node_id_conflicts_total";
+
+/// How long a series that is no longer updated stays in the output: series of peers that left
+/// are dropped after this, so churn cannot grow the output without bound.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How often the recorder's upkeep (idle timeouts, histogram buckets) runs.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Registers metric descriptions with the installed recorder.
+pub fn describe() {
+    metrics::describe_gauge!(LIVE_MEMBERS, "Live members by status, self included.");
+    metrics::describe_gauge!(DEAD_MEMBERS, "Members that gossip holds dead.");
+    metrics::describe_gauge!(UNREACHABLE_MEMBERS, "Live members reported unreachable.");
+    metrics::describe_counter!(MEMBERSHIP_EVENTS, "Membership events by kind.");
+    metrics::describe_counter!(
+        NODE_ID_CONFLICTS,
+        "Sightings of another process using this node's id."
+    );
+}
+
+/// Installs a global Prometheus recorder with the idle timeout and returns its handle, or the
+/// handle of a recorder this function installed before (tests start several nodes per process).
+/// Call [`PrometheusHandle::run_upkeep`] every [`UPKEEP_INTERVAL`]; the node does it for the
+/// handle it is given.
+pub fn install_prometheus() -> Result<PrometheusHandle, String> {
+    static HANDLE: std::sync::OnceLock<Result<PrometheusHandle, String>> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .idle_timeout(MetricKindMask::ALL, Some(IDLE_TIMEOUT))
+                .install_recorder()
+                .map_err(|err| err.to_string())?;
+            describe();
+            Ok(handle)
+        })
+        .clone()
+}
