@@ -315,7 +315,11 @@ impl Config {
             ("forward_advertise_addr", self.forward_advertise_addr),
         )?;
         for seed in &self.seeds {
-            if seed.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+            if seed
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
                 return invalid("seeds", &format!("`{seed}` is not IP:port or host:port"));
             }
         }
@@ -479,7 +483,9 @@ mod tests {
         config.set("gossip_addr", "0.0.0.0:7946").unwrap();
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("gossip_advertise_addr"), "{err}");
-        config.set("gossip_advertise_addr", "10.0.0.5:7946").unwrap();
+        config
+            .set("gossip_advertise_addr", "10.0.0.5:7946")
+            .unwrap();
         config.validate().unwrap();
         assert_eq!(config.gossip_public_addr().to_string(), "10.0.0.5:7946");
 
@@ -506,7 +512,10 @@ mod tests {
             let err = config.validate().unwrap_err().to_string();
             assert!(err.contains(key), "{key}={raw}: {err}");
         }
-        let err = valid().set("admin_addr", "nowhere").unwrap_err().to_string();
+        let err = valid()
+            .set("admin_addr", "nowhere")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("admin_addr"), "{err}");
     }
 }

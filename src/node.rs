@@ -175,3 +175,12 @@ impl NodeHandle {
         }
     }
 }
+
+impl Drop for NodeHandle {
+    /// A node dropped without [`NodeHandle::leave`] or [`NodeHandle::abort`] stops at once, as
+    /// `abort` does, without waiting.
+    fn drop(&mut self) {
+        self.membership.signal_stop();
+        self.admin_stop.cancel();
+    }
+}

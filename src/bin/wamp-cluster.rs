@@ -16,7 +16,11 @@ use tracing_subscriber::EnvFilter;
 use wamp_cluster::{Config, Node};
 
 #[derive(Parser)]
-#[command(name = "wamp-cluster", version, about = "Cluster node for WAMP routers")]
+#[command(
+    name = "wamp-cluster",
+    version,
+    about = "Cluster node for WAMP routers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -140,8 +144,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    let prometheus =
-        wamp_cluster::metrics::install_prometheus().map_err(anyhow::Error::msg)?;
+    let prometheus = wamp_cluster::metrics::install_prometheus().map_err(anyhow::Error::msg)?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let node = Node::builder(config).prometheus(prometheus).start().await?;

@@ -311,6 +311,11 @@ impl Membership {
         }
     }
 
+    /// Asks the gossip thread to stop without waiting for it.
+    pub(crate) fn signal_stop(&self) {
+        self.shared.stop.cancel();
+    }
+
     /// Resolves when membership has stopped: `Ok` after [`Membership::leave`] or
     /// [`Membership::shutdown`], the error when it stopped on its own.
     pub async fn stopped(&self) -> Result<(), MembershipError> {
@@ -377,8 +382,7 @@ impl Shared {
                 .node_states()
                 .iter()
                 .map(|(id, state)| {
-                    if *id.node_id == *self.self_id.as_str() && id.generation_id > self.generation
-                    {
+                    if *id.node_id == *self.self_id.as_str() && id.generation_id > self.generation {
                         conflict = Some(id.clone());
                     }
                     GossipNode {
@@ -423,7 +427,9 @@ impl Shared {
             if status == Status::Ready && self.leaving.load(Ordering::SeqCst) {
                 return;
             }
-            chitchat.self_node_state().set(keys::STATUS, status.as_str());
+            chitchat
+                .self_node_state()
+                .set(keys::STATUS, status.as_str());
         }
         if let Err(err) = self.refresh().await {
             warn!(error = %err, "refresh after a status change failed");
@@ -469,8 +475,7 @@ async fn drive(
                 .members()
                 .iter()
                 .any(|m| m.node_id != shared.self_id && m.live);
-            if !foreign_seeds || heard_from_peer || tokio::time::Instant::now() >= join_deadline
-            {
+            if !foreign_seeds || heard_from_peer || tokio::time::Instant::now() >= join_deadline {
                 joining = false;
                 info!(node = %shared.self_id, heard_from_peer, "node is ready");
                 shared.set_status(Status::Ready).await;

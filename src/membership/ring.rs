@@ -204,7 +204,10 @@ mod tests {
             *counts.entry(r.owner(&key).unwrap().clone()).or_insert(0) += 1;
         }
         for (node, count) in counts {
-            assert!((1200..2800).contains(&count), "{node} owns {count} of 10 000");
+            assert!(
+                (1200..2800).contains(&count),
+                "{node} owns {count} of 10 000"
+            );
         }
     }
 }

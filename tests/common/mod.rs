@@ -1,0 +1,91 @@
+//! Helpers shared by the integration tests: free loopback ports, node configs, bounded waits.
+
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use wamp_cluster::{Config, GossipConfig};
+
+/// A loopback port that is free for both UDP and TCP right now and was not handed out before
+/// in this process.
+pub fn free_port() -> u16 {
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    for _ in 0..1000 {
+        let Ok(tcp) = TcpListener::bind("127.0.0.1:0") else {
+            continue;
+        };
+        let Ok(port) = tcp.local_addr().map(|a| a.port()) else {
+            continue;
+        };
+        if UdpSocket::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        let mut given = GIVEN.lock().unwrap();
+        if given.get_or_insert_with(HashSet::new).insert(port) {
+            return port;
+        }
+    }
+    panic!("no free loopback port found");
+}
+
+/// A loopback address with a free port.
+pub fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// A node config on free loopback ports (admin on port 0), joining through `seeds`.
+pub fn node_config(node_id: &str, seeds: &[SocketAddr], gossip: GossipConfig) -> Config {
+    let mut config = Config::new(node_id);
+    config.gossip_addr = free_addr();
+    config.forward_addr = free_addr();
+    config.admin_addr = "127.0.0.1:0".parse().unwrap();
+    config.seeds = seeds.iter().map(ToString::to_string).collect();
+    config.gossip = gossip;
+    config
+}
+
+/// Gossip timings for tests that test failure detection: the LAN defaults, with a short join
+/// timeout.
+pub fn detecting() -> GossipConfig {
+    GossipConfig {
+        join_timeout_ms: 500,
+        ..GossipConfig::lan()
+    }
+}
+
+/// Gossip timings for tests that do not test failure detection: a loaded machine cannot make a
+/// node look dead.
+pub fn tolerant() -> GossipConfig {
+    GossipConfig {
+        join_timeout_ms: 500,
+        ..GossipConfig::tolerant()
+    }
+}
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes; panics with `what` then.
+pub async fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Awaits `future` for at most `timeout`; panics with `what` then.
+pub async fn within<T>(timeout: Duration, what: &str, future: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(timeout, future).await {
+        Ok(value) => value,
+        Err(_) => panic!("timed out after {timeout:?}: {what}"),
+    }
+}
+
+/// Tests that start gossiping nodes take this lock, so that they do not compete for the two
+/// cores and make each other's nodes miss heartbeats.
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -1,0 +1,364 @@
+//! In-process cluster tests: several nodes on free loopback ports, real UDP gossip through
+//! chitchat, driven through the public API only.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{detecting, node_config, tolerant, wait_until, within, SERIAL};
+use tokio::sync::broadcast;
+use wamp_cluster::{Config, MembershipError, MembershipEvent, Node, NodeError, NodeHandle, Status};
+
+const CONVERGE: Duration = Duration::from_secs(15);
+
+async fn start(config: Config) -> NodeHandle {
+    Node::builder(config).start().await.expect("node starts")
+}
+
+/// Starts `n` nodes joined through the first one.
+async fn cluster(n: usize, gossip: wamp_cluster::GossipConfig) -> Vec<NodeHandle> {
+    let seed = node_config("node-0", &[], gossip.clone());
+    let seed_addr = seed.gossip_addr;
+    let mut nodes = vec![start(seed).await];
+    for i in 1..n {
+        nodes.push(
+            start(node_config(
+                &format!("node-{i}"),
+                &[seed_addr],
+                gossip.clone(),
+            ))
+            .await,
+        );
+    }
+    nodes
+}
+
+fn sees_all_ready(node: &NodeHandle, n: usize) -> bool {
+    let view = node.view();
+    view.members()
+        .iter()
+        .filter(|m| m.live && m.status == Status::Ready)
+        .count()
+        == n
+}
+
+async fn converge(nodes: &[NodeHandle]) {
+    for node in nodes {
+        wait_until(
+            CONVERGE,
+            "every node sees every node live and ready",
+            || sees_all_ready(node, nodes.len()),
+        )
+        .await;
+    }
+}
+
+/// Waits for the first event about `peer` that `matches`; other events are skipped.
+async fn next_event_about(
+    events: &mut broadcast::Receiver<MembershipEvent>,
+    peer: &str,
+    what: &str,
+    matches: impl Fn(&MembershipEvent) -> bool,
+) -> MembershipEvent {
+    within(CONVERGE, what, async {
+        loop {
+            match events.recv().await {
+                Ok(event) if event.node() == peer && matches(&event) => return event,
+                Ok(_) => {}
+                Err(err) => panic!("event stream ended: {err}"),
+            }
+        }
+    })
+    .await
+}
+
+/// A join through one seed converges: every node sees every other live and ready, with the keys
+/// it published, and the same ring.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_through_one_seed_converges_on_every_node() {
+    let _serial = SERIAL.lock().await;
+    let nodes = cluster(4, tolerant()).await;
+    converge(&nodes).await;
+    for node in &nodes {
+        let view = node.view();
+        assert_eq!(view.broadcast_targets().len(), 3);
+        assert!(!view.is_target(node.node_id().as_str()));
+        for other in &nodes {
+            let member = view.member(other.node_id().as_str()).unwrap();
+            assert_eq!(member.generation, other.membership().generation());
+            assert_eq!(member.admin_addr, Some(other.admin_addr()));
+            assert_eq!(member.version.as_deref(), Some(wamp_cluster::VERSION));
+            assert!(member.forward_addr.is_some() && member.reachable);
+        }
+        assert_eq!(view.ring().nodes().len(), 4);
+        for key in ["com.example.add", "session-42", "x"] {
+            assert_eq!(
+                view.ring().owners(key, 2),
+                nodes[0].view().ring().owners(key, 2)
+            );
+        }
+    }
+    for node in nodes {
+        node.abort().await.unwrap();
+    }
+}
+
+/// A node that stops without a word (as a crash does) is seen `Down` by every other node and
+/// leaves their broadcast targets and rings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_is_seen_down_by_every_other_node() {
+    let _serial = SERIAL.lock().await;
+    let mut nodes = cluster(3, detecting()).await;
+    converge(&nodes).await;
+    let mut subscriptions: Vec<_> = nodes[..2]
+        .iter()
+        .map(|n| n.membership().subscribe_events())
+        .collect();
+    let victim = nodes.pop().unwrap();
+    let victim_id = victim.node_id().to_string();
+    victim.abort().await.unwrap();
+    for (node, events) in nodes.iter().zip(&mut subscriptions) {
+        let event = next_event_about(events, &victim_id, "down", |e| {
+            !matches!(e, MembershipEvent::Unreachable { .. })
+        })
+        .await;
+        assert_eq!(event.kind(), "down", "{event:?}");
+        let view = node.view();
+        assert!(!view.member(&victim_id).unwrap().live);
+        assert!(!view.is_target(&victim_id));
+        assert!(!view.ring().nodes().iter().any(|n| *n == *victim_id));
+    }
+    for node in nodes {
+        node.abort().await.unwrap();
+    }
+}
+
+/// A graceful leave is seen as `Leaving` (out of the targets at once) and then `Left`, never
+/// `Down`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_leave_is_seen_as_leaving_then_left() {
+    let _serial = SERIAL.lock().await;
+    let mut nodes = cluster(3, detecting()).await;
+    converge(&nodes).await;
+    let mut events = nodes[0].membership().subscribe_events();
+    let leaver = nodes.pop().unwrap();
+    let leaver_id = leaver.node_id().to_string();
+    within(CONVERGE, "leave ends", leaver.leave())
+        .await
+        .unwrap();
+    let first = next_event_about(&mut events, &leaver_id, "leaving", |_| true).await;
+    assert_eq!(first.kind(), "leaving", "{first:?}");
+    let second = next_event_about(&mut events, &leaver_id, "left", |_| true).await;
+    assert_eq!(second.kind(), "left", "{second:?}");
+    for node in &nodes {
+        wait_until(
+            CONVERGE,
+            "the leaver is out of every view's targets",
+            || {
+                let view = node.view();
+                let m = view.member(&leaver_id).unwrap();
+                !m.live && m.status == Status::Leaving && !view.is_target(&leaver_id)
+            },
+        )
+        .await;
+    }
+    for node in nodes {
+        node.abort().await.unwrap();
+    }
+}
+
+/// A node restarted on the same address with a new generation is seen `Restarted`, and the old
+/// generation never shows again in any view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_is_seen_as_restarted_and_the_old_generation_never_reappears() {
+    let _serial = SERIAL.lock().await;
+    let seed_config = node_config("node-0", &[], tolerant());
+    let seed_addr = seed_config.gossip_addr;
+    let seed = start(seed_config).await;
+    let config = node_config("node-1", &[seed_addr], tolerant());
+    let first = start(config.clone()).await;
+    let old_generation = first.membership().generation();
+    let nodes = [seed, first];
+    converge(&nodes).await;
+    let [seed, first] = nodes;
+    let mut views = seed.membership().watch_view();
+    let mut events = seed.membership().subscribe_events();
+    first.abort().await.unwrap();
+    let second = start(config).await;
+    let new_generation = second.membership().generation();
+    assert!(new_generation > old_generation);
+
+    let event = next_event_about(&mut events, "node-1", "restarted", |_| true).await;
+    assert_eq!(
+        event,
+        MembershipEvent::Restarted {
+            node: "node-1".into(),
+            old_generation,
+            generation: new_generation
+        }
+    );
+    // Watch every view for a few seconds: the old generation must never come back.
+    let watch_until = tokio::time::Instant::now() + Duration::from_secs(3);
+    while let Ok(Ok(())) = tokio::time::timeout_at(watch_until, views.changed()).await {
+        let view = views.borrow_and_update().clone();
+        if let Some(m) = view.member("node-1") {
+            assert_eq!(m.generation, new_generation, "old generation reappeared");
+        }
+    }
+    let nodes = [seed, second];
+    converge(&nodes).await;
+    for node in nodes {
+        node.abort().await.unwrap();
+    }
+}
+
+/// A node of another cluster gossiping with the same seed never joins either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_another_cluster_id_never_joins() {
+    let _serial = SERIAL.lock().await;
+    let nodes = cluster(2, tolerant()).await;
+    converge(&nodes).await;
+    let mut stranger_config = node_config(
+        "stranger",
+        &[nodes[0].membership().gossip_addr()],
+        tolerant(),
+    );
+    stranger_config.cluster_id = "another".into();
+    let stranger = start(stranger_config).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for node in &nodes {
+        assert!(node.view().member("stranger").is_none());
+    }
+    let view = stranger.view();
+    assert_eq!(view.members().len(), 1, "{:?}", view.members());
+    stranger.abort().await.unwrap();
+    for node in nodes {
+        node.abort().await.unwrap();
+    }
+}
+
+/// A seed given as `localhost:PORT` is resolved and joined through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_given_by_host_name_works() {
+    let _serial = SERIAL.lock().await;
+    let seed_config = node_config("node-0", &[], tolerant());
+    let port = seed_config.gossip_addr.port();
+    let seed = start(seed_config).await;
+    let mut joiner_config = node_config("node-1", &[], tolerant());
+    joiner_config.seeds = vec![format!("localhost:{port}")];
+    let joiner = start(joiner_config).await;
+    let nodes = [seed, joiner];
+    converge(&nodes).await;
+    for node in nodes {
+        node.abort().await.unwrap();
+    }
+}
+
+/// Two nodes with the same id: the older one sees the newer generation, stops, and says why
+/// with both gossip addresses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_node_with_a_running_nodes_id_makes_one_of_them_stop_with_a_clear_error() {
+    let _serial = SERIAL.lock().await;
+    let first_config = node_config("twin", &[], tolerant());
+    let first_addr = first_config.gossip_addr;
+    let first = start(first_config).await;
+    let second_config = node_config("twin", &[first_addr], tolerant());
+    let second_addr = second_config.gossip_addr;
+    let second = start(second_config).await;
+    let err = within(CONVERGE, "the older twin stops", first.failed()).await;
+    match &err {
+        MembershipError::NodeIdConflict {
+            node_id,
+            gossip_addr,
+            other_gossip_addr,
+            ..
+        } => {
+            assert_eq!(node_id, "twin");
+            assert_eq!(*gossip_addr, first_addr);
+            assert_eq!(*other_gossip_addr, second_addr);
+        }
+        other => panic!("unexpected error {other:?}"),
+    }
+    let message = err.to_string();
+    assert!(message.contains(&first_addr.to_string()), "{message}");
+    assert!(message.contains(&second_addr.to_string()), "{message}");
+    assert!(matches!(
+        first.abort().await,
+        Err(NodeError::Membership(
+            MembershipError::NodeIdConflict { .. }
+        ))
+    ));
+    assert!(!second.membership().is_stopped());
+    second.abort().await.unwrap();
+}
+
+/// Reachability reports: one transition per report, out of the targets but not off the ring,
+/// events to subscribers, and back with `report_reachable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_report_takes_a_node_out_of_the_targets_until_it_is_reachable() {
+    let _serial = SERIAL.lock().await;
+    let nodes = cluster(3, tolerant()).await;
+    converge(&nodes).await;
+    let membership = nodes[0].membership();
+    let mut events = membership.subscribe_events();
+    assert!(membership.report_unreachable("node-1", "ack timeout"));
+    assert!(!membership.report_unreachable("node-1", "ack timeout again"));
+    assert!(!membership.report_unreachable("node-0", "self"));
+    assert!(!membership.report_unreachable("nobody", "unknown"));
+    let view = membership.view();
+    assert_eq!(view.broadcast_targets(), ["node-2"]);
+    assert_eq!(view.ring().nodes().len(), 3);
+    let member = view.member("node-1").unwrap();
+    assert!(member.live && !member.reachable);
+    assert_eq!(
+        events.try_recv().unwrap(),
+        MembershipEvent::Unreachable {
+            node: "node-1".into(),
+            generation: member.generation,
+            reason: "ack timeout".into()
+        }
+    );
+    // Other nodes keep their own opinion.
+    assert!(nodes[2].view().is_target("node-1"));
+
+    assert!(membership.report_reachable("node-1"));
+    assert!(!membership.report_reachable("node-1"));
+    assert!(membership.view().is_target("node-1"));
+    assert_eq!(events.try_recv().unwrap().kind(), "reachable");
+    for node in nodes {
+        node.abort().await.unwrap();
+    }
+}
+
+/// A configuration error is refused before anything starts, naming the key.
+#[tokio::test]
+async fn a_bad_configuration_is_refused_naming_the_key() {
+    let mut config = node_config("node-0", &[], tolerant());
+    config.gossip_addr = "0.0.0.0:7946".parse::<SocketAddr>().unwrap();
+    let err = Node::builder(config)
+        .start()
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("gossip_advertise_addr"), "{err}");
+}
+
+/// A node whose gossip port is taken fails to start with an error naming the address.
+#[tokio::test]
+async fn a_taken_gossip_port_is_a_clear_start_error() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut config = node_config("node-0", &[], tolerant());
+    config.gossip_addr = taken.local_addr().unwrap();
+    let err = Node::builder(config)
+        .start()
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains(&taken.local_addr().unwrap().to_string()),
+        "{err}"
+    );
+}
