@@ -1,0 +1,194 @@
+//! The admin HTTP API of a running two-node cluster, over real HTTP: every route, its JSON
+//! shape, and its answers to bad requests.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{node_config, tolerant, wait_until, within, SERIAL};
+use serde_json::Value;
+use wamp_cluster::{Node, NodeHandle, Status};
+
+async fn get(node: &NodeHandle, path: &str) -> (u16, String) {
+    let url = format!("http://{}{path}", node.admin_addr());
+    let response = reqwest::get(&url).await.expect("admin API answers");
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+async fn get_json(node: &NodeHandle, path: &str) -> (u16, Value) {
+    let (status, body) = get(node, path).await;
+    let json = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
+    (status, json)
+}
+
+/// Every route answers with the documented shape; bad requests get a JSON error naming what is
+/// wrong; a leave request reaches the program.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_serves_every_route_with_its_documented_shape() {
+    let _serial = SERIAL.lock().await;
+    let prometheus = wamp_cluster::metrics::install_prometheus().unwrap();
+    let mut seed_config = node_config("node-a", &[], tolerant());
+    seed_config.labels = [("zone".to_string(), "a".to_string())].into();
+    let seed_addr = seed_config.gossip_addr;
+    let a = Node::builder(seed_config)
+        .prometheus(prometheus)
+        .start()
+        .await
+        .unwrap();
+    let b = Node::builder(node_config("node-b", &[seed_addr], tolerant()))
+        .start()
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(15), "both nodes ready", || {
+        a.view()
+            .members()
+            .iter()
+            .filter(|m| m.live && m.status == Status::Ready)
+            .count()
+            == 2
+    })
+    .await;
+
+    let (status, health) = get_json(&a, "/health").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        health,
+        serde_json::json!({"status": "ok", "node_id": "node-a"})
+    );
+
+    let (status, ready) = get_json(&a, "/ready").await;
+    assert_eq!((status, &ready["status"]), (200, &Value::from("ready")));
+
+    let (status, members) = get_json(&a, "/cluster/members").await;
+    assert_eq!(status, 200);
+    assert_eq!(members["self"], "node-a");
+    let list = members["members"].as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    let me = &list[0];
+    let keys: Vec<&str> = me.as_object().unwrap().keys().map(String::as_str).collect();
+    let mut expected = [
+        "node_id",
+        "generation",
+        "gossip_addr",
+        "forward_addr",
+        "status",
+        "live",
+        "reachable",
+        "labels",
+    ];
+    expected.sort();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(sorted, expected);
+    assert_eq!(me["node_id"], "node-a");
+    assert_eq!(
+        me["generation"],
+        Value::from(a.membership().generation().to_string())
+    );
+    assert_eq!(me["labels"]["zone"], "a");
+    assert_eq!(me["live"], true);
+    assert_eq!(me["reachable"], true);
+    assert_eq!(list[1]["node_id"], "node-b");
+    assert_eq!(list[1]["status"], "ready");
+
+    let (status, ring) = get_json(&a, "/cluster/ring?key=com.example.add&replicas=2").await;
+    assert_eq!(status, 200);
+    assert_eq!(ring["key"], "com.example.add");
+    let mut owners: Vec<&str> = ring["owners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        owners[0],
+        a.view().ring().owner("com.example.add").unwrap().as_str()
+    );
+    owners.sort();
+    assert_eq!(owners, ["node-a", "node-b"]);
+    let (_, one) = get_json(&a, "/cluster/ring?key=k").await;
+    assert_eq!(one["owners"].as_array().unwrap().len(), 1);
+
+    for bad in [
+        "/cluster/ring",
+        "/cluster/ring?key=k&replicas=0",
+        "/cluster/ring?key=k&replicas=many",
+    ] {
+        let (status, body) = get_json(&a, bad).await;
+        assert_eq!(status, 400, "{bad}");
+        assert_eq!(body["error"], "bad_request", "{bad}");
+    }
+    let (status, body) = get_json(&a, "/no/such/route").await;
+    assert_eq!((status, &body["error"]), (404, &Value::from("not_found")));
+
+    let (status, text) = get(&a, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        text.contains("wamp_cluster_live_members{node=\"node-a\",status=\"ready\"} 2"),
+        "{text}"
+    );
+    assert!(text.contains("wamp_cluster_membership_events_total{node=\"node-a\",kind=\"joined\"}"));
+    // The second node was built without a recorder handle.
+    assert_eq!(get(&b, "/metrics").await.0, 404);
+
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/cluster/leave", b.admin_addr()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    within(
+        Duration::from_secs(5),
+        "leave request seen",
+        b.leave_requested(),
+    )
+    .await;
+    b.leave().await.unwrap();
+    wait_until(Duration::from_secs(15), "a sees b leave", || {
+        a.view()
+            .member("node-b")
+            .is_some_and(|m| m.status == Status::Leaving)
+    })
+    .await;
+    a.abort().await.unwrap();
+}
+
+/// A node answers 503 on `/ready` until it is ready, and again once it leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_is_503_while_joining_and_while_leaving() {
+    let _serial = SERIAL.lock().await;
+    let unreachable_seed = common::free_addr();
+    let mut config = node_config("lonely", &[unreachable_seed], tolerant());
+    config.gossip.join_timeout_ms = 1500;
+    let node = Node::builder(config).start().await.unwrap();
+    let (status, body) = get_json(&node, "/ready").await;
+    assert_eq!((status, &body["status"]), (503, &Value::from("joining")));
+    wait_until(
+        Duration::from_secs(10),
+        "ready after the join timeout",
+        || {
+            node.view()
+                .self_member()
+                .is_some_and(|m| m.status == Status::Ready)
+        },
+    )
+    .await;
+    assert_eq!(get(&node, "/ready").await.0, 200);
+    let membership = node.membership().clone();
+    let admin = node.admin_addr();
+    let leaving = tokio::spawn(node.leave());
+    wait_until(Duration::from_secs(5), "status leaving", || {
+        membership
+            .view()
+            .self_member()
+            .is_some_and(|m| m.status == Status::Leaving)
+    })
+    .await;
+    let status = reqwest::get(format!("http://{admin}/ready"))
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 503);
+    leaving.await.unwrap().unwrap();
+}

@@ -1,0 +1,321 @@
+//! The `wamp-cluster` program as real processes: a three-node cluster from config files on
+//! free ports, `kill -9`, SIGTERM, SIGINT, a duplicate node id, and bad configurations.
+
+mod common;
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_addr, SERIAL};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_wamp-cluster");
+
+/// A `wamp-cluster` process, killed and reaped when dropped, whatever the test did.
+struct Proc {
+    child: Child,
+    name: String,
+    admin: SocketAddr,
+    gossip: SocketAddr,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn start(dir: &Path, name: &str, seeds: &[SocketAddr]) -> Proc {
+        let (gossip, admin) = (free_addr(), free_addr());
+        let seeds: Vec<String> = seeds.iter().map(|s| format!("\"{s}\"")).collect();
+        let config = format!(
+            "node_id = \"{name}\"\ngossip_addr = \"{gossip}\"\nforward_addr = \"{}\"\n\
+             admin_addr = \"{admin}\"\nseeds = [{}]\n[gossip]\njoin_timeout_ms = 500\n",
+            free_addr(),
+            seeds.join(", ")
+        );
+        let path = dir.join(format!("{name}.toml"));
+        fs::write(&path, config).unwrap();
+        Proc::spawn(
+            dir,
+            name,
+            admin,
+            gossip,
+            &["node", "--config", path.to_str().unwrap()],
+        )
+    }
+
+    fn spawn(dir: &Path, name: &str, admin: SocketAddr, gossip: SocketAddr, args: &[&str]) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("wamp-cluster starts");
+        Proc {
+            child,
+            name: name.into(),
+            admin,
+            gossip,
+            log,
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, at most `timeout`.
+    fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit: {}",
+                self.name,
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn members(&self) -> Option<Vec<Value>> {
+        let url = format!("http://{}/cluster/members", self.admin);
+        let body: Value = reqwest::get(url).await.ok()?.json().await.ok()?;
+        body["members"].as_array().cloned()
+    }
+
+    /// Polls `/cluster/members` until `condition` holds, at most `timeout`.
+    async fn wait_members(
+        &self,
+        timeout: Duration,
+        what: &str,
+        condition: impl Fn(&[Value]) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(members) = self.members().await {
+                if condition(&members) {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: timed out: {what}\n{}",
+                self.name,
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn member<'a>(members: &'a [Value], name: &str) -> Option<&'a Value> {
+    members.iter().find(|m| m["node_id"] == name)
+}
+
+fn all_live(members: &[Value], n: usize) -> bool {
+    members.len() == n
+        && members
+            .iter()
+            .all(|m| m["live"] == true && m["status"] == "ready")
+}
+
+/// Three processes from config files converge; `kill -9` of one is seen down by the others;
+/// SIGTERM makes one leave and exit 0, and the last one shows it left; SIGINT does the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_processes_converge_see_a_crash_and_a_graceful_leave() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let first = Proc::start(dir.path(), "node-1", &[]);
+    let mut second = Proc::start(dir.path(), "node-2", &[first.gossip]);
+    let mut third = Proc::start(dir.path(), "node-3", &[first.gossip]);
+    let timeout = Duration::from_secs(20);
+    for p in [&first, &second, &third] {
+        p.wait_members(timeout, "all three live", |m| all_live(m, 3))
+            .await;
+    }
+
+    third.child.kill().unwrap();
+    third.child.wait().unwrap();
+    for p in [&first, &second] {
+        p.wait_members(timeout, "node-3 down", |m| {
+            member(m, "node-3").is_some_and(|n| n["live"] == false && n["status"] == "ready")
+        })
+        .await;
+    }
+
+    second.signal("-TERM");
+    let status = second.wait(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}: {}", second.log_text());
+    first
+        .wait_members(timeout, "node-2 left", |m| {
+            member(m, "node-2").is_some_and(|n| n["live"] == false && n["status"] == "leaving")
+        })
+        .await;
+    assert!(second.log_text().contains("left the cluster"));
+
+    let mut first = first;
+    first.signal("-INT");
+    let status = first.wait(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}: {}", first.log_text());
+}
+
+/// A second process started with the id of a running one: the older one exits 1 and its error
+/// names both gossip addresses; the newer one keeps running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_with_a_running_nodes_id_stops_the_older_one() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut older = Proc::start(dir.path(), "twin", &[]);
+    older
+        .wait_members(Duration::from_secs(20), "older up", |m| all_live(m, 1))
+        .await;
+    let newer_dir = dir.path().join("newer");
+    fs::create_dir(&newer_dir).unwrap();
+    let mut newer = Proc::start(&newer_dir, "twin", &[older.gossip]);
+    let status = older.wait(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1), "{}", older.log_text());
+    let log = older.log_text();
+    assert!(log.contains("is used by another process"), "{log}");
+    assert!(log.contains(&older.gossip.to_string()) && log.contains(&newer.gossip.to_string()));
+    assert!(
+        newer.child.try_wait().unwrap().is_none(),
+        "the newer process must keep running"
+    );
+    newer.signal("-TERM");
+    assert!(newer.wait(Duration::from_secs(10)).success());
+}
+
+/// Runs the program to its exit with `args` and extra environment; returns the exit code and
+/// standard error.
+fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut command = Command::new(BIN);
+    command.args(args).stdin(Stdio::null());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let output = command.output().unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Arguments, environment, and the key the error must name.
+type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
+/// Bad configuration from a file, the environment or a flag: exit code 2, and the message
+/// names the key.
+#[test]
+fn a_bad_configuration_exits_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    fs::write(&file, "node_id = \"n\"\n[gossip]\ninterval_ms = 0\n").unwrap();
+    let file = file.to_str().unwrap();
+    let cases: [Case; 6] = [
+        (&["node", "--config", file], &[], "gossip.interval_ms"),
+        (
+            &["node", "--config", "/nonexistent.toml"],
+            &[],
+            "/nonexistent.toml",
+        ),
+        (
+            &["node", "--node-id", "n"],
+            &[("WAMP_CLUSTER_GOSSIP__PHI_THRESHOLD", "high")],
+            "WAMP_CLUSTER_GOSSIP__PHI_THRESHOLD",
+        ),
+        (
+            &["node", "--node-id", "n"],
+            &[("WAMP_CLUSTER_NODEID", "x")],
+            "WAMP_CLUSTER_NODEID",
+        ),
+        (
+            &["node", "--node-id", "n", "--gossip-addr", "0.0.0.0:7946"],
+            &[],
+            "gossip_advertise_addr",
+        ),
+        (
+            &["node", "--node-id", "n", "--admin-addr", "here"],
+            &[],
+            "admin_addr",
+        ),
+    ];
+    for (args, env, key) in cases {
+        let (code, stderr) = run_to_exit(args, env);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(key),
+            "{args:?}: expected {key} in: {stderr}"
+        );
+    }
+    let (code, stderr) = run_to_exit(&["node"], &[]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("node_id"), "{stderr}");
+}
+
+/// `--log-format json` writes one JSON object per line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (gossip, admin) = (free_addr(), free_addr());
+    let (g, a, f) = (
+        gossip.to_string(),
+        admin.to_string(),
+        free_addr().to_string(),
+    );
+    let mut p = Proc::spawn(
+        dir.path(),
+        "json",
+        admin,
+        gossip,
+        &[
+            "node",
+            "--node-id",
+            "json",
+            "--gossip-addr",
+            &g,
+            "--admin-addr",
+            &a,
+            "--forward-addr",
+            &f,
+            "--log-format",
+            "json",
+        ],
+    );
+    p.wait_members(Duration::from_secs(20), "up", |m| all_live(m, 1))
+        .await;
+    p.signal("-TERM");
+    assert!(p.wait(Duration::from_secs(10)).success());
+    let log = p.log_text();
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(lines.len() >= 3, "{log}");
+    for line in lines {
+        let value: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            value["level"].is_string() && value["fields"].is_object(),
+            "{line}"
+        );
+    }
+}
