@@ -34,6 +34,12 @@ async fn cluster(n: usize, gossip: wamp_cluster::GossipConfig) -> Vec<NodeHandle
     nodes
 }
 
+async fn abort_all(nodes: impl IntoIterator<Item = NodeHandle>) {
+    for node in nodes {
+        node.abort().await.unwrap();
+    }
+}
+
 fn sees_all_ready(node: &NodeHandle, n: usize) -> bool {
     let view = node.view();
     view.members()
@@ -99,9 +105,7 @@ async fn a_join_through_one_seed_converges_on_every_node() {
             );
         }
     }
-    for node in nodes {
-        node.abort().await.unwrap();
-    }
+    abort_all(nodes).await;
 }
 
 /// A node that stops without a word (as a crash does) is seen `Down` by every other node and
@@ -129,9 +133,7 @@ async fn a_stopped_node_is_seen_down_by_every_other_node() {
         assert!(!view.is_target(&victim_id));
         assert!(!view.ring().nodes().iter().any(|n| *n == *victim_id));
     }
-    for node in nodes {
-        node.abort().await.unwrap();
-    }
+    abort_all(nodes).await;
 }
 
 /// A graceful leave is seen as `Leaving` (out of the targets at once) and then `Left`, never
@@ -163,9 +165,7 @@ async fn a_graceful_leave_is_seen_as_leaving_then_left() {
         )
         .await;
     }
-    for node in nodes {
-        node.abort().await.unwrap();
-    }
+    abort_all(nodes).await;
 }
 
 /// A node restarted on the same address with a new generation is seen `Restarted`, and the old
@@ -208,9 +208,7 @@ async fn a_restart_is_seen_as_restarted_and_the_old_generation_never_reappears()
     }
     let nodes = [seed, second];
     converge(&nodes).await;
-    for node in nodes {
-        node.abort().await.unwrap();
-    }
+    abort_all(nodes).await;
 }
 
 /// A node of another cluster gossiping with the same seed never joins either way.
@@ -233,9 +231,7 @@ async fn a_node_with_another_cluster_id_never_joins() {
     let view = stranger.view();
     assert_eq!(view.members().len(), 1, "{:?}", view.members());
     stranger.abort().await.unwrap();
-    for node in nodes {
-        node.abort().await.unwrap();
-    }
+    abort_all(nodes).await;
 }
 
 /// A seed given as `localhost:PORT` is resolved and joined through.
@@ -250,9 +246,7 @@ async fn a_seed_given_by_host_name_works() {
     let joiner = start(joiner_config).await;
     let nodes = [seed, joiner];
     converge(&nodes).await;
-    for node in nodes {
-        node.abort().await.unwrap();
-    }
+    abort_all(nodes).await;
 }
 
 /// Two nodes with the same id: the older one sees the newer generation, stops, and says why
@@ -326,9 +320,7 @@ async fn an_unreachable_report_takes_a_node_out_of_the_targets_until_it_is_reach
     assert!(!membership.report_reachable("node-1"));
     assert!(membership.view().is_target("node-1"));
     assert_eq!(events.try_recv().unwrap().kind(), "reachable");
-    for node in nodes {
-        node.abort().await.unwrap();
-    }
+    abort_all(nodes).await;
 }
 
 /// A configuration error is refused before anything starts, naming the key.

@@ -183,6 +183,7 @@ impl Membership {
                         let _ = handle.shutdown().await;
                         return;
                     }
+                    let _guard = StoppedGuard(shared.clone());
                     let result = drive(&shared, &handle, foreign_seeds, join_timeout).await;
                     if let Err(err) = handle.shutdown().await {
                         debug!(error = %err, "gossip server stopped with an error");
@@ -330,6 +331,24 @@ impl Membership {
     /// Whether membership has stopped.
     pub fn is_stopped(&self) -> bool {
         self.shared.stopped.borrow().is_some()
+    }
+}
+
+/// Marks membership stopped if the gossip thread unwinds before it could say how it ended, so
+/// that nobody waits forever on [`Membership::stopped`].
+struct StoppedGuard(Arc<Shared>);
+
+impl Drop for StoppedGuard {
+    fn drop(&mut self) {
+        self.0.stopped.send_if_modified(|stopped| {
+            if stopped.is_some() {
+                return false;
+            }
+            *stopped = Some(Err(MembershipError::Gossip(
+                "the gossip thread panicked".into(),
+            )));
+            true
+        });
     }
 }
 
