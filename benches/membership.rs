@@ -12,14 +12,13 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chitchat::transport::UdpTransport;
-use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
+use chitchat::{spawn_chitchat, ChitchatHandle};
 use serde_json::json;
 use tokio::task::JoinSet;
 use wamp_cluster::{GossipConfig, Node, NodeHandle, Status};
@@ -82,30 +81,15 @@ struct Bare {
 
 impl Cluster for Bare {
     async fn start(name: &str, seed: Option<SocketAddr>) -> Self {
-        let addr = common::free_addr();
-        let gossip = GossipConfig::lan();
+        let seeds: Vec<SocketAddr> = seed.into_iter().collect();
+        let node = common::node_config(name, &seeds, GossipConfig::lan());
+        let addr = node.gossip_addr;
         let generation = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos() as u64;
-        let config = ChitchatConfig {
-            chitchat_id: ChitchatId::new(name, generation, addr),
-            cluster_id: "default".into(),
-            gossip_interval: gossip.interval(),
-            listen_addr: addr,
-            seed_nodes: seed.iter().map(ToString::to_string).collect(),
-            failure_detector_config: FailureDetectorConfig {
-                phi_threshold: gossip.phi_threshold,
-                sampling_window_size: 1000,
-                max_interval: Duration::from_secs(10),
-                initial_interval: gossip.interval(),
-                dead_node_grace_period: Duration::from_secs(3600),
-            },
-            marked_for_deletion_grace_period: Duration::from_secs(3600),
-            catchup_callback: None,
-            extra_liveness_predicate: None,
-            protocol_version: chitchat::ProtocolVersion::V1,
-        };
+        // The very configuration a wamp-cluster node gives chitchat.
+        let config = wamp_cluster::membership::chitchat_config(&node, generation);
         let keys = vec![("status".to_string(), "ready".to_string())];
         let handle = spawn_chitchat(config, keys, &UdpTransport)
             .await
@@ -260,7 +244,6 @@ fn main() {
         "system", "nodes", "join p50 ms", "join max ms", "crash p50 ms", "crash max ms"
     );
     let mut results = serde_json::Map::new();
-    let mut seen = HashSet::new();
     for size in [3usize, 10] {
         for system in ["chitchat", "wamp-cluster"] {
             let timings = runtime.block_on(async {
@@ -275,7 +258,6 @@ fn main() {
             println!(
                 "{system:<14} {size:>5} {join_p50:>14.0} {join_max:>14.0} {crash_p50:>15.0} {crash_max:>15.0}"
             );
-            seen.insert(system);
             results.insert(
                 format!("{system}_{size}_nodes"),
                 json!({

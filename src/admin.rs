@@ -132,6 +132,14 @@ async fn ring(
 }
 
 async fn leave(State(state): State<AdminState>) -> Response {
+    // The leave starts here, so that it happens even if the embedding program does not watch
+    // for the request; the program learns of it through the token and waits for the end.
+    let membership = state.membership.clone();
+    tokio::spawn(async move {
+        if let Err(err) = membership.leave().await {
+            tracing::warn!(error = %err, "leave asked through the admin API failed");
+        }
+    });
     state.leave_requested.cancel();
     (StatusCode::OK, Json(json!({ "status": "leaving" }))).into_response()
 }

@@ -346,8 +346,11 @@ impl Config {
         if g.join_timeout_ms > 600_000 {
             return invalid("gossip.join_timeout_ms", "must be at most 600000");
         }
-        if g.leave_rounds > 100 {
-            return invalid("gossip.leave_rounds", "must be at most 100");
+        if !(1..=100).contains(&g.leave_rounds) {
+            return invalid(
+                "gossip.leave_rounds",
+                "must be between 1 and 100: peers must see the leave",
+            );
         }
         Ok(())
     }
@@ -504,6 +507,7 @@ mod tests {
             ("gossip.phi_threshold", "0"),
             ("gossip.dead_node_grace_period_secs", "0"),
             ("gossip.leave_rounds", "1000"),
+            ("gossip.leave_rounds", "0"),
             ("seeds", "no-port"),
         ];
         for (key, raw) in cases {

@@ -21,8 +21,9 @@ pub const MEMBERSHIP_EVENTS: &str = "wamp_cluster_membership_events_total";
 /// Counter: sightings of another process that uses this node's id (label `other_gossip_addr`).
 pub const NODE_ID_CONFLICTS: &str = "wamp_cluster_node_id_conflicts_total";
 
-/// How long a series that is no longer updated stays in the output: series of peers that left
-/// are dropped after this, so churn cannot grow the output without bound.
+/// How long a gauge or histogram that is no longer updated stays in the output: series of
+/// peers that left are dropped after this, so churn cannot grow the output without bound.
+/// Counters are kept: one dropped and recreated would lose its first increment to `rate()`.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How often the recorder's upkeep (idle timeouts, histogram buckets) runs.
@@ -50,7 +51,10 @@ pub fn install_prometheus() -> Result<PrometheusHandle, String> {
     HANDLE
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()
-                .idle_timeout(MetricKindMask::ALL, Some(IDLE_TIMEOUT))
+                .idle_timeout(
+                    MetricKindMask::GAUGE | MetricKindMask::HISTOGRAM,
+                    Some(IDLE_TIMEOUT),
+                )
                 .install_recorder()
                 .map_err(|err| err.to_string())?;
             describe();

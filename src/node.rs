@@ -136,7 +136,8 @@ impl NodeHandle {
         self.admin_addr
     }
 
-    /// Resolves when a leave was asked for through the admin API (`POST /cluster/leave`).
+    /// Resolves when a leave was asked for through the admin API (`POST /cluster/leave`). The
+    /// leave has then begun; [`NodeHandle::leave`] waits for its end and stops the node.
     pub async fn leave_requested(&self) {
         self.leave_requested.cancelled().await
     }

@@ -5,13 +5,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{node_config, tolerant, wait_until, within, SERIAL};
+use common::{http, node_config, tolerant, wait_until, within, SERIAL};
 use serde_json::Value;
 use wamp_cluster::{Node, NodeHandle, Status};
 
 async fn get(node: &NodeHandle, path: &str) -> (u16, String) {
     let url = format!("http://{}{path}", node.admin_addr());
-    let response = reqwest::get(&url).await.expect("admin API answers");
+    let response = http().get(&url).send().await.expect("admin API answers");
     let status = response.status().as_u16();
     (status, response.text().await.unwrap())
 }
@@ -132,7 +132,7 @@ async fn the_admin_api_serves_every_route_with_its_documented_shape() {
     // The second node was built without a recorder handle.
     assert_eq!(get(&b, "/metrics").await.0, 404);
 
-    let response = reqwest::Client::new()
+    let response = http()
         .post(format!("http://{}/cluster/leave", b.admin_addr()))
         .send()
         .await
@@ -160,7 +160,10 @@ async fn ready_is_503_while_joining_and_while_leaving() {
     let _serial = SERIAL.lock().await;
     let unreachable_seed = common::free_addr();
     let mut config = node_config("lonely", &[unreachable_seed], tolerant());
-    config.gossip.join_timeout_ms = 1500;
+    // Wide windows: the first request must land before the join timeout, the last one during
+    // the leave.
+    config.gossip.join_timeout_ms = 3000;
+    config.gossip.leave_rounds = 25;
     let node = Node::builder(config).start().await.unwrap();
     let (status, body) = get_json(&node, "/ready").await;
     assert_eq!((status, &body["status"]), (503, &Value::from("joining")));
@@ -185,7 +188,9 @@ async fn ready_is_503_while_joining_and_while_leaving() {
             .is_some_and(|m| m.status == Status::Leaving)
     })
     .await;
-    let status = reqwest::get(format!("http://{admin}/ready"))
+    let status = http()
+        .get(format!("http://{admin}/ready"))
+        .send()
         .await
         .unwrap()
         .status();

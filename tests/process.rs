@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_addr, SERIAL};
+use common::{free_addr, http, SERIAL};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_wamp-cluster");
@@ -92,9 +92,15 @@ impl Proc {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    async fn get(&self, path: &str) -> String {
+        let url = format!("http://{}{path}", self.admin);
+        let response = http().get(url).send().await.expect("admin API answers");
+        response.text().await.expect("a body")
+    }
+
     async fn members(&self) -> Option<Vec<Value>> {
         let url = format!("http://{}/cluster/members", self.admin);
-        let body: Value = reqwest::get(url).await.ok()?.json().await.ok()?;
+        let body: Value = http().get(url).send().await.ok()?.json().await.ok()?;
         body["members"].as_array().cloned()
     }
 
@@ -142,7 +148,8 @@ fn all_live(members: &[Value], n: usize) -> bool {
 }
 
 /// Three processes from config files converge; `kill -9` of one is seen down by the others;
-/// SIGTERM makes one leave and exit 0, and the last one shows it left; SIGINT does the same.
+/// SIGTERM makes one leave and exit 0, and the last one shows it left (an event `left`, not
+/// `down`); `POST /cluster/leave` makes the last one leave and exit 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_processes_converge_see_a_crash_and_a_graceful_leave() {
     let _serial = SERIAL.lock().await;
@@ -174,9 +181,22 @@ async fn three_processes_converge_see_a_crash_and_a_graceful_leave() {
         })
         .await;
     assert!(second.log_text().contains("left the cluster"));
+    // node-1 saw one crash (node-3) and one leave (node-2), not two crashes.
+    let metrics = first.get("/metrics").await;
+    for kind in ["down", "left"] {
+        let line =
+            format!("wamp_cluster_membership_events_total{{node=\"node-1\",kind=\"{kind}\"}} 1");
+        assert!(metrics.contains(&line), "no `{line}` in:\n{metrics}");
+    }
 
+    // The last one leaves through the admin API, and exits 0.
     let mut first = first;
-    first.signal("-INT");
+    let response = http()
+        .post(format!("http://{}/cluster/leave", first.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
     let status = first.wait(Duration::from_secs(10));
     assert!(status.success(), "{status:?}: {}", first.log_text());
 }
@@ -210,16 +230,29 @@ async fn a_second_process_with_a_running_nodes_id_stops_the_older_one() {
 /// Runs the program to its exit with `args` and extra environment; returns the exit code and
 /// standard error.
 fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let mut command = Command::new(BIN);
-    command.args(args).stdin(Stdio::null());
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let output = command.output().unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let dir = tempfile::tempdir().unwrap();
+    let stderr_path = dir.path().join("stderr");
+    let mut child = Command::new(BIN)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{args:?} did not exit: the configuration was not refused");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status.code(), fs::read_to_string(&stderr_path).unwrap())
 }
 
 /// Arguments, environment, and the key the error must name.
@@ -274,7 +307,7 @@ fn a_bad_configuration_exits_2_naming_the_key() {
     assert!(stderr.contains("node_id"), "{stderr}");
 }
 
-/// `--log-format json` writes one JSON object per line.
+/// `--log-format json` writes one JSON object per line; SIGINT leaves and exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_are_one_object_per_line() {
     let _serial = SERIAL.lock().await;
@@ -306,7 +339,7 @@ async fn json_logs_are_one_object_per_line() {
     );
     p.wait_members(Duration::from_secs(20), "up", |m| all_live(m, 1))
         .await;
-    p.signal("-TERM");
+    p.signal("-INT");
     assert!(p.wait(Duration::from_secs(10)).success());
     let log = p.log_text();
     let lines: Vec<&str> = log.lines().collect();

@@ -2,7 +2,7 @@
 //!
 //! Reads the configuration (file, then `WAMP_CLUSTER_*` variables, then flags), sets up logs and
 //! metrics, starts the node and waits. SIGINT, SIGTERM and `POST /cluster/leave` mean a graceful
-//! leave, then exit 0. Exit codes: 0 after a leave, 1 when the node failed (such as another
+//! leave, then exit 0; a second signal during the leave stops at once (exit 1). Exit codes: 0 after a leave, 1 when the node failed (such as another
 //! process using its node id), 2 for a bad configuration or command line.
 
 use std::path::PathBuf;
@@ -157,7 +157,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
             return Err(err.into());
         }
     }
-    node.leave().await?;
+    // A second signal during the leave means: stop now.
+    tokio::select! {
+        result = node.leave() => result?,
+        _ = sigterm.recv() => anyhow::bail!("SIGTERM during the leave: stopped at once"),
+        _ = sigint.recv() => anyhow::bail!("SIGINT during the leave: stopped at once"),
+    }
     info!("left the cluster");
     Ok(())
 }

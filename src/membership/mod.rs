@@ -28,6 +28,7 @@ use chitchat::{
     ProtocolVersion,
 };
 use tokio::sync::{broadcast, oneshot, watch};
+use tokio_stream::wrappers::{BroadcastStream, WatchStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -58,10 +59,52 @@ const MAX_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 /// Heartbeat intervals the failure detector averages over.
 const SAMPLING_WINDOW: usize = 1000;
 
-/// A running membership. Cheap to clone; every clone talks to the same gossip thread.
+/// The chitchat configuration of a node with this configuration and generation: gossip
+/// protocol V1, the failure detector's initial interval equal to the gossip interval (so a
+/// freshly joined node's crash is detected as fast as an old one's), and dead nodes forgotten
+/// after `gossip.dead_node_grace_period_secs`.
+pub fn chitchat_config(config: &Config, generation: u64) -> ChitchatConfig {
+    let interval = config.gossip.interval();
+    let grace_period = Duration::from_secs(config.gossip.dead_node_grace_period_secs);
+    ChitchatConfig {
+        chitchat_id: ChitchatId::new(
+            config.node_id.as_str(),
+            generation,
+            config.gossip_public_addr(),
+        ),
+        cluster_id: config.cluster_id.clone(),
+        gossip_interval: interval,
+        listen_addr: config.gossip_addr,
+        seed_nodes: config.seeds.clone(),
+        failure_detector_config: FailureDetectorConfig {
+            phi_threshold: config.gossip.phi_threshold,
+            sampling_window_size: SAMPLING_WINDOW,
+            max_interval: MAX_HEARTBEAT_INTERVAL,
+            initial_interval: interval,
+            dead_node_grace_period: grace_period,
+        },
+        marked_for_deletion_grace_period: grace_period,
+        catchup_callback: None,
+        extra_liveness_predicate: None,
+        protocol_version: ProtocolVersion::V1,
+    }
+}
+
+/// A running membership. Cheap to clone; every clone talks to the same gossip thread. When the
+/// last clone is dropped, gossip stops (without announcing a leave).
 #[derive(Clone)]
 pub struct Membership {
     shared: Arc<Shared>,
+    _owner: Arc<Owner>,
+}
+
+/// Held by every [`Membership`] clone and not by the gossip thread: its drop stops gossip.
+struct Owner(CancellationToken);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
 }
 
 struct Shared {
@@ -94,29 +137,7 @@ impl Membership {
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
         let self_id = NodeId::from(config.node_id.as_str());
         let gossip_addr = config.gossip_public_addr();
-        let interval = config.gossip.interval();
-        let chitchat_config = ChitchatConfig {
-            chitchat_id: ChitchatId::new(config.node_id.as_str(), generation, gossip_addr),
-            cluster_id: config.cluster_id.clone(),
-            gossip_interval: interval,
-            listen_addr: config.gossip_addr,
-            seed_nodes: config.seeds.clone(),
-            failure_detector_config: FailureDetectorConfig {
-                phi_threshold: config.gossip.phi_threshold,
-                sampling_window_size: SAMPLING_WINDOW,
-                max_interval: MAX_HEARTBEAT_INTERVAL,
-                initial_interval: interval,
-                dead_node_grace_period: Duration::from_secs(
-                    config.gossip.dead_node_grace_period_secs,
-                ),
-            },
-            marked_for_deletion_grace_period: Duration::from_secs(
-                config.gossip.dead_node_grace_period_secs,
-            ),
-            catchup_callback: None,
-            extra_liveness_predicate: None,
-            protocol_version: ProtocolVersion::V1,
-        };
+        let chitchat_config = chitchat_config(config, generation);
         let keys = NodeKeys {
             forward_addr: Some(config.forward_public_addr()),
             admin_addr,
@@ -207,7 +228,11 @@ impl Membership {
             gossip_addr = %shared.gossip_addr,
             "membership started"
         );
-        Ok(Membership { shared })
+        let owner = Arc::new(Owner(shared.stop.clone()));
+        Ok(Membership {
+            shared,
+            _owner: owner,
+        })
     }
 
     /// This node's id.
@@ -230,17 +255,27 @@ impl Membership {
         self.shared.view.load_full()
     }
 
-    /// A receiver that always holds the latest view and wakes on every new one
-    /// (`tokio_stream::wrappers::WatchStream` makes it a stream).
+    /// A receiver that always holds the latest view and wakes on every new one.
     pub fn watch_view(&self) -> watch::Receiver<Arc<LiveView>> {
         self.shared.view_tx.subscribe()
     }
 
-    /// A receiver of membership events from now on (`tokio_stream::wrappers::BroadcastStream`
-    /// makes it a stream). One that falls [`EVENT_CHANNEL_CAPACITY`] events behind loses the
-    /// oldest and is told how many.
+    /// The stream of views: the current one first, then every new one (a slow reader skips to
+    /// the latest).
+    pub fn view_stream(&self) -> WatchStream<Arc<LiveView>> {
+        WatchStream::new(self.watch_view())
+    }
+
+    /// A receiver of membership events from now on. One that falls [`EVENT_CHANNEL_CAPACITY`]
+    /// events behind loses the oldest and is told how many (`RecvError::Lagged`).
     pub fn subscribe_events(&self) -> broadcast::Receiver<MembershipEvent> {
         self.shared.events_tx.subscribe()
+    }
+
+    /// The stream of membership events from now on; a reader that falls
+    /// [`EVENT_CHANNEL_CAPACITY`] events behind gets `Err(Lagged(n))` in place of what it lost.
+    pub fn event_stream(&self) -> BroadcastStream<MembershipEvent> {
+        BroadcastStream::new(self.subscribe_events())
     }
 
     /// Marks `node` unreachable in its current generation: it leaves the broadcast targets (not
@@ -282,13 +317,21 @@ impl Membership {
     /// Graceful leave: publishes `status=leaving`, keeps gossiping for `gossip.leave_rounds`
     /// rounds so that peers see it (they take the node out of their broadcast targets at once,
     /// and later see it `Left`, not `Down`), then stops gossip. Bounded by the leave duration
-    /// plus the thread's stop timeout.
+    /// plus the thread's stop timeout. Calling it again while a leave is under way waits for
+    /// that leave.
     pub async fn leave(&self) -> Result<(), MembershipError> {
         if self.shared.stop.is_cancelled() {
             return self.stopped().await;
         }
+        if self.shared.leaving.swap(true, Ordering::SeqCst) {
+            // A leave is under way: wait for it to end.
+            let bound = self.shared.leave_duration + THREAD_START_STOP_TIMEOUT;
+            return match tokio::time::timeout(bound, self.stopped()).await {
+                Ok(result) => result,
+                Err(_) => self.shutdown().await,
+            };
+        }
         info!(node = %self.shared.self_id, "leaving the cluster");
-        self.shared.leaving.store(true, Ordering::SeqCst);
         self.shared.set_status(Status::Leaving).await;
         let mut stopped = self.shared.stopped.subscribe();
         // Stop early if gossip dies meanwhile.
@@ -321,6 +364,7 @@ impl Membership {
     /// [`Membership::shutdown`], the error when it stopped on its own.
     pub async fn stopped(&self) -> Result<(), MembershipError> {
         let mut stopped = self.shared.stopped.subscribe();
+        // Bound to a name so that the borrow of `stopped` ends before it is dropped.
         let result = match stopped.wait_for(|s| s.is_some()).await {
             Ok(result) => result.clone().unwrap_or(Err(MembershipError::Stopped)),
             Err(_) => Err(MembershipError::Stopped),
@@ -360,11 +404,19 @@ impl Shared {
     /// Derives and publishes a new view from `input`, and sends the events that lead to it.
     fn rebuild(&self, input: &mut ViewInput) {
         let old = self.view.load_full();
-        let new = Arc::new(derive_view(&self.self_id, input, &old));
+        let derived = derive_view(&self.self_id, input, &old);
+        let node = self.self_id.to_string();
+        if derived.members() == old.members() {
+            // Nothing changed: keep the published view, only refresh the gauges (they expire
+            // when idle).
+            self.set_gauges(&node, &old);
+            return;
+        }
+        let new = Arc::new(derived);
         let events = diff_events(&old, &new);
         self.view.store(new.clone());
         self.view_tx.send_replace(new.clone());
-        let node = self.self_id.to_string();
+        self.set_gauges(&node, &new);
         for event in events {
             info!(node = %self.self_id, peer = %event.node(), kind = event.kind(), ?event, "membership event");
             metrics::counter!(m::MEMBERSHIP_EVENTS, "node" => node.clone(), "kind" => event.kind())
@@ -372,66 +424,67 @@ impl Shared {
             // No receiver is fine: nobody is listening.
             let _ = self.events_tx.send(event);
         }
+    }
+
+    fn set_gauges(&self, node: &str, view: &LiveView) {
         for status in [Status::Joining, Status::Ready, Status::Leaving] {
-            let count = new
+            let count = view
                 .members()
                 .iter()
                 .filter(|m| m.live && m.status == status)
                 .count();
-            metrics::gauge!(m::LIVE_MEMBERS, "node" => node.clone(), "status" => status.as_str())
+            metrics::gauge!(m::LIVE_MEMBERS, "node" => node.to_owned(), "status" => status.as_str())
                 .set(count as f64);
         }
-        let dead = new.members().iter().filter(|m| !m.live).count();
-        metrics::gauge!(m::DEAD_MEMBERS, "node" => node.clone()).set(dead as f64);
-        let unreachable = new
+        let dead = view.members().iter().filter(|m| !m.live).count();
+        metrics::gauge!(m::DEAD_MEMBERS, "node" => node.to_owned()).set(dead as f64);
+        let unreachable = view
             .members()
             .iter()
             .filter(|m| m.live && !m.reachable)
             .count();
-        metrics::gauge!(m::UNREACHABLE_MEMBERS, "node" => node).set(unreachable as f64);
+        metrics::gauge!(m::UNREACHABLE_MEMBERS, "node" => node.to_owned()).set(unreachable as f64);
     }
 
     /// Reads chitchat's state, rebuilds the view, and returns a node id conflict if one shows.
+    /// The input lock is taken before chitchat's is released, so two refreshes (from the gossip
+    /// thread and from a leave) publish their snapshots in the order they read them.
     async fn refresh(&self) -> Result<(), MembershipError> {
-        let (gossip, conflict) = {
-            let chitchat = self.chitchat.lock().await;
-            let live: HashSet<&ChitchatId> = chitchat.live_nodes().collect();
-            let mut conflict = None;
-            let gossip: Vec<GossipNode> = chitchat
-                .node_states()
-                .iter()
-                .map(|(id, state)| {
-                    if *id.node_id == *self.self_id.as_str() && id.generation_id > self.generation {
-                        conflict = Some(id.clone());
-                    }
-                    GossipNode {
-                        node_id: NodeId::from(id.node_id.clone()),
-                        generation: id.generation_id,
-                        gossip_addr: id.gossip_advertise_addr,
-                        alive: live.contains(id),
-                        keys: NodeKeys::parse(state.key_values()),
-                    }
-                })
-                .collect();
-            (gossip, conflict)
-        };
-        if let Some(other) = conflict {
-            let err = MembershipError::NodeIdConflict {
-                node_id: self.self_id.to_string(),
-                generation: self.generation,
-                gossip_addr: self.gossip_addr,
-                other_generation: other.generation_id,
-                other_gossip_addr: other.gossip_advertise_addr,
-            };
+        let chitchat = self.chitchat.lock().await;
+        let live: HashSet<&ChitchatId> = chitchat.live_nodes().collect();
+        // Only a live newer generation is another process: a dead one may be this node's own
+        // previous life, seen newer after the clock stepped back.
+        if let Some(other) = live
+            .iter()
+            .find(|id| *id.node_id == *self.self_id.as_str() && id.generation_id > self.generation)
+        {
             metrics::counter!(
                 m::NODE_ID_CONFLICTS,
                 "node" => self.self_id.to_string(),
                 "other_gossip_addr" => other.gossip_advertise_addr.to_string()
             )
             .increment(1);
-            return Err(err);
+            return Err(MembershipError::NodeIdConflict {
+                node_id: self.self_id.to_string(),
+                generation: self.generation,
+                gossip_addr: self.gossip_addr,
+                other_generation: other.generation_id,
+                other_gossip_addr: other.gossip_advertise_addr,
+            });
         }
+        let gossip: Vec<GossipNode> = chitchat
+            .node_states()
+            .iter()
+            .map(|(id, state)| GossipNode {
+                node_id: NodeId::from(id.node_id.clone()),
+                generation: id.generation_id,
+                gossip_addr: id.gossip_advertise_addr,
+                alive: live.contains(id),
+                keys: NodeKeys::parse(state.key_values()),
+            })
+            .collect();
         let mut input = self.lock_input();
+        drop(chitchat);
         input.gossip = gossip;
         self.rebuild(&mut input);
         Ok(())

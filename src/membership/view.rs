@@ -325,70 +325,79 @@ pub fn derive_view(self_id: &NodeId, input: &mut ViewInput, previous: &LiveView)
 }
 
 /// The events that lead from `old` to `new`, about nodes other than self, in node id order.
+///
+/// - `Joined`: the node became live and `ready` (a ring member): for the first time, after a
+///   restart, or again after it was down with the same generation.
+/// - `Restarted`: a newer generation replaced the old one; `Joined` follows once it is ready.
+/// - `Leaving`: the live node published `status=leaving`.
+/// - `Left` / `Down`: the node stopped being live, after announcing its leave or without a word.
+/// - `Unreachable` / `Reachable`: this node's reachability reports (a new generation starts
+///   reachable; a `Reachable` follows `Restarted` when the old generation was unreachable).
 pub fn diff_events(old: &LiveView, new: &LiveView) -> Vec<MembershipEvent> {
     let mut events = Vec::new();
     for m in &new.members {
         if m.node_id == new.self_id {
             continue;
         }
-        let node = m.node_id.clone();
+        let node = || m.node_id.clone();
         let generation = m.generation;
-        let Some(o) = old.member(m.node_id.as_str()) else {
-            if m.live {
-                events.push(MembershipEvent::Joined { node, generation });
-                if m.status == Status::Leaving {
-                    events.push(MembershipEvent::Leaving {
-                        node: m.node_id.clone(),
+        let leaving = |m: &Member| m.live && m.status == Status::Leaving;
+        let previous = old.member(m.node_id.as_str());
+        // The old state that counts: none when this is a new node or a new generation.
+        let same = match previous {
+            Some(o) if o.generation < m.generation => {
+                events.push(MembershipEvent::Restarted {
+                    node: node(),
+                    old_generation: o.generation,
+                    generation,
+                });
+                if !o.reachable && m.reachable {
+                    events.push(MembershipEvent::Reachable {
+                        node: node(),
                         generation,
                     });
                 }
+                None
             }
-            continue;
+            other => other,
         };
-        if o.generation < m.generation {
-            events.push(MembershipEvent::Restarted {
-                node,
-                old_generation: o.generation,
-                generation,
-            });
-            continue;
-        }
-        if m.live && m.status == Status::Leaving && !(o.live && o.status == Status::Leaving) {
-            if !o.live {
-                events.push(MembershipEvent::Joined {
-                    node: node.clone(),
-                    generation,
-                });
-            }
-            events.push(MembershipEvent::Leaving {
-                node: node.clone(),
-                generation,
-            });
-        } else if o.live && !m.live {
-            if o.status == Status::Leaving || m.status == Status::Leaving {
-                events.push(MembershipEvent::Left {
-                    node: node.clone(),
-                    generation,
-                });
-            } else {
-                events.push(MembershipEvent::Down {
-                    node: node.clone(),
-                    generation,
-                });
-            }
-        } else if !o.live && m.live {
+        if m.is_ring_member() && !same.is_some_and(Member::is_ring_member) {
             events.push(MembershipEvent::Joined {
-                node: node.clone(),
+                node: node(),
                 generation,
+            });
+        }
+        if leaving(m) && !same.is_some_and(leaving) {
+            events.push(MembershipEvent::Leaving {
+                node: node(),
+                generation,
+            });
+        }
+        let Some(o) = same else { continue };
+        if o.live && !m.live {
+            let left = o.status == Status::Leaving || m.status == Status::Leaving;
+            events.push(if left {
+                MembershipEvent::Left {
+                    node: node(),
+                    generation,
+                }
+            } else {
+                MembershipEvent::Down {
+                    node: node(),
+                    generation,
+                }
             });
         }
         match (o.reachable, m.reachable) {
             (true, false) => events.push(MembershipEvent::Unreachable {
-                node,
+                node: node(),
                 generation,
                 reason: m.unreachable_reason.clone().unwrap_or_default(),
             }),
-            (false, true) => events.push(MembershipEvent::Reachable { node, generation }),
+            (false, true) => events.push(MembershipEvent::Reachable {
+                node: node(),
+                generation,
+            }),
             _ => {}
         }
     }
@@ -465,11 +474,17 @@ mod tests {
         ]);
         assert_eq!(
             events,
-            [MembershipEvent::Restarted {
-                node: "b".into(),
-                old_generation: 10,
-                generation: 20
-            }]
+            [
+                MembershipEvent::Restarted {
+                    node: "b".into(),
+                    old_generation: 10,
+                    generation: 20
+                },
+                MembershipEvent::Joined {
+                    node: "b".into(),
+                    generation: 20
+                }
+            ]
         );
         assert_eq!(h.view.member("b").unwrap().generation, 20);
         assert_eq!(h.view.members().len(), 2);
@@ -584,15 +599,59 @@ mod tests {
     }
 
     #[test]
-    fn joins_are_reported_once_and_never_about_self() {
+    fn a_join_is_reported_once_when_the_node_is_ready_and_never_about_self() {
         let mut h = Harness::new();
         let events = h.gossip(vec![me(), gossip("a", 1, true, Status::Joining)]);
-        assert_eq!(Harness::kinds(&events), [("joined", "a".into())]);
+        assert!(events.is_empty(), "{events:?}");
+        assert!(!h.view.is_target("a"));
         let events = h.gossip(vec![me(), gossip("a", 1, true, Status::Ready)]);
-        assert!(events.is_empty());
+        assert_eq!(Harness::kinds(&events), [("joined", "a".into())]);
         assert!(h.view.is_target("a"));
         assert!(!h.view.is_target("me"));
-        assert_eq!(h.view.epoch(), 2);
+        let events = h.gossip(vec![
+            me(),
+            gossip("a", 1, true, Status::Ready),
+            gossip("b", 1, true, Status::Ready),
+        ]);
+        assert_eq!(Harness::kinds(&events), [("joined", "b".into())]);
+        assert_eq!(h.view.epoch(), 3);
+    }
+
+    #[test]
+    fn a_restart_reads_restarted_then_joined_once_ready_and_clears_unreachable() {
+        let mut h = Harness::new();
+        h.gossip(vec![me(), gossip("b", 1, true, Status::Ready)]);
+        h.input.unreachable.insert(
+            "b".into(),
+            Unreachable {
+                generation: 1,
+                reason: "connection lost".into(),
+            },
+        );
+        h.rebuild();
+        let events = h.gossip(vec![
+            me(),
+            gossip("b", 1, false, Status::Ready),
+            gossip("b", 2, true, Status::Joining),
+        ]);
+        assert_eq!(
+            Harness::kinds(&events),
+            [("restarted", "b".into()), ("reachable", "b".into())]
+        );
+        let events = h.gossip(vec![
+            me(),
+            gossip("b", 1, false, Status::Ready),
+            gossip("b", 2, true, Status::Ready),
+        ]);
+        assert_eq!(Harness::kinds(&events), [("joined", "b".into())]);
+    }
+
+    #[test]
+    fn an_unchanged_input_derives_an_equal_view() {
+        let mut h = Harness::new();
+        h.gossip(vec![me(), gossip("a", 1, true, Status::Ready)]);
+        let again = derive_view(&h.self_id, &mut h.input, &h.view);
+        assert_eq!(again.members(), h.view.members());
     }
 
     #[test]

@@ -89,3 +89,12 @@ pub async fn within<T>(timeout: Duration, what: &str, future: impl Future<Output
 /// Tests that start gossiping nodes take this lock, so that they do not compete for the two
 /// cores and make each other's nodes miss heartbeats.
 pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// An HTTP client whose every request ends within 5 s, so a stuck server fails a test rather
+/// than hanging it.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("HTTP client")
+}
