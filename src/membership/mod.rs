@@ -27,7 +27,7 @@ use chitchat::{
     spawn_chitchat, Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig,
     ProtocolVersion,
 };
-use tokio::sync::{broadcast, oneshot, watch};
+use tokio::sync::{broadcast, oneshot, watch, Notify};
 use tokio_stream::wrappers::{BroadcastStream, WatchStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -52,6 +52,10 @@ const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Longest wait for the gossip thread to start (bind its socket, resolve seed names) or stop.
 const THREAD_START_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Peers told of a status change at once, without waiting for the next gossip round (chitchat
+/// gossips with 3 random live nodes per round; this is the same fan-out).
+const ANNOUNCE_FANOUT: usize = 3;
 
 /// Chitchat's failure detector ignores heartbeat intervals longer than this.
 const MAX_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
@@ -121,6 +125,8 @@ struct Shared {
     stopped: watch::Sender<Option<Result<(), MembershipError>>>,
     /// Set once a leave began: the node never turns `ready` after that.
     leaving: AtomicBool,
+    /// Notified when this node's status changed, to gossip it at once.
+    announce: Notify,
 }
 
 impl Membership {
@@ -198,6 +204,7 @@ impl Membership {
                         stop: CancellationToken::new(),
                         stopped,
                         leaving: AtomicBool::new(false),
+                        announce: Notify::new(),
                     });
                     if started_tx.send(Ok(shared.clone())).is_err() {
                         // The caller gave up waiting: nobody will ever use this node.
@@ -321,7 +328,7 @@ impl Membership {
     /// that leave.
     pub async fn leave(&self) -> Result<(), MembershipError> {
         if self.shared.stop.is_cancelled() {
-            return self.stopped().await;
+            return self.shutdown().await;
         }
         if self.shared.leaving.swap(true, Ordering::SeqCst) {
             // A leave is under way: wait for it to end.
@@ -503,8 +510,34 @@ impl Shared {
                 .self_node_state()
                 .set(keys::STATUS, status.as_str());
         }
+        // Tell a few peers now rather than at the next gossip round.
+        self.announce.notify_one();
         if let Err(err) = self.refresh().await {
             warn!(error = %err, "refresh after a status change failed");
+        }
+    }
+}
+
+/// Starts a gossip exchange at once with up to [`ANNOUNCE_FANOUT`] live peers, picked from a
+/// varying offset, so that a status change spreads without waiting for the next round.
+fn announce(shared: &Shared, handle: &ChitchatHandle) {
+    let view = shared.view.load();
+    let peers: Vec<SocketAddr> = view
+        .members()
+        .iter()
+        .filter(|m| m.live && m.node_id != shared.self_id)
+        .map(|m| m.gossip_addr)
+        .collect();
+    if peers.is_empty() {
+        return;
+    }
+    let offset = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as usize);
+    for i in 0..peers.len().min(ANNOUNCE_FANOUT) {
+        let peer = peers[(offset + i) % peers.len()];
+        if let Err(err) = handle.gossip(peer) {
+            debug!(error = %err, %peer, "could not start a gossip exchange");
         }
     }
 }
@@ -537,6 +570,10 @@ async fn drive(
                 }
             }
             _ = refresh_tick.tick() => {}
+            _ = shared.announce.notified() => {
+                announce(shared, handle);
+                continue;
+            }
             _ = tokio::time::sleep_until(join_deadline), if joining => {}
         }
         shared.refresh().await?;
