@@ -15,6 +15,7 @@
 //!   [`Config`]; [`NodeHandle`] stops them.
 //! - [`admin`]: the HTTP admin API and `/metrics`.
 //! - [`metrics`]: metric names and the Prometheus recorder.
+//! - [`wamp`]: WAMP messages and values, and their JSON array form.
 //! - [`error`]: one error enum per layer.
 //!
 //! How a change flows: chitchat applies a gossip exchange → its live-nodes watcher fires on the
@@ -33,6 +34,7 @@ pub mod membership;
 pub mod metrics;
 pub mod node;
 mod node_id;
+pub mod wamp;
 
 pub use config::{Config, GossipConfig};
 pub use error::{ConfigError, MembershipError, NodeError};
