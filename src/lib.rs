@@ -16,6 +16,8 @@
 //! - [`admin`]: the HTTP admin API and `/metrics`.
 //! - [`metrics`]: metric names and the Prometheus recorder.
 //! - [`wamp`]: WAMP messages and values, and their JSON array form.
+//! - [`wire`]: the node-to-node frames, their encoding and the handshake; the only module that
+//!   knows the wire format.
 //! - [`error`]: one error enum per layer.
 //!
 //! How a change flows: chitchat applies a gossip exchange → its live-nodes watcher fires on the
@@ -34,13 +36,16 @@ pub mod membership;
 pub mod metrics;
 pub mod node;
 mod node_id;
+mod peer_id;
 pub mod wamp;
+pub mod wire;
 
 pub use config::{Config, GossipConfig};
 pub use error::{ConfigError, MembershipError, NodeError};
 pub use membership::{LiveView, Member, Membership, MembershipEvent, Ring, Status};
 pub use node::{Node, NodeBuilder, NodeHandle};
 pub use node_id::NodeId;
+pub use peer_id::{PeerId, SessionId};
 
 /// The version of wamp-cluster, published in gossip as `version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,538 @@
+//! The node-to-node wire protocol, and the only place that knows its encoding.
+//!
+//! A frame is a 4-byte big-endian length followed by the bincode 2 encoding
+//! (`config::standard()`, with a decode limit of [`FRAME_LIMIT`]) of a [`Frame`]. A connection
+//! starts with the dialer's [`Hello`] and the listener's `Welcome` (the highest version both
+//! speak) or `Refuse`; then the dialer sends `Forward` and `Ping` frames and the listener
+//! answers `Ack`, `Nack` and `Pong`.
+//!
+//! Sizes: a frame longer than the configured `max_frame_bytes` is refused before it is written
+//! (sender) and ends the connection (receiver); the decode limit, a compile-time constant, stops
+//! a length forged inside a small frame from making the receiver allocate more than
+//! [`FRAME_LIMIT`] bytes.
+
+use std::fmt;
+use std::io;
+
+use bincode::config::Configuration;
+use bytes::{BufMut, BytesMut};
+use serde::{Deserialize, Serialize};
+use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+
+use crate::peer_id::PeerId;
+use crate::wamp::WampMessage;
+use crate::NodeId;
+
+/// The first bytes of every [`Hello`].
+pub const MAGIC: [u8; 4] = *b"WAMC";
+
+/// The oldest protocol version this build speaks.
+pub const MIN_VERSION: u16 = 1;
+
+/// The newest protocol version this build speaks.
+pub const MAX_VERSION: u16 = 1;
+
+/// The largest frame any configuration may allow, in bytes (64 MiB), and bincode's decode
+/// limit: `forward.max_frame_bytes` is capped here.
+pub const FRAME_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Bytes of the length prefix.
+const LENGTH_BYTES: usize = 4;
+
+type WireConfig = Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<FRAME_LIMIT>,
+>;
+
+const fn wire_config() -> WireConfig {
+    bincode::config::standard().with_limit::<FRAME_LIMIT>()
+}
+
+/// One frame on a node-to-node connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Frame {
+    /// Dialer → listener, first frame.
+    Hello(Hello),
+    /// Listener → dialer: accepted, speaking `version`.
+    Welcome {
+        /// The highest version both sides speak.
+        version: u16,
+    },
+    /// Listener → dialer: refused; the listener closes the connection.
+    Refuse {
+        /// Why.
+        reason: RefuseReason,
+    },
+    /// Dialer → listener: a message to deliver (boxed: far larger than the other frames).
+    Forward(Box<Forward>),
+    /// Listener → dialer: the handler accepted message `id`.
+    Ack {
+        /// The `Forward` frame's id.
+        id: u64,
+    },
+    /// Listener → dialer: message `id` was not delivered.
+    Nack {
+        /// The `Forward` frame's id.
+        id: u64,
+        /// Why.
+        reason: NackReason,
+    },
+    /// Dialer → listener: are you there?
+    Ping {
+        /// Echoed in the `Pong`.
+        id: u64,
+    },
+    /// Listener → dialer: the answer to `Ping { id }`.
+    Pong {
+        /// The ping's id.
+        id: u64,
+    },
+}
+
+/// The dialer's introduction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Always [`MAGIC`].
+    pub magic: [u8; 4],
+    /// Oldest protocol version the dialer speaks.
+    pub min_version: u16,
+    /// Newest protocol version the dialer speaks.
+    pub max_version: u16,
+    /// The dialer's cluster id.
+    pub cluster_id: String,
+    /// The dialer's node id.
+    pub node_id: NodeId,
+    /// The dialer's generation.
+    pub generation: u64,
+    /// The node the dialer means to reach (from its view of the cluster).
+    pub to_node: NodeId,
+}
+
+/// Why a listener refused a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefuseReason {
+    /// The first frame was not a `Hello` with the magic bytes.
+    BadHello,
+    /// No protocol version in common; the listener speaks `min..=max`.
+    NoCommonVersion {
+        /// Oldest version the listener speaks.
+        min: u16,
+        /// Newest version the listener speaks.
+        max: u16,
+    },
+    /// The dialer belongs to another cluster.
+    WrongCluster {
+        /// The listener's cluster id.
+        expected: String,
+    },
+    /// The dialer meant another node (its view is stale, or the address was reused).
+    WrongNode {
+        /// The listener's node id.
+        actual: NodeId,
+    },
+    /// The listener takes no more connections.
+    Overloaded,
+    /// The listener is shutting down.
+    ShuttingDown,
+}
+
+impl fmt::Display for RefuseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RefuseReason::BadHello => f.write_str("bad hello"),
+            RefuseReason::NoCommonVersion { min, max } => {
+                write!(
+                    f,
+                    "no common protocol version (listener speaks {min}..={max})"
+                )
+            }
+            RefuseReason::WrongCluster { expected } => {
+                write!(f, "wrong cluster (listener is in `{expected}`)")
+            }
+            RefuseReason::WrongNode { actual } => write!(f, "wrong node (listener is `{actual}`)"),
+            RefuseReason::Overloaded => f.write_str("overloaded"),
+            RefuseReason::ShuttingDown => f.write_str("shutting down"),
+        }
+    }
+}
+
+/// A message to deliver.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Forward {
+    /// Unique per connection direction; echoed in the `Ack` or `Nack`.
+    pub id: u64,
+    /// Milliseconds the sender still waits for the ack when it writes the frame; the receiver
+    /// nacks `Expired` rather than deliver once they have passed.
+    pub ttl_ms: u32,
+    /// The sending peer.
+    pub from: PeerId,
+    /// The receiving peer.
+    pub to: PeerId,
+    /// The message.
+    pub message: WampMessage,
+}
+
+/// Why a message was not delivered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NackReason {
+    /// Its time to live ran out before it could be delivered.
+    Expired,
+    /// The receiver's handler is overloaded.
+    Overloaded,
+    /// No such session on the receiving node.
+    NoSuchSession,
+    /// The receiving node is shutting down.
+    ShuttingDown,
+    /// The message type is not forwarded.
+    NotForwardable,
+    /// Any other refusal of the handler, in its words.
+    Refused(String),
+}
+
+impl fmt::Display for NackReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NackReason::Expired => f.write_str("expired"),
+            NackReason::Overloaded => f.write_str("overloaded"),
+            NackReason::NoSuchSession => f.write_str("no such session"),
+            NackReason::ShuttingDown => f.write_str("shutting down"),
+            NackReason::NotForwardable => f.write_str("not forwardable"),
+            NackReason::Refused(reason) => f.write_str(reason),
+        }
+    }
+}
+
+/// What the listener answers a [`Hello`]: the version to speak, or why not. A pure function.
+pub fn negotiate(hello: &Hello, cluster_id: &str, node_id: &NodeId) -> Result<u16, RefuseReason> {
+    if hello.magic != MAGIC {
+        return Err(RefuseReason::BadHello);
+    }
+    if hello.cluster_id != cluster_id {
+        return Err(RefuseReason::WrongCluster {
+            expected: cluster_id.to_owned(),
+        });
+    }
+    if hello.to_node != *node_id {
+        return Err(RefuseReason::WrongNode {
+            actual: node_id.clone(),
+        });
+    }
+    let version = hello.max_version.min(MAX_VERSION);
+    if version < hello.min_version.max(MIN_VERSION) {
+        return Err(RefuseReason::NoCommonVersion {
+            min: MIN_VERSION,
+            max: MAX_VERSION,
+        });
+    }
+    Ok(version)
+}
+
+/// A frame that could not be read or written. The connection cannot go on after a read error.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The socket failed.
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    /// A frame longer than the limit (received: the length prefix said so; sent: refused
+    /// before anything was written).
+    #[error("frame of {len} bytes is larger than the limit of {max}")]
+    TooLarge {
+        /// The frame's length, when known.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The bytes are not a frame of this protocol.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
+/// Encodes and decodes length-prefixed frames for `tokio_util::codec::Framed`.
+#[derive(Debug)]
+pub struct FrameCodec {
+    lengths: LengthDelimitedCodec,
+    max_frame_bytes: usize,
+}
+
+impl FrameCodec {
+    /// A codec refusing frames longer than `max_frame_bytes` (capped at [`FRAME_LIMIT`]).
+    pub fn new(max_frame_bytes: usize) -> FrameCodec {
+        let max_frame_bytes = max_frame_bytes.min(FRAME_LIMIT);
+        FrameCodec {
+            lengths: LengthDelimitedCodec::builder()
+                .length_field_length(LENGTH_BYTES)
+                .big_endian()
+                .max_frame_length(max_frame_bytes)
+                .new_codec(),
+            max_frame_bytes,
+        }
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = Frame;
+    type Error = WireError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, WireError> {
+        let announced = (src.len() >= LENGTH_BYTES)
+            .then(|| u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize);
+        let bytes = match self.lengths.decode(src) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Ok(None),
+            Err(err) if err.kind() == io::ErrorKind::InvalidData => {
+                return Err(WireError::TooLarge {
+                    len: announced.unwrap_or(0),
+                    max: self.max_frame_bytes,
+                })
+            }
+            Err(err) => return Err(err.into()),
+        };
+        let (frame, read) = bincode::serde::decode_from_slice(&bytes, wire_config())
+            .map_err(|e| WireError::Malformed(e.to_string()))?;
+        if read != bytes.len() {
+            return Err(WireError::Malformed(format!(
+                "{} bytes left over after the frame",
+                bytes.len() - read
+            )));
+        }
+        Ok(Some(frame))
+    }
+}
+
+impl Encoder<&Frame> for FrameCodec {
+    type Error = WireError;
+
+    /// Appends the frame to `dst`; on error `dst` is left as it was.
+    fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), WireError> {
+        let start = dst.len();
+        dst.put_u32(0);
+        let written =
+            bincode::serde::encode_into_std_write(frame, &mut dst.writer(), wire_config());
+        let len = dst.len() - start - LENGTH_BYTES;
+        let result = match written {
+            Err(err) => Err(WireError::Malformed(err.to_string())),
+            Ok(_) if len > self.max_frame_bytes => Err(WireError::TooLarge {
+                len,
+                max: self.max_frame_bytes,
+            }),
+            Ok(_) => {
+                let prefix = u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes();
+                dst[start..start + LENGTH_BYTES].copy_from_slice(&prefix);
+                return Ok(());
+            }
+        };
+        dst.truncate(start);
+        result
+    }
+}
+
+impl Encoder<Frame> for FrameCodec {
+    type Error = WireError;
+
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), WireError> {
+        self.encode(&frame, dst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wamp::samples;
+
+    fn hello() -> Hello {
+        Hello {
+            magic: MAGIC,
+            min_version: MIN_VERSION,
+            max_version: MAX_VERSION,
+            cluster_id: "c".into(),
+            node_id: "a".into(),
+            generation: 7,
+            to_node: "b".into(),
+        }
+    }
+
+    fn every_frame() -> Vec<Frame> {
+        let mut frames = vec![
+            Frame::Hello(hello()),
+            Frame::Welcome { version: 1 },
+            Frame::Refuse {
+                reason: RefuseReason::WrongCluster {
+                    expected: "c".into(),
+                },
+            },
+            Frame::Ack { id: u64::MAX },
+            Frame::Nack {
+                id: 3,
+                reason: NackReason::Refused("busy".into()),
+            },
+            Frame::Ping { id: 1 },
+            Frame::Pong { id: 1 },
+        ];
+        for (id, message) in (0..).zip(samples().into_iter().filter(|m| m.is_forwardable())) {
+            frames.push(Frame::Forward(Box::new(Forward {
+                id,
+                ttl_ms: 5000,
+                from: PeerId::session("realm1", "a", 1),
+                to: PeerId::node("realm1", "b"),
+                message,
+            })));
+        }
+        frames
+    }
+
+    fn encoded(frame: &Frame) -> BytesMut {
+        let mut buf = BytesMut::new();
+        FrameCodec::new(FRAME_LIMIT)
+            .encode(frame, &mut buf)
+            .unwrap();
+        buf
+    }
+
+    #[test]
+    fn every_frame_and_every_forwardable_message_round_trips() {
+        let frames = every_frame();
+        assert_eq!(frames.len(), 7 + 5);
+        let mut codec = FrameCodec::new(1 << 20);
+        let mut buf = BytesMut::new();
+        for frame in &frames {
+            codec.encode(frame, &mut buf).unwrap();
+        }
+        for frame in &frames {
+            assert_eq!(codec.decode(&mut buf).unwrap().as_ref(), Some(frame));
+        }
+        assert!(buf.is_empty());
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_truncated_frame_waits_for_the_rest_and_never_panics() {
+        for frame in every_frame() {
+            let whole = encoded(&frame);
+            for cut in 0..whole.len() {
+                let mut codec = FrameCodec::new(FRAME_LIMIT);
+                let mut buf = BytesMut::from(&whole[..cut]);
+                assert!(codec.decode(&mut buf).unwrap().is_none(), "cut at {cut}");
+                buf.extend_from_slice(&whole[cut..]);
+                assert_eq!(codec.decode(&mut buf).unwrap(), Some(frame.clone()));
+            }
+        }
+    }
+
+    #[test]
+    fn garbage_is_an_error_never_a_panic() {
+        // xorshift: deterministic, no dependency.
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut errors = 0;
+        for _ in 0..20_000 {
+            let len = (next() % 64) as usize;
+            let mut buf = BytesMut::new();
+            buf.put_u32(len as u32);
+            for _ in 0..len {
+                buf.put_u8(next() as u8);
+            }
+            if FrameCodec::new(1024).decode(&mut buf).is_err() {
+                errors += 1;
+            }
+        }
+        assert!(errors > 15_000, "most random frames are refused: {errors}");
+        // Cut a valid frame's body short inside its length prefix: malformed, not a panic.
+        let mut whole = encoded(&every_frame()[8]);
+        let len = whole.len() - LENGTH_BYTES - 3;
+        whole.truncate(LENGTH_BYTES + len);
+        whole[..LENGTH_BYTES].copy_from_slice(&(len as u32).to_be_bytes());
+        assert!(matches!(
+            FrameCodec::new(FRAME_LIMIT).decode(&mut whole),
+            Err(WireError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn frames_over_the_limit_are_refused_by_sender_and_receiver() {
+        let big = Frame::Nack {
+            id: 1,
+            reason: NackReason::Refused("x".repeat(2000)),
+        };
+        let mut codec = FrameCodec::new(1000);
+        let mut buf = BytesMut::from(&b"kept"[..]);
+        let err = codec.encode(&big, &mut buf).unwrap_err();
+        assert!(
+            matches!(err, WireError::TooLarge { max: 1000, .. }),
+            "{err}"
+        );
+        assert_eq!(&buf[..], b"kept", "nothing written");
+
+        let mut incoming = encoded(&big);
+        let err = codec.decode(&mut incoming).unwrap_err();
+        assert!(
+            matches!(err, WireError::TooLarge { len, max: 1000 } if len > 2000),
+            "{err}"
+        );
+        assert_eq!(FrameCodec::new(usize::MAX).max_frame_bytes, FRAME_LIMIT);
+    }
+
+    #[test]
+    fn a_length_forged_inside_a_small_frame_is_refused_without_allocating_it() {
+        let frame = Frame::Nack {
+            id: 1,
+            reason: NackReason::Refused("xy".into()),
+        };
+        let whole = encoded(&frame);
+        // The string's length is the byte 2 followed by "xy"; claim 2^40 bytes instead
+        // (varint 253 = a u64 follows).
+        let at = whole.windows(3).position(|w| w == [2, b'x', b'y']).unwrap();
+        let mut forged = whole[LENGTH_BYTES..at].to_vec();
+        forged.push(253);
+        forged.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        forged.extend_from_slice(b"xy");
+        let mut buf = BytesMut::new();
+        buf.put_u32(forged.len() as u32);
+        buf.extend_from_slice(&forged);
+        let err = FrameCodec::new(FRAME_LIMIT).decode(&mut buf).unwrap_err();
+        // bincode checks the claimed length against the decode limit before it allocates.
+        assert!(
+            matches!(&err, WireError::Malformed(m) if m.contains("LimitExceeded")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn negotiation_picks_the_highest_common_version_and_names_refusals() {
+        let me = NodeId::from("b");
+        assert_eq!(negotiate(&hello(), "c", &me), Ok(MAX_VERSION));
+        let newer = Hello {
+            min_version: MAX_VERSION,
+            max_version: MAX_VERSION + 5,
+            ..hello()
+        };
+        assert_eq!(negotiate(&newer, "c", &me), Ok(MAX_VERSION));
+        let too_new = Hello {
+            min_version: MAX_VERSION + 1,
+            max_version: MAX_VERSION + 2,
+            ..hello()
+        };
+        assert!(matches!(
+            negotiate(&too_new, "c", &me),
+            Err(RefuseReason::NoCommonVersion { .. })
+        ));
+        assert!(matches!(
+            negotiate(&hello(), "other", &me),
+            Err(RefuseReason::WrongCluster { .. })
+        ));
+        assert!(matches!(
+            negotiate(&hello(), "c", &NodeId::from("z")),
+            Err(RefuseReason::WrongNode { .. })
+        ));
+        let bad = Hello {
+            magic: *b"HTTP",
+            ..hello()
+        };
+        assert_eq!(negotiate(&bad, "c", &me), Err(RefuseReason::BadHello));
+    }
+}
