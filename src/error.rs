@@ -4,6 +4,9 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::wire::NackReason;
+use crate::NodeId;
+
 /// A configuration that cannot be used. Nothing was started.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -101,4 +104,95 @@ pub enum NodeError {
         /// Why.
         source: io::Error,
     },
+}
+
+/// Why a forward, a `receive_ack` or one node of a broadcast failed. Each variant says whether
+/// the message may have been delivered.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ForwardError {
+    /// Only PUBLISH, ERROR, INTERRUPT, INVOCATION and RESULT are forwarded. Nothing was sent.
+    #[error("{message_type} is not forwarded between nodes")]
+    NotForwardable {
+        /// The message type's name.
+        message_type: &'static str,
+    },
+    /// The destination is this node. Nothing was sent.
+    #[error("the destination is this node")]
+    LocalDestination,
+    /// The node is not live in the view. Nothing was sent.
+    #[error("node `{node}` is not a live member")]
+    UnknownNode {
+        /// The node.
+        node: NodeId,
+    },
+    /// No ack within the timeout. The message may have been delivered.
+    #[error("no ack from `{node}` in time; the message may have been delivered")]
+    Timeout {
+        /// The node.
+        node: NodeId,
+    },
+    /// The connection broke after the message was written and before its ack. The message may
+    /// have been delivered.
+    #[error("connection to `{node}` lost before the ack; the message may have been delivered")]
+    ConnectionLost {
+        /// The node.
+        node: NodeId,
+    },
+    /// The receiving node refused the message. It was not delivered.
+    #[error("`{node}` refused the message: {reason}")]
+    Rejected {
+        /// The node.
+        node: NodeId,
+        /// Its reason.
+        reason: NackReason,
+    },
+    /// The receiving node got the message after its time to live. It was not delivered.
+    #[error("`{node}` received the message after its time to live; it was not delivered")]
+    Expired {
+        /// The node.
+        node: NodeId,
+    },
+    /// The send queue to the node is full and the options asked not to wait. Nothing was sent.
+    #[error("the send queue to `{node}` is full")]
+    QueueFull {
+        /// The node.
+        node: NodeId,
+    },
+    /// The encoded message is larger than `forward.max_frame_bytes`. Nothing was sent.
+    #[error("message of {len} bytes is larger than the limit of {max}")]
+    TooLarge {
+        /// Encoded size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// No pending ack has this id: never issued, already received, or expired.
+    #[error("no pending ack {id}")]
+    UnknownAck {
+        /// The id.
+        id: u64,
+    },
+    /// The forwarder is shutting down. The message may have been delivered if it was written.
+    #[error("the forwarder is shutting down")]
+    ShuttingDown,
+}
+
+impl ForwardError {
+    /// The variant's name in snake case (`timeout`, `connection_lost`, …), as the admin API and
+    /// metrics name it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ForwardError::NotForwardable { .. } => "not_forwardable",
+            ForwardError::LocalDestination => "local_destination",
+            ForwardError::UnknownNode { .. } => "unknown_node",
+            ForwardError::Timeout { .. } => "timeout",
+            ForwardError::ConnectionLost { .. } => "connection_lost",
+            ForwardError::Rejected { .. } => "rejected",
+            ForwardError::Expired { .. } => "expired",
+            ForwardError::QueueFull { .. } => "queue_full",
+            ForwardError::TooLarge { .. } => "too_large",
+            ForwardError::UnknownAck { .. } => "unknown_ack",
+            ForwardError::ShuttingDown => "shutting_down",
+        }
+    }
 }

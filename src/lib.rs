@@ -32,6 +32,7 @@
 pub mod admin;
 pub mod config;
 pub mod error;
+pub mod forward;
 pub mod membership;
 pub mod metrics;
 pub mod node;
@@ -41,7 +42,7 @@ pub mod wamp;
 pub mod wire;
 
 pub use config::{Config, GossipConfig};
-pub use error::{ConfigError, MembershipError, NodeError};
+pub use error::{ConfigError, ForwardError, MembershipError, NodeError};
 pub use membership::{LiveView, Member, Membership, MembershipEvent, Ring, Status};
 pub use node::{Node, NodeBuilder, NodeHandle};
 pub use node_id::NodeId;

@@ -160,17 +160,50 @@ impl fmt::Display for RefuseReason {
 /// A message to deliver.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Forward {
+    /// Milliseconds the sender still waits for the ack when it writes the frame; the receiver
+    /// nacks `Expired` rather than deliver once they have passed. Encoded first and with a
+    /// fixed width, so that the writer can set it in an encoded frame ([`set_ttl`]).
+    #[serde(with = "fixed_u32")]
+    pub ttl_ms: u32,
     /// Unique per connection direction; echoed in the `Ack` or `Nack`.
     pub id: u64,
-    /// Milliseconds the sender still waits for the ack when it writes the frame; the receiver
-    /// nacks `Expired` rather than deliver once they have passed.
-    pub ttl_ms: u32,
     /// The sending peer.
     pub from: PeerId,
     /// The receiving peer.
     pub to: PeerId,
     /// The message.
     pub message: WampMessage,
+}
+
+/// Where `ttl_ms` sits in an encoded `Forward` frame: after the length prefix and the one-byte
+/// variant index.
+const TTL_OFFSET: usize = LENGTH_BYTES + 1;
+
+/// Sets the time to live of an encoded `Forward` frame (as [`FrameCodec`] wrote it) just before
+/// it is written, so that time spent in the send queue counts. Returns `false`, changing
+/// nothing, when `frame` is not an encoded `Forward` frame.
+pub fn set_ttl(frame: &mut [u8], ttl_ms: u32) -> bool {
+    if frame.len() < TTL_OFFSET + 4 || frame[LENGTH_BYTES] != FORWARD_VARIANT {
+        return false;
+    }
+    frame[TTL_OFFSET..TTL_OFFSET + 4].copy_from_slice(&ttl_ms.to_be_bytes());
+    true
+}
+
+/// The variant index of `Frame::Forward` in the encoding.
+const FORWARD_VARIANT: u8 = 3;
+
+/// A `u32` encoded as 4 big-endian bytes whatever the integer encoding.
+mod fixed_u32 {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &u32, serializer: S) -> Result<S::Ok, S::Error> {
+        value.to_be_bytes().serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+        <[u8; 4]>::deserialize(deserializer).map(u32::from_be_bytes)
+    }
 }
 
 /// Why a message was not delivered.
@@ -500,6 +533,24 @@ mod tests {
             matches!(&err, WireError::Malformed(m) if m.contains("LimitExceeded")),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_time_to_live_of_an_encoded_forward_frame_can_be_set_in_place() {
+        let mut codec = FrameCodec::new(FRAME_LIMIT);
+        for frame in every_frame() {
+            let mut bytes = encoded(&frame);
+            let is_forward = matches!(frame, Frame::Forward(_));
+            assert_eq!(set_ttl(&mut bytes, 1234), is_forward);
+            let decoded = codec.decode(&mut bytes).unwrap().unwrap();
+            match (decoded, frame) {
+                (Frame::Forward(d), Frame::Forward(f)) => {
+                    assert_eq!(d.ttl_ms, 1234);
+                    assert_eq!(d.message, f.message);
+                }
+                (d, f) => assert_eq!(d, f),
+            }
+        }
     }
 
     #[test]
