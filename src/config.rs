@@ -52,6 +52,58 @@ pub struct Config {
     pub labels: BTreeMap<String, String>,
     /// Gossip and failure detection.
     pub gossip: GossipConfig,
+    /// Forwarding between nodes.
+    pub forward: ForwardConfig,
+}
+
+/// Forwarding settings (the `[forward]` section).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardConfig {
+    /// Milliseconds a forward waits for its ack unless the call says otherwise.
+    pub ack_timeout_ms: u64,
+    /// Largest encoded frame, sent or received, in bytes; at most 64 MiB.
+    pub max_frame_bytes: usize,
+    /// Messages queued per peer before `forward` waits (or fails with `QueueFull`).
+    pub queue_capacity: usize,
+    /// Bytes queued per peer before `forward` waits (or fails with `QueueFull`); at least
+    /// `max_frame_bytes`.
+    pub queue_capacity_bytes: usize,
+    /// Milliseconds to connect and complete the handshake with a peer.
+    pub connect_timeout_ms: u64,
+    /// Longest pause, in milliseconds, between two dials of a peer that does not answer; the
+    /// pause starts at 50 ms and doubles, with jitter.
+    pub max_redial_backoff_ms: u64,
+}
+
+impl Default for ForwardConfig {
+    fn default() -> Self {
+        Self {
+            ack_timeout_ms: 5000,
+            max_frame_bytes: 16 * 1024 * 1024,
+            queue_capacity: 65536,
+            queue_capacity_bytes: 64 * 1024 * 1024,
+            connect_timeout_ms: 1000,
+            max_redial_backoff_ms: 2000,
+        }
+    }
+}
+
+impl ForwardConfig {
+    /// The default ack timeout.
+    pub fn ack_timeout(&self) -> Duration {
+        Duration::from_millis(self.ack_timeout_ms)
+    }
+
+    /// The connect and handshake timeout.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// The longest pause between dials.
+    pub fn max_redial_backoff(&self) -> Duration {
+        Duration::from_millis(self.max_redial_backoff_ms)
+    }
 }
 
 /// Gossip timings (the `[gossip]` section).
@@ -87,6 +139,7 @@ impl Default for Config {
             seeds: Vec::new(),
             labels: BTreeMap::new(),
             gossip: GossipConfig::default(),
+            forward: ForwardConfig::default(),
         }
     }
 }
@@ -158,6 +211,12 @@ const KEYS: &[(&str, Kind)] = &[
     ("gossip.dead_node_grace_period_secs", Kind::U64),
     ("gossip.join_timeout_ms", Kind::U64),
     ("gossip.leave_rounds", Kind::U32),
+    ("forward.ack_timeout_ms", Kind::U64),
+    ("forward.max_frame_bytes", Kind::U64),
+    ("forward.queue_capacity", Kind::U64),
+    ("forward.queue_capacity_bytes", Kind::U64),
+    ("forward.connect_timeout_ms", Kind::U64),
+    ("forward.max_redial_backoff_ms", Kind::U64),
 ];
 
 impl Config {
@@ -346,6 +405,34 @@ impl Config {
         if g.join_timeout_ms > 600_000 {
             return invalid("gossip.join_timeout_ms", "must be at most 600000");
         }
+        let f = &self.forward;
+        if !(1..=3_600_000).contains(&f.ack_timeout_ms) {
+            return invalid("forward.ack_timeout_ms", "must be between 1 and 3600000");
+        }
+        if !(1024..=crate::wire::FRAME_LIMIT).contains(&f.max_frame_bytes) {
+            return invalid(
+                "forward.max_frame_bytes",
+                &format!("must be between 1024 and {}", crate::wire::FRAME_LIMIT),
+            );
+        }
+        if f.queue_capacity == 0 {
+            return invalid("forward.queue_capacity", "must be at least 1");
+        }
+        if f.queue_capacity_bytes < f.max_frame_bytes {
+            return invalid(
+                "forward.queue_capacity_bytes",
+                "must be at least forward.max_frame_bytes",
+            );
+        }
+        if !(1..=600_000).contains(&f.connect_timeout_ms) {
+            return invalid("forward.connect_timeout_ms", "must be between 1 and 600000");
+        }
+        if !(50..=600_000).contains(&f.max_redial_backoff_ms) {
+            return invalid(
+                "forward.max_redial_backoff_ms",
+                "must be between 50 and 600000",
+            );
+        }
         if !(1..=100).contains(&g.leave_rounds) {
             return invalid(
                 "gossip.leave_rounds",
@@ -508,6 +595,12 @@ mod tests {
             ("gossip.dead_node_grace_period_secs", "0"),
             ("gossip.leave_rounds", "1000"),
             ("gossip.leave_rounds", "0"),
+            ("forward.ack_timeout_ms", "0"),
+            ("forward.max_frame_bytes", "100"),
+            ("forward.queue_capacity", "0"),
+            ("forward.queue_capacity_bytes", "1"),
+            ("forward.connect_timeout_ms", "0"),
+            ("forward.max_redial_backoff_ms", "1"),
             ("seeds", "no-port"),
         ];
         for (key, raw) in cases {

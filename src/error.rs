@@ -96,6 +96,14 @@ pub enum NodeError {
     /// Membership failed.
     #[error(transparent)]
     Membership(#[from] MembershipError),
+    /// The forward listener could not bind its address.
+    #[error("cannot bind the forward listener on {addr}: {source}")]
+    ForwardBind {
+        /// The forward address.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
     /// The admin API could not bind its address.
     #[error("cannot bind admin API on {addr}: {source}")]
     AdminBind {

@@ -41,12 +41,17 @@ mod peer_id;
 pub mod wamp;
 pub mod wire;
 
-pub use config::{Config, GossipConfig};
+pub use config::{Config, ForwardConfig, GossipConfig};
 pub use error::{ConfigError, ForwardError, MembershipError, NodeError};
+pub use forward::{
+    AckId, BadNodeReport, BadReason, Broadcast, Deliver, Delivery, Discard, ForwardOptions,
+    Forwarder, Verdict,
+};
 pub use membership::{LiveView, Member, Membership, MembershipEvent, Ring, Status};
 pub use node::{Node, NodeBuilder, NodeHandle};
 pub use node_id::NodeId;
 pub use peer_id::{PeerId, SessionId};
+pub use wire::NackReason;
 
 /// The version of wamp-cluster, published in gossip as `version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

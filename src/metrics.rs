@@ -21,6 +21,16 @@ pub const MEMBERSHIP_EVENTS: &str = "wamp_cluster_membership_events_total";
 /// Counter: sightings of another process that uses this node's id (label `other_gossip_addr`).
 pub const NODE_ID_CONFLICTS: &str = "wamp_cluster_node_id_conflicts_total";
 
+/// Counter: bad-node reports by `peer` and `reason` (`ack_timeout`, `connect_failed`,
+/// `connection_lost`), one per transition to unreachable.
+pub const BAD_NODE_REPORTS: &str = "wamp_cluster_bad_node_reports_total";
+/// Counter: acks and nacks that arrived after their entry ended, by `peer`.
+pub const LATE_ACKS: &str = "wamp_cluster_late_acks_total";
+/// Counter: inbound handshakes refused, by `reason`.
+pub const HANDSHAKES_REFUSED: &str = "wamp_cluster_handshakes_refused_total";
+/// Counter: inbound connections closed on a bad frame, by `reason`.
+pub const FRAMES_REFUSED: &str = "wamp_cluster_frames_refused_total";
+
 /// How long a gauge or histogram that is no longer updated stays in the output: series of
 /// peers that left are dropped after this, so churn cannot grow the output without bound.
 /// Counters are kept: one dropped and recreated would lose its first increment to `rate()`.
@@ -35,6 +45,10 @@ pub fn describe() {
     metrics::describe_gauge!(DEAD_MEMBERS, "Members that gossip holds dead.");
     metrics::describe_gauge!(UNREACHABLE_MEMBERS, "Live members reported unreachable.");
     metrics::describe_counter!(MEMBERSHIP_EVENTS, "Membership events by kind.");
+    metrics::describe_counter!(BAD_NODE_REPORTS, "Bad-node reports by peer and reason.");
+    metrics::describe_counter!(LATE_ACKS, "Acks that arrived after their entry ended.");
+    metrics::describe_counter!(HANDSHAKES_REFUSED, "Inbound handshakes refused by reason.");
+    metrics::describe_counter!(FRAMES_REFUSED, "Inbound connections closed on a bad frame.");
     metrics::describe_counter!(
         NODE_ID_CONFLICTS,
         "Sightings of another process using this node's id."

@@ -14,9 +14,13 @@ use tracing::{info, warn};
 use crate::admin;
 use crate::config::Config;
 use crate::error::{MembershipError, NodeError};
+use crate::forward::{Deliver, Discard, Forwarder};
 use crate::membership::{LiveView, Membership};
 use crate::metrics::UPKEEP_INTERVAL;
 use crate::NodeId;
+
+/// How long stopping waits for the forwarder's tasks.
+const FORWARDER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long stopping waits for the admin server's open requests.
 const ADMIN_STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -30,6 +34,7 @@ impl Node {
         NodeBuilder {
             config,
             prometheus: None,
+            deliver: Arc::new(Discard),
         }
     }
 }
@@ -38,6 +43,7 @@ impl Node {
 pub struct NodeBuilder {
     config: Config,
     prometheus: Option<PrometheusHandle>,
+    deliver: Arc<dyn Deliver>,
 }
 
 impl NodeBuilder {
@@ -48,7 +54,15 @@ impl NodeBuilder {
         self
     }
 
-    /// Validates the configuration, binds the admin API and starts gossip. Returns once both
+    /// The handler of messages forwarded to this node (default: [`Discard`], which accepts and
+    /// drops them).
+    pub fn deliver(mut self, deliver: Arc<dyn Deliver>) -> Self {
+        self.deliver = deliver;
+        self
+    }
+
+    /// Validates the configuration, binds the admin API and the forward listener, and starts
+    /// gossip and the forwarder. Returns once both
     /// listen; the node is `joining` until it has joined (see [`Membership::start`]).
     pub async fn start(self) -> Result<NodeHandle, NodeError> {
         self.config.validate()?;
@@ -64,7 +78,30 @@ impl NodeBuilder {
                 addr: self.config.admin_addr,
                 source,
             })?;
+        let forward_listener =
+            TcpListener::bind(self.config.forward_addr)
+                .await
+                .map_err(|source| NodeError::ForwardBind {
+                    addr: self.config.forward_addr,
+                    source,
+                })?;
         let membership = Membership::start(&self.config, Some(admin_addr)).await?;
+        let forwarder = match Forwarder::start(
+            self.config.forward.clone(),
+            forward_listener,
+            self.config.cluster_id.clone(),
+            membership.clone(),
+            self.deliver,
+        ) {
+            Ok(forwarder) => forwarder,
+            Err(source) => {
+                let _ = membership.shutdown().await;
+                return Err(NodeError::ForwardBind {
+                    addr: self.config.forward_addr,
+                    source,
+                });
+            }
+        };
         let leave_requested = CancellationToken::new();
         let admin_stop = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -98,6 +135,7 @@ impl NodeBuilder {
         info!(node = %membership.node_id(), %admin_addr, "node started");
         Ok(NodeHandle {
             membership,
+            forwarder,
             admin_addr,
             leave_requested,
             admin_stop,
@@ -109,6 +147,7 @@ impl NodeBuilder {
 /// A running node. Stop it with [`NodeHandle::leave`] (graceful) or [`NodeHandle::abort`].
 pub struct NodeHandle {
     membership: Membership,
+    forwarder: Forwarder,
     admin_addr: SocketAddr,
     leave_requested: CancellationToken,
     admin_stop: CancellationToken,
@@ -124,6 +163,11 @@ impl NodeHandle {
     /// Membership: views, events, reachability reports.
     pub fn membership(&self) -> &Membership {
         &self.membership
+    }
+
+    /// The forwarder: forward, broadcast, bad-node reports.
+    pub fn forwarder(&self) -> &Forwarder {
+        &self.forwarder
     }
 
     /// The current live view.
@@ -155,6 +199,7 @@ impl NodeHandle {
     /// the admin API.
     pub async fn leave(self) -> Result<(), NodeError> {
         let result = self.membership.leave().await;
+        self.forwarder.shutdown(FORWARDER_STOP_TIMEOUT).await;
         self.stop_admin().await;
         Ok(result?)
     }
@@ -162,6 +207,7 @@ impl NodeHandle {
     /// Stops at once without announcing anything: peers see the node `Down`.
     pub async fn abort(self) -> Result<(), NodeError> {
         let result = self.membership.shutdown().await;
+        self.forwarder.shutdown(FORWARDER_STOP_TIMEOUT).await;
         self.stop_admin().await;
         Ok(result?)
     }
@@ -182,6 +228,7 @@ impl Drop for NodeHandle {
     /// `abort` does, without waiting.
     fn drop(&mut self) {
         self.membership.signal_stop();
+        self.forwarder.signal_stop();
         self.admin_stop.cancel();
     }
 }

@@ -1,5 +1,437 @@
 //! Forwarding WAMP messages to other nodes over TCP, with acknowledgements.
 //!
+//! A message to another node goes through these steps: [`Forwarder::async_forward`] checks it
+//! (forwardable, not local, the node live in the view), registers its pending ack, encodes its
+//! frame and queues it on the node's link; the link's writer ([`outbound`]) sets the frame's
+//! time to live, writes it in a batch and notes the connection it went out on; the receiving
+//! node's listener ([`inbound`]) hands it to the [`Deliver`] handler and answers `Ack` or
+//! `Nack`; the link's reader completes the pending entry; [`Forwarder::receive_ack`] takes the
+//! outcome.
+//!
 //! - [`pending`]: the table of pending acks.
+//! - [`deliver`]: the receiving side's handler trait.
+//! - [`outbound`]: one link per peer: dial, handshake, queue, batched writes, redial.
+//! - [`inbound`]: the listener: handshake, delivery in arrival order, batched acks.
 
+pub mod deliver;
+pub mod inbound;
+pub mod outbound;
 pub mod pending;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use bytes::BytesMut;
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+use tokio_util::codec::Encoder;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+pub use deliver::{Deliver, Delivery, Discard, Verdict};
+
+use crate::config::ForwardConfig;
+use crate::error::ForwardError;
+use crate::membership::Membership;
+use crate::peer_id::PeerId;
+use crate::wamp::WampMessage;
+use crate::wire::{self, Frame, FrameCodec};
+use crate::NodeId;
+use outbound::{Link, Queued};
+use pending::Pending;
+
+/// How often expired pending acks are swept.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Bad-node reports a subscriber may fall behind by before it loses the oldest.
+pub const REPORT_CHANNEL_CAPACITY: usize = 1024;
+
+/// The id of a pending ack, from [`Forwarder::async_forward`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AckId(pub u64);
+
+/// Per-call options.
+#[derive(Debug, Clone, Default)]
+pub struct ForwardOptions {
+    /// How long to wait for the ack; `forward.ack_timeout_ms` when `None`.
+    pub timeout: Option<Duration>,
+    /// Fail at once with `QueueFull` rather than wait for room in a full send queue.
+    pub fail_if_full: bool,
+}
+
+/// Why a node was reported bad.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BadReason {
+    /// No ack within the timeout.
+    AckTimeout,
+    /// Connecting or the handshake failed.
+    ConnectFailed(String),
+    /// An established connection broke.
+    ConnectionLost(String),
+}
+
+impl std::fmt::Display for BadReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BadReason::AckTimeout => f.write_str("ack timeout"),
+            BadReason::ConnectFailed(why) => write!(f, "connect failed: {why}"),
+            BadReason::ConnectionLost(why) => write!(f, "connection lost: {why}"),
+        }
+    }
+}
+
+/// A node became unreachable from this one (one report per transition, not per failure).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadNodeReport {
+    /// The node.
+    pub node: NodeId,
+    /// Why.
+    pub reason: BadReason,
+    /// When.
+    pub at: SystemTime,
+}
+
+/// The outcome of a broadcast: the nodes that acked and those that did not, each with why.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Broadcast {
+    /// Nodes that acked, in the order given.
+    pub good: Vec<NodeId>,
+    /// Nodes that did not, in the order given.
+    pub bad: Vec<(NodeId, ForwardError)>,
+}
+
+/// The forwarder of one node. Cheap to clone.
+#[derive(Clone)]
+pub struct Forwarder {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) self_id: NodeId,
+    pub(crate) cluster_id: String,
+    pub(crate) generation: u64,
+    pub(crate) config: ForwardConfig,
+    pub(crate) membership: Membership,
+    pub(crate) pending: Pending,
+    links: Mutex<HashMap<NodeId, Arc<Link>>>,
+    reports: broadcast::Sender<BadNodeReport>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) tasks: TaskTracker,
+    local_addr: SocketAddr,
+}
+
+impl Forwarder {
+    /// Starts the forwarder on a bound listener; inbound messages go to `deliver`.
+    pub fn start(
+        config: ForwardConfig,
+        listener: TcpListener,
+        cluster_id: String,
+        membership: Membership,
+        deliver: Arc<dyn Deliver>,
+    ) -> std::io::Result<Forwarder> {
+        let local_addr = listener.local_addr()?;
+        let (reports, _) = broadcast::channel(REPORT_CHANNEL_CAPACITY);
+        let inner = Arc::new(Inner {
+            self_id: membership.node_id().clone(),
+            generation: membership.generation(),
+            cluster_id,
+            config,
+            membership,
+            pending: Pending::default(),
+            links: Mutex::new(HashMap::new()),
+            reports,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            local_addr,
+        });
+        inner
+            .tasks
+            .spawn(inbound::listen(inner.clone(), listener, deliver));
+        inner.tasks.spawn(sweep(inner.clone()));
+        info!(node = %inner.self_id, %local_addr, "forwarder listening");
+        Ok(Forwarder { inner })
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// Sends `message` to `to.node` and returns once it is queued, with the id to pass to
+    /// [`Forwarder::receive_ack`]. The pending ack is registered before the frame is queued.
+    pub async fn async_forward(
+        &self,
+        from: PeerId,
+        to: PeerId,
+        message: WampMessage,
+        options: &ForwardOptions,
+    ) -> Result<AckId, ForwardError> {
+        let timeout = options.timeout.unwrap_or(self.inner.config.ack_timeout());
+        self.inner
+            .send(from, to, message, timeout, options.fail_if_full)
+            .await
+    }
+
+    /// Waits at most `timeout` for the outcome of an [`Forwarder::async_forward`]. An id that
+    /// was never issued, was already received or expired is `UnknownAck`.
+    pub async fn receive_ack(&self, id: AckId, timeout: Duration) -> Result<(), ForwardError> {
+        self.inner.receive(id.0, Instant::now() + timeout).await
+    }
+
+    /// Sends `message` and waits for its ack (at most the timeout of `options`).
+    pub async fn forward(
+        &self,
+        from: PeerId,
+        to: PeerId,
+        message: WampMessage,
+        options: &ForwardOptions,
+    ) -> Result<(), ForwardError> {
+        let timeout = options.timeout.unwrap_or(self.inner.config.ack_timeout());
+        let deadline = Instant::now() + timeout;
+        let id = self
+            .inner
+            .send(from, to, message, timeout, options.fail_if_full)
+            .await?;
+        self.inner.receive(id.0, deadline).await
+    }
+
+    /// Sends `message` to every node of `nodes` at once and waits for all acks under one shared
+    /// deadline. `good` and `bad` keep the order of `nodes`; this node, if listed, is bad with
+    /// `LocalDestination`. `from` and `message` are copied for each node; `to` addresses the node
+    /// as a whole (realm of `from`, no session).
+    pub async fn broadcast(
+        &self,
+        from: &PeerId,
+        nodes: &[NodeId],
+        message: &WampMessage,
+        options: &ForwardOptions,
+    ) -> Broadcast {
+        let timeout = options.timeout.unwrap_or(self.inner.config.ack_timeout());
+        let deadline = Instant::now() + timeout;
+        let mut sends = Vec::with_capacity(nodes.len());
+        for node in nodes {
+            let to = PeerId::node(from.realm.clone(), node.clone());
+            let sent = self
+                .inner
+                .send(
+                    from.clone(),
+                    to,
+                    message.clone(),
+                    timeout,
+                    options.fail_if_full,
+                )
+                .await;
+            sends.push(sent);
+        }
+        let waits = sends.into_iter().map(|sent| async move {
+            match sent {
+                Ok(id) => self.inner.receive(id.0, deadline).await,
+                Err(err) => Err(err),
+            }
+        });
+        let outcomes = futures_util::future::join_all(waits).await;
+        let mut result = Broadcast::default();
+        for (node, outcome) in nodes.iter().zip(outcomes) {
+            match outcome {
+                Ok(()) => result.good.push(node.clone()),
+                Err(err) => result.bad.push((node.clone(), err)),
+            }
+        }
+        result
+    }
+
+    /// [`Forwarder::broadcast`] to the live view's broadcast targets (ready, live, reachable,
+    /// not self); the lists come sorted by node id.
+    pub async fn broadcast_live(
+        &self,
+        from: &PeerId,
+        message: &WampMessage,
+        options: &ForwardOptions,
+    ) -> Broadcast {
+        let targets = self.inner.membership.view().broadcast_targets().to_vec();
+        self.broadcast(from, &targets, message, options).await
+    }
+
+    /// Bad-node reports from now on.
+    pub fn subscribe_reports(&self) -> broadcast::Receiver<BadNodeReport> {
+        self.inner.reports.subscribe()
+    }
+
+    /// Pending acks right now (finished outcomes not yet taken included).
+    pub fn pending_acks(&self) -> usize {
+        self.inner.pending.len()
+    }
+
+    /// Asks every task to stop without waiting.
+    pub(crate) fn signal_stop(&self) {
+        self.inner.shutdown.cancel();
+    }
+
+    /// Stops: fails every pending ack with `ShuttingDown`, closes the links and the listener,
+    /// and waits (at most `timeout`) for its tasks.
+    pub async fn shutdown(&self, timeout: Duration) {
+        self.inner.shutdown.cancel();
+        self.inner.pending.fail_all(&ForwardError::ShuttingDown);
+        self.inner.tasks.close();
+        if tokio::time::timeout(timeout, self.inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!("forwarder tasks did not stop in time");
+        }
+    }
+}
+
+impl Inner {
+    fn links(&self) -> MutexGuard<'_, HashMap<NodeId, Arc<Link>>> {
+        self.links.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn send(
+        self: &Arc<Self>,
+        from: PeerId,
+        to: PeerId,
+        message: WampMessage,
+        timeout: Duration,
+        fail_if_full: bool,
+    ) -> Result<AckId, ForwardError> {
+        if self.shutdown.is_cancelled() {
+            return Err(ForwardError::ShuttingDown);
+        }
+        if !message.is_forwardable() {
+            return Err(ForwardError::NotForwardable {
+                message_type: message.name(),
+            });
+        }
+        let node = to.node.clone();
+        if node == self.self_id {
+            return Err(ForwardError::LocalDestination);
+        }
+        let view = self.membership.view();
+        let Some(addr) = view
+            .member(node.as_str())
+            .filter(|m| m.live)
+            .and_then(|m| m.forward_addr)
+        else {
+            return Err(ForwardError::UnknownNode { node });
+        };
+        let now = Instant::now();
+        let deadline = now + timeout;
+        let id = self
+            .pending
+            .register(node.clone(), deadline, deadline + timeout);
+        let frame = Frame::Forward(Box::new(wire::Forward {
+            ttl_ms: ttl_ms(timeout),
+            id,
+            from,
+            to,
+            message,
+        }));
+        let mut bytes = BytesMut::new();
+        if let Err(err) = FrameCodec::new(self.config.max_frame_bytes).encode(&frame, &mut bytes) {
+            self.pending.cancel(id);
+            return Err(match err {
+                wire::WireError::TooLarge { len, max } => ForwardError::TooLarge { len, max },
+                other => {
+                    warn!(error = %other, "a message could not be encoded");
+                    ForwardError::TooLarge {
+                        len: 0,
+                        max: self.config.max_frame_bytes,
+                    }
+                }
+            });
+        }
+        let link = self.link(&node, addr);
+        let queued = Queued {
+            id,
+            deadline,
+            bytes: bytes.freeze(),
+            permit: None,
+        };
+        if let Err(err) = link.enqueue(queued, fail_if_full, deadline).await {
+            self.pending.cancel(id);
+            return Err(err);
+        }
+        Ok(AckId(id))
+    }
+
+    async fn receive(&self, id: u64, until: Instant) -> Result<(), ForwardError> {
+        let (outcome, timed_out_node) = self.pending.wait(id, until).await;
+        if let Some(node) = timed_out_node {
+            self.report_bad(&node, BadReason::AckTimeout);
+        }
+        outcome
+    }
+
+    /// The link to `node`, started if there is none.
+    fn link(self: &Arc<Self>, node: &NodeId, addr: SocketAddr) -> Arc<Link> {
+        let mut links = self.links();
+        if let Some(link) = links.get(node).filter(|l| !l.is_closed()) {
+            return link.clone();
+        }
+        let link = Link::start(self.clone(), node.clone(), addr);
+        links.insert(node.clone(), link.clone());
+        link
+    }
+
+    /// Reports `node` unreachable: to membership, and on the transition to subscribers and the
+    /// log.
+    pub(crate) fn report_bad(&self, node: &NodeId, reason: BadReason) {
+        if self
+            .membership
+            .report_unreachable(node.as_str(), reason.to_string())
+        {
+            warn!(node = %self.self_id, peer = %node, %reason, "node reported bad");
+            metrics::counter!(
+                crate::metrics::BAD_NODE_REPORTS,
+                "node" => self.self_id.to_string(),
+                "peer" => node.to_string(),
+                "reason" => match reason {
+                    BadReason::AckTimeout => "ack_timeout",
+                    BadReason::ConnectFailed(_) => "connect_failed",
+                    BadReason::ConnectionLost(_) => "connection_lost",
+                }
+            )
+            .increment(1);
+            let _ = self.reports.send(BadNodeReport {
+                node: node.clone(),
+                reason,
+                at: SystemTime::now(),
+            });
+        }
+    }
+
+    /// The node answered: reachable again if it was reported.
+    pub(crate) fn report_good(&self, node: &NodeId) {
+        self.membership.report_reachable(node.as_str());
+    }
+}
+
+/// Milliseconds of a timeout as a frame's time to live.
+pub(crate) fn ttl_ms(timeout: Duration) -> u32 {
+    u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX)
+}
+
+/// Times out pending acks nobody waits for (reporting their nodes) and drops old outcomes.
+async fn sweep(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let swept = inner.pending.sweep(Instant::now());
+        let mut reported: Vec<&NodeId> = Vec::new();
+        for node in &swept.timed_out {
+            if !reported.contains(&node) {
+                inner.report_bad(node, BadReason::AckTimeout);
+                reported.push(node);
+            }
+        }
+    }
+}

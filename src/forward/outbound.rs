@@ -1,0 +1,317 @@
+//! One link per peer node: a bounded send queue and a task that dials the peer, does the
+//! handshake, writes queued frames in batches, reads acks, and redials with capped exponential
+//! backoff and jitter while the peer is live.
+//!
+//! Frames still queued when a connection breaks stay in the queue and go out on the next
+//! connection if their deadline allows. Frames taken from the queue for a write on the broken
+//! connection fail with `ConnectionLost`: they may or may not have been delivered.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::codec::{Encoder, FramedRead};
+use tracing::debug;
+
+use super::{BadReason, Inner};
+use crate::error::ForwardError;
+use crate::wire::{self, Frame, FrameCodec, Hello, NackReason};
+use crate::NodeId;
+
+/// Bytes gathered before a batch is written even if more frames are queued.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
+
+/// The first pause before a redial; it doubles up to `forward.max_redial_backoff_ms`.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Connection numbers, unique in the process, to tell which frames went out on which.
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
+
+/// A frame waiting in a link's queue.
+pub(crate) struct Queued {
+    /// Its pending-ack id.
+    pub id: u64,
+    /// Its sender's deadline: not written after it.
+    pub deadline: Instant,
+    /// The encoded frame.
+    pub bytes: Bytes,
+    /// Its share of the queue's byte budget, given back once written.
+    pub permit: Option<OwnedSemaphorePermit>,
+}
+
+/// The sending side of the link to one peer.
+pub(crate) struct Link {
+    node: NodeId,
+    queue: mpsc::Sender<Queued>,
+    budget: Arc<Semaphore>,
+}
+
+impl Link {
+    /// Creates the link and starts its task.
+    pub fn start(inner: Arc<Inner>, node: NodeId, addr: SocketAddr) -> Arc<Link> {
+        let (queue, receiver) = mpsc::channel(inner.config.queue_capacity);
+        let budget = Arc::new(Semaphore::new(inner.config.queue_capacity_bytes));
+        let link = Arc::new(Link {
+            node: node.clone(),
+            queue,
+            budget,
+        });
+        let tasks = inner.tasks.clone();
+        tasks.spawn(run(inner, node, addr, receiver));
+        link
+    }
+
+    /// Whether the link's task has ended (the peer left the view, or shutdown).
+    pub fn is_closed(&self) -> bool {
+        self.queue.is_closed()
+    }
+
+    /// Queues a frame: at once or `QueueFull` when `fail_if_full`, else waiting for room until
+    /// `deadline` (then `Timeout`).
+    pub async fn enqueue(
+        &self,
+        mut item: Queued,
+        fail_if_full: bool,
+        deadline: Instant,
+    ) -> Result<(), ForwardError> {
+        let full = || ForwardError::QueueFull {
+            node: self.node.clone(),
+        };
+        let late = || ForwardError::Timeout {
+            node: self.node.clone(),
+        };
+        // The byte budget is at least max_frame_bytes, so one frame always fits.
+        let need = u32::try_from(item.bytes.len()).unwrap_or(u32::MAX);
+        let permit = if fail_if_full {
+            self.budget
+                .clone()
+                .try_acquire_many_owned(need)
+                .map_err(|_| full())?
+        } else {
+            tokio::time::timeout_at(deadline, self.budget.clone().acquire_many_owned(need))
+                .await
+                .map_err(|_| late())?
+                .map_err(|_| ForwardError::ShuttingDown)?
+        };
+        item.permit = Some(permit);
+        let closed = || ForwardError::UnknownNode {
+            node: self.node.clone(),
+        };
+        if fail_if_full {
+            self.queue.try_send(item).map_err(|err| match err {
+                mpsc::error::TrySendError::Full(_) => full(),
+                mpsc::error::TrySendError::Closed(_) => closed(),
+            })
+        } else {
+            match tokio::time::timeout_at(deadline, self.queue.send(item)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(closed()),
+                Err(_) => Err(late()),
+            }
+        }
+    }
+}
+
+/// The link's task: dial, serve, redial while the peer is live.
+async fn run(
+    inner: Arc<Inner>,
+    node: NodeId,
+    mut addr: SocketAddr,
+    mut queue: mpsc::Receiver<Queued>,
+) {
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        if inner.shutdown.is_cancelled() {
+            break;
+        }
+        match connect(&inner, &node, addr).await {
+            Ok((reader, writer)) => {
+                backoff = FIRST_BACKOFF;
+                inner.report_good(&node);
+                let connection = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
+                let why = serve(&inner, &node, connection, reader, writer, &mut queue).await;
+                if inner.shutdown.is_cancelled() {
+                    break;
+                }
+                let lost = ForwardError::ConnectionLost { node: node.clone() };
+                let failed = inner.pending.fail_connection(connection, &lost);
+                debug!(peer = %node, %why, failed, "connection lost");
+                inner.report_bad(&node, BadReason::ConnectionLost(why));
+            }
+            Err(why) => {
+                debug!(peer = %node, %addr, %why, "connect failed");
+                inner.report_bad(&node, BadReason::ConnectFailed(why));
+            }
+        }
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => break,
+            _ = tokio::time::sleep(jitter(backoff)) => {}
+        }
+        backoff = (backoff * 2).min(inner.config.max_redial_backoff());
+        // Redial only while the peer is live, at the address it now publishes.
+        match inner
+            .membership
+            .view()
+            .member(node.as_str())
+            .filter(|m| m.live)
+            .and_then(|m| m.forward_addr)
+        {
+            Some(current) => addr = current,
+            None => break,
+        }
+    }
+    // Nothing queued will be sent: end those entries now rather than at their deadline.
+    queue.close();
+    let error = if inner.shutdown.is_cancelled() {
+        ForwardError::ShuttingDown
+    } else {
+        ForwardError::UnknownNode { node: node.clone() }
+    };
+    while let Ok(item) = queue.try_recv() {
+        inner.pending.complete(item.id, Err(error.clone()));
+    }
+}
+
+/// Between half and all of `backoff`, so that many nodes redialling one peer spread out.
+fn jitter(backoff: Duration) -> Duration {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    backoff / 2 + backoff.mul_f64(f64::from(nanos % 1000) / 2000.0)
+}
+
+/// Connects and does the handshake within `forward.connect_timeout_ms`.
+async fn connect(
+    inner: &Inner,
+    node: &NodeId,
+    addr: SocketAddr,
+) -> Result<(FramedRead<OwnedReadHalf, FrameCodec>, OwnedWriteHalf), String> {
+    let handshake = async {
+        let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let (read, mut write) = stream.into_split();
+        let hello = Frame::Hello(Hello {
+            magic: wire::MAGIC,
+            min_version: wire::MIN_VERSION,
+            max_version: wire::MAX_VERSION,
+            cluster_id: inner.cluster_id.clone(),
+            node_id: inner.self_id.clone(),
+            generation: inner.generation,
+            to_node: node.clone(),
+        });
+        let mut codec = FrameCodec::new(inner.config.max_frame_bytes);
+        let mut buf = BytesMut::new();
+        codec.encode(&hello, &mut buf).map_err(|e| e.to_string())?;
+        write.write_all(&buf).await.map_err(|e| e.to_string())?;
+        let mut reader = FramedRead::new(read, codec);
+        match reader.next().await {
+            Some(Ok(Frame::Welcome { .. })) => Ok((reader, write)),
+            Some(Ok(Frame::Refuse { reason })) => Err(format!("refused: {reason}")),
+            Some(Ok(other)) => Err(format!("unexpected answer to hello: {other:?}")),
+            Some(Err(err)) => Err(err.to_string()),
+            None => Err("closed during the handshake".into()),
+        }
+    };
+    tokio::time::timeout(inner.config.connect_timeout(), handshake)
+        .await
+        .unwrap_or_else(|_| Err("handshake timed out".into()))
+}
+
+/// Serves one connection until it breaks or the forwarder shuts down; returns why it ended.
+async fn serve(
+    inner: &Inner,
+    node: &NodeId,
+    connection: u64,
+    mut reader: FramedRead<OwnedReadHalf, FrameCodec>,
+    mut writer: OwnedWriteHalf,
+    queue: &mut mpsc::Receiver<Queued>,
+) -> String {
+    let read = async {
+        while let Some(frame) = reader.next().await {
+            let (id, outcome) = match frame {
+                Ok(Frame::Ack { id }) => (id, Ok(())),
+                Ok(Frame::Nack { id, reason }) => {
+                    let err = match reason {
+                        NackReason::Expired => ForwardError::Expired { node: node.clone() },
+                        reason => ForwardError::Rejected {
+                            node: node.clone(),
+                            reason,
+                        },
+                    };
+                    (id, Err(err))
+                }
+                Ok(Frame::Pong { .. }) => continue,
+                Ok(other) => return format!("unexpected frame from the listener: {other:?}"),
+                Err(err) => return err.to_string(),
+            };
+            if inner.pending.complete(id, outcome) {
+                if !inner
+                    .membership
+                    .view()
+                    .member(node.as_str())
+                    .is_none_or(|m| m.reachable)
+                {
+                    inner.report_good(node);
+                }
+            } else {
+                metrics::counter!(
+                    crate::metrics::LATE_ACKS,
+                    "node" => inner.self_id.to_string(),
+                    "peer" => node.to_string()
+                )
+                .increment(1);
+            }
+        }
+        "closed by the peer".to_string()
+    };
+    let write = async {
+        let mut batch = BytesMut::with_capacity(WRITE_BATCH_BYTES);
+        loop {
+            let item = match queue.try_recv() {
+                Ok(item) => item,
+                Err(TryRecvError::Empty) => {
+                    if !batch.is_empty() {
+                        if let Err(err) = writer.write_all(&batch).await {
+                            return err.to_string();
+                        }
+                        batch.clear();
+                    }
+                    match queue.recv().await {
+                        Some(item) => item,
+                        None => return "queue closed".to_string(),
+                    }
+                }
+                Err(TryRecvError::Disconnected) => return "queue closed".to_string(),
+            };
+            let now = Instant::now();
+            if item.deadline <= now {
+                // Its sender gave up: the waiter or the sweep ends the entry.
+                continue;
+            }
+            let start = batch.len();
+            batch.extend_from_slice(&item.bytes);
+            wire::set_ttl(&mut batch[start..], super::ttl_ms(item.deadline - now));
+            inner.pending.written(item.id, connection);
+            if batch.len() >= WRITE_BATCH_BYTES {
+                if let Err(err) = writer.write_all(&batch).await {
+                    return err.to_string();
+                }
+                batch.clear();
+            }
+        }
+    };
+    tokio::select! {
+        why = read => why,
+        why = write => why,
+        _ = inner.shutdown.cancelled() => "shutting down".to_string(),
+    }
+}

@@ -1,0 +1,344 @@
+//! Forwarding between in-process nodes over real loopback TCP, through the public API.
+
+mod common;
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{node_config, tolerant, wait_until, within, SERIAL};
+use wamp_cluster::wamp::{Dict, Payload, Value, WampMessage};
+use wamp_cluster::{
+    Deliver, Delivery, ForwardError, ForwardOptions, NackReason, Node, NodeHandle, NodeId, PeerId,
+    Status, Verdict,
+};
+
+const REFUSE: u8 = 1;
+const HANG: u8 = 2;
+
+/// A handler that records what it accepts, and can be switched to refuse or to never answer.
+#[derive(Default)]
+struct Recorder {
+    mode: AtomicU8,
+    seen: Mutex<Vec<Delivery>>,
+    /// Answers withheld in `HANG` mode (kept so they never resolve).
+    hung: Mutex<Vec<tokio::sync::oneshot::Sender<Result<(), NackReason>>>>,
+}
+
+impl Deliver for Recorder {
+    fn deliver(&self, delivery: Delivery) -> Verdict {
+        match self.mode.load(Ordering::SeqCst) {
+            REFUSE => Verdict::Refused(NackReason::Overloaded),
+            HANG => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                self.hung.lock().unwrap().push(tx);
+                Verdict::Later(rx)
+            }
+            _ => {
+                self.seen.lock().unwrap().push(delivery);
+                Verdict::Accepted
+            }
+        }
+    }
+}
+
+struct Cluster {
+    nodes: Vec<NodeHandle>,
+    recorders: Vec<Arc<Recorder>>,
+}
+
+impl Cluster {
+    async fn start(n: usize) -> Cluster {
+        let mut nodes: Vec<NodeHandle> = Vec::new();
+        let mut recorders = Vec::new();
+        for i in 0..n {
+            let seeds: Vec<_> = nodes
+                .first()
+                .map(|s| s.membership().gossip_addr())
+                .into_iter()
+                .collect();
+            let recorder = Arc::new(Recorder::default());
+            let node = Node::builder(node_config(&format!("node-{i}"), &seeds, tolerant()))
+                .deliver(recorder.clone())
+                .start()
+                .await
+                .unwrap();
+            nodes.push(node);
+            recorders.push(recorder);
+        }
+        for node in &nodes {
+            wait_until(Duration::from_secs(15), "all ready", || {
+                node.view()
+                    .members()
+                    .iter()
+                    .filter(|m| m.live && m.status == Status::Ready)
+                    .count()
+                    == n
+            })
+            .await;
+        }
+        Cluster { nodes, recorders }
+    }
+
+    async fn stop(self) {
+        for node in self.nodes {
+            node.abort().await.unwrap();
+        }
+    }
+}
+
+fn publish(request: u64) -> WampMessage {
+    WampMessage::Publish {
+        request,
+        options: Dict::new(),
+        topic: "com.example.topic".into(),
+        payload: Payload::Args(vec![Value::Bytes(vec![7; 128])]),
+    }
+}
+
+fn from(node: &NodeHandle) -> PeerId {
+    PeerId::session("realm1", node.node_id().clone(), 1)
+}
+
+fn to(node: &str) -> PeerId {
+    PeerId::session("realm1", node, 2)
+}
+
+fn options(timeout_ms: u64) -> ForwardOptions {
+    ForwardOptions {
+        timeout: Some(Duration::from_millis(timeout_ms)),
+        fail_if_full: false,
+    }
+}
+
+/// `forward` to a live node returns `Ok` once the handler took exactly that message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_to_a_live_node_is_acked_after_the_handler_saw_exactly_that_message() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start(2).await;
+    let a = &c.nodes[0];
+    a.forwarder()
+        .forward(from(a), to("node-1"), publish(42), &options(5000))
+        .await
+        .unwrap();
+    let seen = c.recorders[1].seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [Delivery {
+            from: from(a),
+            to: to("node-1"),
+            message: publish(42)
+        }]
+    );
+    c.stop().await;
+}
+
+/// `async_forward` then `receive_ack`; a second `receive_ack` of the same id is `UnknownAck`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receive_ack_takes_an_outcome_once() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start(2).await;
+    let f = c.nodes[0].forwarder();
+    let id = f
+        .async_forward(from(&c.nodes[0]), to("node-1"), publish(1), &options(5000))
+        .await
+        .unwrap();
+    f.receive_ack(id, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        f.receive_ack(id, Duration::from_secs(5)).await,
+        Err(ForwardError::UnknownAck { id: id.0 })
+    );
+    c.stop().await;
+}
+
+/// Requests that cannot be sent fail at once and send nothing: a node not in the view, this
+/// node, a message type that is not forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_fail_at_once_and_send_nothing() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start(2).await;
+    let a = &c.nodes[0];
+    let f = a.forwarder();
+    let start = Instant::now();
+    assert_eq!(
+        f.forward(from(a), to("nobody"), publish(1), &options(5000))
+            .await,
+        Err(ForwardError::UnknownNode {
+            node: NodeId::from("nobody")
+        })
+    );
+    assert_eq!(
+        f.forward(from(a), to("node-0"), publish(1), &options(5000))
+            .await,
+        Err(ForwardError::LocalDestination)
+    );
+    let not_forwarded = [
+        WampMessage::Call {
+            request: 1,
+            options: Dict::new(),
+            procedure: "p".into(),
+            payload: Payload::Empty,
+        },
+        WampMessage::Yield {
+            request: 1,
+            options: Dict::new(),
+            payload: Payload::Empty,
+        },
+        WampMessage::Goodbye {
+            details: Dict::new(),
+            reason: "r".into(),
+        },
+    ];
+    for message in not_forwarded {
+        let name = message.name();
+        assert_eq!(
+            f.forward(from(a), to("node-1"), message, &options(5000))
+                .await,
+            Err(ForwardError::NotForwardable { message_type: name })
+        );
+    }
+    assert!(start.elapsed() < Duration::from_secs(1), "failed at once");
+    assert!(c.recorders[1].seen.lock().unwrap().is_empty());
+    assert_eq!(f.pending_acks(), 0);
+    c.stop().await;
+}
+
+/// A handler that refuses gives `Rejected` with its reason, and the node stays reachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusing_handler_gives_rejected_with_its_reason() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start(2).await;
+    c.recorders[1].mode.store(REFUSE, Ordering::SeqCst);
+    let a = &c.nodes[0];
+    let result = a
+        .forwarder()
+        .forward(from(a), to("node-1"), publish(1), &options(5000))
+        .await;
+    assert_eq!(
+        result,
+        Err(ForwardError::Rejected {
+            node: "node-1".into(),
+            reason: NackReason::Overloaded
+        })
+    );
+    assert!(a.view().is_target("node-1"), "a nack is not a bad node");
+    c.stop().await;
+}
+
+/// A node that takes the message but never answers: `Timeout` after the timeout, one bad-node
+/// report for many failures, and the node leaves the broadcast targets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_never_acks_times_out_and_is_reported_once() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start(2).await;
+    c.recorders[1].mode.store(HANG, Ordering::SeqCst);
+    let a = &c.nodes[0];
+    let mut reports = a.forwarder().subscribe_reports();
+    let start = Instant::now();
+    let result = a
+        .forwarder()
+        .forward(from(a), to("node-1"), publish(1), &options(500))
+        .await;
+    let elapsed = start.elapsed();
+    assert_eq!(
+        result,
+        Err(ForwardError::Timeout {
+            node: "node-1".into()
+        })
+    );
+    assert!(elapsed >= Duration::from_millis(500), "{elapsed:?}");
+    let report = within(Duration::from_secs(5), "a report", reports.recv())
+        .await
+        .unwrap();
+    assert_eq!(report.node, "node-1");
+    assert!(!a.view().is_target("node-1"));
+    for i in 0..3 {
+        let result = a
+            .forwarder()
+            .forward(from(a), to("node-1"), publish(i), &options(200))
+            .await;
+        assert!(
+            matches!(result, Err(ForwardError::Timeout { .. })),
+            "{result:?}"
+        );
+    }
+    assert!(reports.try_recv().is_err(), "one report per transition");
+    c.stop().await;
+}
+
+/// A broadcast to 5 nodes of which 2 never ack: good holds the 3 others in the given order, bad
+/// the 2 with `Timeout`, and it ends after about one timeout (the sends share one deadline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_shares_one_deadline_and_keeps_the_given_order() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start(6).await;
+    c.recorders[2].mode.store(HANG, Ordering::SeqCst);
+    c.recorders[4].mode.store(HANG, Ordering::SeqCst);
+    let a = &c.nodes[0];
+    let nodes: Vec<NodeId> = ["node-5", "node-4", "node-3", "node-2", "node-1"]
+        .into_iter()
+        .map(NodeId::from)
+        .collect();
+    let start = Instant::now();
+    let result = a
+        .forwarder()
+        .broadcast(&from(a), &nodes, &publish(9), &options(1000))
+        .await;
+    let elapsed = start.elapsed();
+    assert_eq!(result.good, ["node-5", "node-3", "node-1"]);
+    let bad: Vec<(&str, &str)> = result
+        .bad
+        .iter()
+        .map(|(n, e)| (n.as_str(), e.name()))
+        .collect();
+    assert_eq!(bad, [("node-4", "timeout"), ("node-2", "timeout")]);
+    assert!(
+        elapsed < Duration::from_millis(1900),
+        "one shared deadline: {elapsed:?}"
+    );
+    // broadcast_live now skips the two reported nodes.
+    let live = a
+        .forwarder()
+        .broadcast_live(&from(a), &publish(10), &options(1000))
+        .await;
+    assert_eq!(live.good, ["node-1", "node-3", "node-5"]);
+    assert!(live.bad.is_empty());
+    c.stop().await;
+}
+
+/// 100 000 `async_forward`s from A to B: all acked, delivered in order, none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_thousand_forwards_are_all_acked_in_order_once() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start(2).await;
+    let a = &c.nodes[0];
+    let f = a.forwarder();
+    const N: u64 = 100_000;
+    const WINDOW: usize = 1000;
+    let mut ids = std::collections::VecDeque::with_capacity(WINDOW);
+    for i in 0..N {
+        if ids.len() == WINDOW {
+            f.receive_ack(ids.pop_front().unwrap(), Duration::from_secs(10))
+                .await
+                .unwrap();
+        }
+        ids.push_back(
+            f.async_forward(from(a), to("node-1"), publish(i), &options(10_000))
+                .await
+                .unwrap(),
+        );
+    }
+    for id in ids {
+        f.receive_ack(id, Duration::from_secs(10)).await.unwrap();
+    }
+    let seen = std::mem::take(&mut *c.recorders[1].seen.lock().unwrap());
+    assert_eq!(seen.len() as u64, N);
+    for (i, delivery) in seen.iter().enumerate() {
+        match &delivery.message {
+            WampMessage::Publish { request, .. } => assert_eq!(*request, i as u64),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(f.pending_acks(), 0);
+    c.stop().await;
+}
