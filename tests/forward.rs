@@ -13,6 +13,7 @@ use wamp_cluster::{
     Status, Verdict,
 };
 
+const ACCEPT: u8 = 0;
 const REFUSE: u8 = 1;
 const HANG: u8 = 2;
 
@@ -225,8 +226,9 @@ async fn a_refusing_handler_gives_rejected_with_its_reason() {
     c.stop().await;
 }
 
-/// A node that takes the message but never answers: `Timeout` after the timeout, one bad-node
-/// report for many failures, and the node leaves the broadcast targets.
+/// A node that takes messages but never answers: each call ends with `Timeout` after its
+/// timeout, five failures at once make one bad-node report, the node leaves the broadcast
+/// targets, and background probes bring it back once it answers again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_never_acks_times_out_and_is_reported_once() {
     let _serial = SERIAL.lock().await;
@@ -235,35 +237,121 @@ async fn a_node_that_never_acks_times_out_and_is_reported_once() {
     let a = &c.nodes[0];
     let mut reports = a.forwarder().subscribe_reports();
     let start = Instant::now();
-    let result = a
-        .forwarder()
-        .forward(from(a), to("node-1"), publish(1), &options(500))
-        .await;
+    let opts = options(500);
+    let calls = (0..5).map(|i| {
+        a.forwarder()
+            .forward(from(a), to("node-1"), publish(i), &opts)
+    });
+    let results = futures_util::future::join_all(calls).await;
     let elapsed = start.elapsed();
-    assert_eq!(
-        result,
-        Err(ForwardError::Timeout {
-            node: "node-1".into()
-        })
-    );
+    for result in results {
+        assert_eq!(
+            result,
+            Err(ForwardError::Timeout {
+                node: "node-1".into()
+            })
+        );
+    }
     assert!(elapsed >= Duration::from_millis(500), "{elapsed:?}");
     let report = within(Duration::from_secs(5), "a report", reports.recv())
         .await
         .unwrap();
     assert_eq!(report.node, "node-1");
-    assert!(!a.view().is_target("node-1"));
-    for i in 0..3 {
-        let result = a
-            .forwarder()
-            .forward(from(a), to("node-1"), publish(i), &options(200))
-            .await;
-        assert!(
-            matches!(result, Err(ForwardError::Timeout { .. })),
-            "{result:?}"
-        );
-    }
     assert!(reports.try_recv().is_err(), "one report per transition");
+    assert!(!a.view().is_target("node-1"));
+    // Once it answers again, background probes make it reachable: no application traffic.
+    c.recorders[1].mode.store(ACCEPT, Ordering::SeqCst);
+    wait_until(Duration::from_secs(10), "node-1 reachable again", || {
+        a.view().is_target("node-1")
+    })
+    .await;
     c.stop().await;
+}
+
+/// A node that stops (its sockets close, as with `kill -9`) leaves the broadcast targets of a
+/// node connected to it at once, long before gossip could declare it down (these nodes use
+/// detection settings that take about 10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_leaves_the_targets_long_before_gossip_notices() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(3).await;
+    let a = &c.nodes[0];
+    a.forwarder()
+        .forward(from(a), to("node-2"), publish(1), &options(5000))
+        .await
+        .unwrap();
+    let victim = c.nodes.pop().unwrap();
+    let start = Instant::now();
+    victim.abort().await.unwrap();
+    let a = &c.nodes[0];
+    wait_until(Duration::from_secs(3), "node-2 out of the targets", || {
+        !a.view().is_target("node-2")
+    })
+    .await;
+    let delay = start.elapsed();
+    println!("node-2 left the broadcast targets {delay:?} after it stopped");
+    assert!(
+        a.view().member("node-2").unwrap().live,
+        "gossip has not noticed yet"
+    );
+    c.stop().await;
+}
+
+/// A peer stopped in the middle of a stream: every pending call ends with a result, none
+/// hangs; once the peer is back (a new generation on the same addresses), forwarding to it
+/// works again without restarting the sender.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_stopped_mid_stream_ends_every_call_and_forwarding_resumes_after_its_restart() {
+    let _serial = SERIAL.lock().await;
+    let seed_config = node_config("node-0", &[], tolerant());
+    let seed_addr = seed_config.gossip_addr;
+    let a = Node::builder(seed_config).start().await.unwrap();
+    let b_config = node_config("node-1", &[seed_addr], tolerant());
+    let b = Node::builder(b_config.clone()).start().await.unwrap();
+    wait_until(Duration::from_secs(15), "b ready", || {
+        a.view().is_target("node-1")
+    })
+    .await;
+    let f = a.forwarder().clone();
+    let sender = from(&a);
+    let stream = tokio::spawn(async move {
+        let mut outcomes = Vec::new();
+        for i in 0..2000 {
+            let id = f
+                .async_forward(sender.clone(), to("node-1"), publish(i), &options(2000))
+                .await;
+            outcomes.push(id);
+            tokio::task::yield_now().await;
+        }
+        let mut ended = 0;
+        for id in outcomes.into_iter().flatten() {
+            let _ = f.receive_ack(id, Duration::from_secs(5)).await;
+            ended += 1;
+        }
+        ended
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    b.abort().await.unwrap();
+    let ended = within(Duration::from_secs(15), "every call ends", stream)
+        .await
+        .unwrap();
+    assert!(ended > 0);
+
+    let b = Node::builder(b_config).start().await.unwrap();
+    let generation = b.membership().generation();
+    wait_until(Duration::from_secs(15), "the new b is ready", || {
+        a.view()
+            .member("node-1")
+            .is_some_and(|m| m.generation == generation && m.status == Status::Ready)
+            && a.view().is_target("node-1")
+    })
+    .await;
+    a.forwarder()
+        .forward(from(&a), to("node-1"), publish(1), &options(5000))
+        .await
+        .unwrap();
+    a.abort().await.unwrap();
+    b.abort().await.unwrap();
 }
 
 /// A broadcast to 5 nodes of which 2 never ack: good holds the 3 others in the given order, bad

@@ -47,6 +47,10 @@ use pending::Pending;
 /// How often expired pending acks are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(10);
 
+/// How often the nodes reported unreachable are considered for a probe; also the first pause
+/// before one.
+const PROBE_TICK: Duration = Duration::from_millis(100);
+
 /// Bad-node reports a subscriber may fall behind by before it loses the oldest.
 pub const REPORT_CHANNEL_CAPACITY: usize = 1024;
 
@@ -152,6 +156,7 @@ impl Forwarder {
             .tasks
             .spawn(inbound::listen(inner.clone(), listener, deliver));
         inner.tasks.spawn(sweep(inner.clone()));
+        inner.tasks.spawn(probe_unreachable(inner.clone()));
         info!(node = %inner.self_id, %local_addr, "forwarder listening");
         Ok(Forwarder { inner })
     }
@@ -256,6 +261,12 @@ impl Forwarder {
         self.broadcast(from, &targets, message, options).await
     }
 
+    /// Sends a ping to `node` and waits at most `timeout` for the pong; returns the round trip.
+    /// A pong makes a node reported unreachable reachable again.
+    pub async fn probe(&self, node: &NodeId, timeout: Duration) -> Result<Duration, ForwardError> {
+        self.inner.probe(node, timeout).await
+    }
+
     /// Bad-node reports from now on.
     pub fn subscribe_reports(&self) -> broadcast::Receiver<BadNodeReport> {
         self.inner.reports.subscribe()
@@ -311,52 +322,88 @@ impl Inner {
         if node == self.self_id {
             return Err(ForwardError::LocalDestination);
         }
-        let view = self.membership.view();
-        let Some(addr) = view
-            .member(node.as_str())
-            .filter(|m| m.live)
-            .and_then(|m| m.forward_addr)
-        else {
-            return Err(ForwardError::UnknownNode { node });
+        let addr = self.live_forward_addr(&node)?;
+        let frame = |id| {
+            Frame::Forward(Box::new(wire::Forward {
+                ttl_ms: ttl_ms(timeout),
+                id,
+                from,
+                to,
+                message,
+            }))
         };
-        let now = Instant::now();
-        let deadline = now + timeout;
+        self.enqueue(&node, addr, timeout, fail_if_full, frame)
+            .await
+            .map(AckId)
+    }
+
+    /// Registers a pending entry, encodes the frame `frame(id)` and queues it on the link to
+    /// `node`. On any failure the entry is removed again.
+    async fn enqueue(
+        self: &Arc<Self>,
+        node: &NodeId,
+        addr: SocketAddr,
+        timeout: Duration,
+        fail_if_full: bool,
+        frame: impl FnOnce(u64) -> Frame,
+    ) -> Result<u64, ForwardError> {
+        let deadline = Instant::now() + timeout;
         let id = self
             .pending
             .register(node.clone(), deadline, deadline + timeout);
-        let frame = Frame::Forward(Box::new(wire::Forward {
-            ttl_ms: ttl_ms(timeout),
-            id,
-            from,
-            to,
-            message,
-        }));
         let mut bytes = BytesMut::new();
-        if let Err(err) = FrameCodec::new(self.config.max_frame_bytes).encode(&frame, &mut bytes) {
+        let max = self.config.max_frame_bytes;
+        if let Err(err) = FrameCodec::new(max).encode(&frame(id), &mut bytes) {
             self.pending.cancel(id);
             return Err(match err {
                 wire::WireError::TooLarge { len, max } => ForwardError::TooLarge { len, max },
                 other => {
                     warn!(error = %other, "a message could not be encoded");
-                    ForwardError::TooLarge {
-                        len: 0,
-                        max: self.config.max_frame_bytes,
-                    }
+                    ForwardError::TooLarge { len: 0, max }
                 }
             });
         }
-        let link = self.link(&node, addr);
         let queued = Queued {
             id,
             deadline,
             bytes: bytes.freeze(),
             permit: None,
         };
+        let link = self.link(node, addr);
         if let Err(err) = link.enqueue(queued, fail_if_full, deadline).await {
             self.pending.cancel(id);
             return Err(err);
         }
-        Ok(AckId(id))
+        Ok(id)
+    }
+
+    /// Sends a ping to `node` and waits at most `timeout` for its pong; returns the round trip.
+    /// A pong makes the node reachable again.
+    pub(crate) async fn probe(
+        self: &Arc<Self>,
+        node: &NodeId,
+        timeout: Duration,
+    ) -> Result<Duration, ForwardError> {
+        if *node == self.self_id {
+            return Err(ForwardError::LocalDestination);
+        }
+        let addr = self.live_forward_addr(node)?;
+        let start = Instant::now();
+        let id = self
+            .enqueue(node, addr, timeout, false, |id| Frame::Ping { id })
+            .await?;
+        self.receive(id, start + timeout).await?;
+        Ok(start.elapsed())
+    }
+
+    /// The forward address of `node` if it is live in the view.
+    fn live_forward_addr(&self, node: &NodeId) -> Result<SocketAddr, ForwardError> {
+        self.membership
+            .view()
+            .member(node.as_str())
+            .filter(|m| m.live)
+            .and_then(|m| m.forward_addr)
+            .ok_or_else(|| ForwardError::UnknownNode { node: node.clone() })
     }
 
     async fn receive(&self, id: u64, until: Instant) -> Result<(), ForwardError> {
@@ -414,6 +461,55 @@ impl Inner {
 /// Milliseconds of a timeout as a frame's time to live.
 pub(crate) fn ttl_ms(timeout: Duration) -> u32 {
     u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX)
+}
+
+/// Probes, with backoff, the nodes this node reported unreachable while gossip still shows them
+/// live, so that they become reachable again without any traffic from the application.
+async fn probe_unreachable(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(PROBE_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Per node: when to probe next, and the pause after the next failure.
+    let mut schedule: HashMap<NodeId, (Instant, Duration)> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let view = inner.membership.view();
+        let unreachable: Vec<NodeId> = view
+            .members()
+            .iter()
+            .filter(|m| m.live && !m.reachable && m.node_id != inner.self_id)
+            .map(|m| m.node_id.clone())
+            .collect();
+        schedule.retain(|node, _| unreachable.contains(node));
+        let now = Instant::now();
+        let due: Vec<NodeId> = unreachable
+            .into_iter()
+            .filter(|node| {
+                let (at, _) = schedule
+                    .entry(node.clone())
+                    .or_insert((now + PROBE_TICK, PROBE_TICK));
+                *at <= now
+            })
+            .collect();
+        let timeout = inner.config.connect_timeout();
+        let probes = due.iter().map(|node| inner.probe(node, timeout));
+        let results = futures_util::future::join_all(probes).await;
+        for (node, result) in due.into_iter().zip(results) {
+            match result {
+                Ok(_) => {
+                    schedule.remove(&node);
+                }
+                Err(_) => {
+                    if let Some((at, backoff)) = schedule.get_mut(&node) {
+                        *backoff = (*backoff * 2).min(inner.config.max_redial_backoff());
+                        *at = Instant::now() + *backoff;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Times out pending acks nobody waits for (reporting their nodes) and drops old outcomes.

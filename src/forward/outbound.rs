@@ -249,7 +249,7 @@ async fn serve(
                     };
                     (id, Err(err))
                 }
-                Ok(Frame::Pong { .. }) => continue,
+                Ok(Frame::Pong { id }) => (id, Ok(())),
                 Ok(other) => return format!("unexpected frame from the listener: {other:?}"),
                 Err(err) => return err.to_string(),
             };
