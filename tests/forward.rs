@@ -430,3 +430,110 @@ async fn a_hundred_thousand_forwards_are_all_acked_in_order_once() {
     assert_eq!(f.pending_acks(), 0);
     c.stop().await;
 }
+
+/// Garbage on the forward port: random bytes, a hello for another cluster, an oversized frame
+/// and a length forged inside a small frame are each refused and counted, and meanwhile every
+/// forward between the good nodes succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_on_the_forward_port_is_refused_and_counted_while_good_peers_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let _serial = SERIAL.lock().await;
+    let prometheus = wamp_cluster::metrics::install_prometheus().unwrap();
+    let c = Cluster::start(2).await;
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    let target = b.view().self_member().unwrap().forward_addr.unwrap();
+
+    /// Sends `bytes`, then reads until the node closes the connection (bounded).
+    async fn send_and_read(target: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
+        let mut stream = tokio::net::TcpStream::connect(target).await.unwrap();
+        stream.write_all(bytes).await.unwrap();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer));
+        assert!(read.await.is_ok(), "the node closes the connection");
+        answer
+    }
+
+    let mut random = vec![0u8; 4096];
+    let mut state: u32 = 12345;
+    for byte in random.iter_mut() {
+        state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        *byte = (state >> 16) as u8;
+    }
+    let hello = |cluster: &str| {
+        let frame = wamp_cluster::wire::Frame::Hello(wamp_cluster::wire::Hello {
+            magic: wamp_cluster::wire::MAGIC,
+            min_version: 1,
+            max_version: 1,
+            cluster_id: cluster.into(),
+            node_id: "intruder".into(),
+            generation: 1,
+            to_node: "node-1".into(),
+        });
+        let mut buf = bytes::BytesMut::new();
+        tokio_util::codec::Encoder::encode(
+            &mut wamp_cluster::wire::FrameCodec::new(1 << 20),
+            &frame,
+            &mut buf,
+        )
+        .unwrap();
+        buf.to_vec()
+    };
+    let good = tokio::spawn({
+        let f = a.forwarder().clone();
+        let sender = from(a);
+        async move {
+            for i in 0..200 {
+                f.forward(sender.clone(), to("node-1"), publish(i), &options(5000))
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    let oversized = (u32::MAX).to_be_bytes();
+    let answers = [
+        send_and_read(target, &random).await,
+        send_and_read(target, &hello("another")).await,
+        send_and_read(target, &oversized).await,
+    ];
+    let mut codec = wamp_cluster::wire::FrameCodec::new(1 << 20);
+    let mut refusal = bytes::BytesMut::from(&answers[1][..]);
+    let frame = tokio_util::codec::Decoder::decode(&mut codec, &mut refusal).unwrap();
+    assert!(
+        matches!(
+            frame,
+            Some(wamp_cluster::wire::Frame::Refuse {
+                reason: wamp_cluster::wire::RefuseReason::WrongCluster { .. }
+            })
+        ),
+        "{frame:?}"
+    );
+    // A valid hello, then an oversized frame; a valid hello, then a frame whose inner length
+    // is forged: each connection is closed.
+    let mut bytes = hello("default");
+    bytes.extend_from_slice(&oversized);
+    send_and_read(target, &bytes).await;
+    let mut bytes = hello("default");
+    // Frame::Nack (variant 5), id 1, NackReason::Refused (variant 5), a string claiming 2^40
+    // bytes (varint 253 then a u64).
+    let mut body = vec![5u8, 1, 5, 253];
+    body.extend_from_slice(&(1u64 << 40).to_le_bytes());
+    bytes.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    bytes.extend_from_slice(&body);
+    send_and_read(target, &bytes).await;
+
+    within(Duration::from_secs(30), "good forwards", good)
+        .await
+        .unwrap();
+    assert!(a.view().is_target("node-1"));
+    let metrics = prometheus.render();
+    for line in [
+        "wamp_cluster_handshakes_refused_total{node=\"node-1\",reason=\"bad_hello\"} 2",
+        "wamp_cluster_handshakes_refused_total{node=\"node-1\",reason=\"wrong_cluster\"} 1",
+        "wamp_cluster_frames_refused_total{node=\"node-1\",reason=\"malformed\"} 1",
+        "wamp_cluster_frames_refused_total{node=\"node-1\",reason=\"too_large\"} 1",
+    ] {
+        assert!(metrics.contains(line), "no `{line}` in\n{metrics}");
+    }
+    c.stop().await;
+}

@@ -129,7 +129,12 @@ async fn connection(
             None => return,
             Some(Ok(frame)) => frame,
             Some(Err(err)) => {
-                metrics::counter!(m::FRAMES_REFUSED, "node" => inner.self_id.to_string(), "reason" => "malformed")
+                let reason = match err {
+                    wire::WireError::TooLarge { .. } => "too_large",
+                    wire::WireError::Malformed(_) => "malformed",
+                    wire::WireError::Io(_) => "io",
+                };
+                metrics::counter!(m::FRAMES_REFUSED, "node" => inner.self_id.to_string(), "reason" => reason)
                     .increment(1);
                 debug!(%peer, %from, error = %err, "bad frame; closing");
                 return;
