@@ -10,10 +10,12 @@
 //!
 //! - [`pending`]: the table of pending acks.
 //! - [`deliver`]: the receiving side's handler trait.
+//! - [`dispatcher`]: a worker pool behind that trait, ordered per session.
 //! - [`outbound`]: one link per peer: dial, handshake, queue, batched writes, redial.
 //! - [`inbound`]: the listener: handshake, delivery in arrival order, batched acks.
 
 pub mod deliver;
+pub mod dispatcher;
 pub mod inbound;
 pub mod outbound;
 pub mod pending;
@@ -33,6 +35,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub use deliver::{Deliver, Delivery, Discard, Verdict};
+pub use dispatcher::Dispatcher;
 
 use crate::config::ForwardConfig;
 use crate::error::ForwardError;
