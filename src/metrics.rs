@@ -24,6 +24,23 @@ pub const NODE_ID_CONFLICTS: &str = "wamp_cluster_node_id_conflicts_total";
 /// Counter: bad-node reports by `peer` and `reason` (`ack_timeout`, `connect_failed`,
 /// `connection_lost`), one per transition to unreachable.
 pub const BAD_NODE_REPORTS: &str = "wamp_cluster_bad_node_reports_total";
+/// Counter: messages queued to a `peer`.
+pub const FORWARDS_SENT: &str = "wamp_cluster_forwards_sent_total";
+/// Counter: messages a `peer` acked.
+pub const FORWARDS_ACKED: &str = "wamp_cluster_forwards_acked_total";
+/// Counter: messages to a `peer` that failed, by `reason` (`timeout`, `connection_lost`,
+/// `rejected`, `expired`, `other`).
+pub const FORWARDS_FAILED: &str = "wamp_cluster_forwards_failed_total";
+/// Histogram: seconds from queueing a message to its ack, by `peer`.
+pub const ACK_LATENCY: &str = "wamp_cluster_ack_latency_seconds";
+/// Gauge: pending acks of this node.
+pub const PENDING_ACKS: &str = "wamp_cluster_pending_acks";
+/// Gauge: frames queued to a `peer`.
+pub const QUEUE_DEPTH: &str = "wamp_cluster_queue_depth";
+/// Counter: bytes written to a `peer`.
+pub const BYTES_SENT: &str = "wamp_cluster_bytes_sent_total";
+/// Counter: connections to a `peer` made after the first.
+pub const RECONNECTS: &str = "wamp_cluster_reconnects_total";
 /// Counter: acks and nacks that arrived after their entry ended, by `peer`.
 pub const LATE_ACKS: &str = "wamp_cluster_late_acks_total";
 /// Counter: inbound handshakes refused, by `reason`.
@@ -45,6 +62,17 @@ pub fn describe() {
     metrics::describe_gauge!(DEAD_MEMBERS, "Members that gossip holds dead.");
     metrics::describe_gauge!(UNREACHABLE_MEMBERS, "Live members reported unreachable.");
     metrics::describe_counter!(MEMBERSHIP_EVENTS, "Membership events by kind.");
+    metrics::describe_counter!(FORWARDS_SENT, "Messages queued to a peer.");
+    metrics::describe_counter!(FORWARDS_ACKED, "Messages a peer acked.");
+    metrics::describe_counter!(
+        FORWARDS_FAILED,
+        "Messages to a peer that failed, by reason."
+    );
+    metrics::describe_histogram!(ACK_LATENCY, "Seconds from queueing a message to its ack.");
+    metrics::describe_gauge!(PENDING_ACKS, "Pending acks.");
+    metrics::describe_gauge!(QUEUE_DEPTH, "Frames queued to a peer.");
+    metrics::describe_counter!(BYTES_SENT, "Bytes written to a peer.");
+    metrics::describe_counter!(RECONNECTS, "Connections to a peer after the first.");
     metrics::describe_counter!(BAD_NODE_REPORTS, "Bad-node reports by peer and reason.");
     metrics::describe_counter!(LATE_ACKS, "Acks that arrived after their entry ended.");
     metrics::describe_counter!(HANDSHAKES_REFUSED, "Inbound handshakes refused by reason.");

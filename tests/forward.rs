@@ -201,6 +201,8 @@ async fn bad_requests_fail_at_once_and_send_nothing() {
     assert!(start.elapsed() < Duration::from_secs(1), "failed at once");
     assert!(c.recorders[1].seen.lock().unwrap().is_empty());
     assert_eq!(f.pending_acks(), 0);
+    let stats = &f.stats()[&NodeId::from("node-1")];
+    assert_eq!((stats.sent, stats.acked, stats.late_acks), (N, N, 0));
     c.stop().await;
 }
 
@@ -223,6 +225,11 @@ async fn a_refusing_handler_gives_rejected_with_its_reason() {
         })
     );
     assert!(a.view().is_target("node-1"), "a nack is not a bad node");
+    let stats = &a.forwarder().stats()[&NodeId::from("node-1")];
+    assert_eq!(
+        (stats.sent, stats.acked, stats.failed["rejected"]),
+        (1, 0, 1)
+    );
     c.stop().await;
 }
 
@@ -428,6 +435,8 @@ async fn a_hundred_thousand_forwards_are_all_acked_in_order_once() {
         }
     }
     assert_eq!(f.pending_acks(), 0);
+    let stats = &f.stats()[&NodeId::from("node-1")];
+    assert_eq!((stats.sent, stats.acked, stats.late_acks), (N, N, 0));
     c.stop().await;
 }
 

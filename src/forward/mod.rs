@@ -19,6 +19,7 @@ pub mod dispatcher;
 pub mod inbound;
 pub mod outbound;
 pub mod pending;
+pub mod stats;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -46,6 +47,10 @@ use crate::wire::{self, Frame, FrameCodec};
 use crate::NodeId;
 use outbound::{Link, Queued};
 use pending::Pending;
+
+/// How often the pending-ack and queue-depth gauges are set, and counters of peers that left
+/// are dropped.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often expired pending acks are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(10);
@@ -125,6 +130,8 @@ pub(crate) struct Inner {
     pub(crate) membership: Membership,
     pub(crate) pending: Pending,
     links: Mutex<HashMap<NodeId, Arc<Link>>>,
+    /// Counters per peer; kept across links, dropped when the peer leaves the view.
+    stats: Mutex<HashMap<NodeId, Arc<stats::PeerStats>>>,
     reports: broadcast::Sender<BadNodeReport>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tasks: TaskTracker,
@@ -150,6 +157,7 @@ impl Forwarder {
             membership,
             pending: Pending::default(),
             links: Mutex::new(HashMap::new()),
+            stats: Mutex::new(HashMap::new()),
             reports,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -275,6 +283,17 @@ impl Forwarder {
         self.inner.reports.subscribe()
     }
 
+    /// The forwarding counters of every peer this node has sent to and that is still a member.
+    pub fn stats(&self) -> std::collections::BTreeMap<NodeId, stats::PeerCounters> {
+        self.inner
+            .stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(node, stats)| (node.clone(), stats.counters()))
+            .collect()
+    }
+
     /// Pending acks right now (finished outcomes not yet taken included).
     pub fn pending_acks(&self) -> usize {
         self.inner.pending.len()
@@ -337,7 +356,10 @@ impl Inner {
         };
         self.enqueue(&node, addr, timeout, fail_if_full, frame)
             .await
-            .map(AckId)
+            .map(|(id, link)| {
+                link.stats.sent();
+                AckId(id)
+            })
     }
 
     /// Registers a pending entry, encodes the frame `frame(id)` and queues it on the link to
@@ -349,7 +371,7 @@ impl Inner {
         timeout: Duration,
         fail_if_full: bool,
         frame: impl FnOnce(u64) -> Frame,
-    ) -> Result<u64, ForwardError> {
+    ) -> Result<(u64, Arc<Link>), ForwardError> {
         let deadline = Instant::now() + timeout;
         let id = self
             .pending
@@ -377,7 +399,7 @@ impl Inner {
             self.pending.cancel(id);
             return Err(err);
         }
-        Ok(id)
+        Ok((id, link))
     }
 
     /// Sends a ping to `node` and waits at most `timeout` for its pong; returns the round trip.
@@ -392,7 +414,7 @@ impl Inner {
         }
         let addr = self.live_forward_addr(node)?;
         let start = Instant::now();
-        let id = self
+        let (id, _) = self
             .enqueue(node, addr, timeout, false, |id| Frame::Ping { id })
             .await?;
         self.receive(id, start + timeout).await?;
@@ -412,9 +434,25 @@ impl Inner {
     async fn receive(&self, id: u64, until: Instant) -> Result<(), ForwardError> {
         let (outcome, timed_out_node) = self.pending.wait(id, until).await;
         if let Some(node) = timed_out_node {
-            self.report_bad(&node, BadReason::AckTimeout);
+            self.timed_out(&node, 1);
         }
         outcome
+    }
+
+    /// Counts `count` timeouts of messages to `node` and reports it bad.
+    fn timed_out(&self, node: &NodeId, count: u64) {
+        let timeout = ForwardError::Timeout { node: node.clone() };
+        self.peer_stats(node).failed(&timeout, count);
+        self.report_bad(node, BadReason::AckTimeout);
+    }
+
+    /// The counters of `node`, created if there are none.
+    fn peer_stats(&self, node: &NodeId) -> Arc<stats::PeerStats> {
+        let mut stats = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
+        stats
+            .entry(node.clone())
+            .or_insert_with(|| Arc::new(stats::PeerStats::new(&self.self_id, node)))
+            .clone()
     }
 
     /// The link to `node`, started if there is none.
@@ -423,9 +461,27 @@ impl Inner {
         if let Some(link) = links.get(node).filter(|l| !l.is_closed()) {
             return link.clone();
         }
-        let link = Link::start(self.clone(), node.clone(), addr);
+        let stats = self.peer_stats(node);
+        let link = Link::start(self.clone(), node.clone(), addr, stats);
         links.insert(node.clone(), link.clone());
         link
+    }
+
+    /// Sets the gauges and drops the counters and closed links of peers no longer in the view.
+    fn update_gauges(&self) {
+        metrics::gauge!(crate::metrics::PENDING_ACKS, "node" => self.self_id.to_string())
+            .set(self.pending.len() as f64);
+        let view = self.membership.view();
+        let mut links = self.links();
+        links.retain(|_, link| !link.is_closed());
+        for link in links.values() {
+            link.stats.queue_depth.set(link.queued() as f64);
+        }
+        drop(links);
+        self.stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|node, _| view.member(node.as_str()).is_some());
     }
 
     /// Reports `node` unreachable: to membership, and on the transition to subscribers and the
@@ -519,18 +575,23 @@ async fn probe_unreachable(inner: Arc<Inner>) {
 async fn sweep(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(SWEEP_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_gauges = Instant::now();
     loop {
         tokio::select! {
             _ = inner.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
         let swept = inner.pending.sweep(Instant::now());
-        let mut reported: Vec<&NodeId> = Vec::new();
+        let mut counts: HashMap<&NodeId, u64> = HashMap::new();
         for node in &swept.timed_out {
-            if !reported.contains(&node) {
-                inner.report_bad(node, BadReason::AckTimeout);
-                reported.push(node);
-            }
+            *counts.entry(node).or_default() += 1;
+        }
+        for (node, count) in counts {
+            inner.timed_out(node, count);
+        }
+        if last_gauges.elapsed() >= GAUGE_INTERVAL {
+            last_gauges = Instant::now();
+            inner.update_gauges();
         }
     }
 }

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use tokio_util::codec::{Encoder, FramedRead};
 use tracing::debug;
 
+use super::stats::PeerStats;
 use super::{BadReason, Inner};
 use crate::error::ForwardError;
 use crate::wire::{self, Frame, FrameCodec, Hello, NackReason};
@@ -53,21 +54,34 @@ pub(crate) struct Link {
     node: NodeId,
     queue: mpsc::Sender<Queued>,
     budget: Arc<Semaphore>,
+    /// The peer's counters.
+    pub stats: Arc<PeerStats>,
 }
 
 impl Link {
     /// Creates the link and starts its task.
-    pub fn start(inner: Arc<Inner>, node: NodeId, addr: SocketAddr) -> Arc<Link> {
+    pub fn start(
+        inner: Arc<Inner>,
+        node: NodeId,
+        addr: SocketAddr,
+        stats: Arc<PeerStats>,
+    ) -> Arc<Link> {
         let (queue, receiver) = mpsc::channel(inner.config.queue_capacity);
         let budget = Arc::new(Semaphore::new(inner.config.queue_capacity_bytes));
         let link = Arc::new(Link {
             node: node.clone(),
             queue,
             budget,
+            stats: stats.clone(),
         });
         let tasks = inner.tasks.clone();
-        tasks.spawn(run(inner, node, addr, receiver));
+        tasks.spawn(run(inner, node, addr, receiver, stats));
         link
+    }
+
+    /// Frames waiting in the queue.
+    pub fn queued(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
     }
 
     /// Whether the link's task has ended (the peer left the view, or shutdown).
@@ -127,8 +141,10 @@ async fn run(
     node: NodeId,
     mut addr: SocketAddr,
     mut queue: mpsc::Receiver<Queued>,
+    stats: Arc<PeerStats>,
 ) {
     let mut backoff = FIRST_BACKOFF;
+    let mut connected_before = false;
     loop {
         if inner.shutdown.is_cancelled() {
             break;
@@ -136,14 +152,22 @@ async fn run(
         match connect(&inner, &node, addr).await {
             Ok((reader, writer)) => {
                 backoff = FIRST_BACKOFF;
+                if connected_before {
+                    stats.reconnected();
+                }
+                connected_before = true;
                 inner.report_good(&node);
                 let connection = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
-                let why = serve(&inner, &node, connection, reader, writer, &mut queue).await;
+                let why = serve(
+                    &inner, &node, connection, reader, writer, &mut queue, &stats,
+                )
+                .await;
                 if inner.shutdown.is_cancelled() {
                     break;
                 }
                 let lost = ForwardError::ConnectionLost { node: node.clone() };
                 let failed = inner.pending.fail_connection(connection, &lost);
+                stats.failed(&lost, failed as u64);
                 debug!(peer = %node, %why, failed, "connection lost");
                 inner.report_bad(&node, BadReason::ConnectionLost(why));
             }
@@ -234,6 +258,7 @@ async fn serve(
     mut reader: FramedRead<OwnedReadHalf, FrameCodec>,
     mut writer: OwnedWriteHalf,
     queue: &mut mpsc::Receiver<Queued>,
+    stats: &PeerStats,
 ) -> String {
     let read = async {
         while let Some(frame) = reader.next().await {
@@ -253,7 +278,12 @@ async fn serve(
                 Ok(other) => return format!("unexpected frame from the listener: {other:?}"),
                 Err(err) => return err.to_string(),
             };
-            if inner.pending.complete(id, outcome) {
+            let failure = outcome.as_ref().err().cloned();
+            if let Some(latency) = inner.pending.complete(id, outcome) {
+                match failure {
+                    None => stats.acked(latency),
+                    Some(err) => stats.failed(&err, 1),
+                }
                 if !inner
                     .membership
                     .view()
@@ -263,12 +293,7 @@ async fn serve(
                     inner.report_good(node);
                 }
             } else {
-                metrics::counter!(
-                    crate::metrics::LATE_ACKS,
-                    "node" => inner.self_id.to_string(),
-                    "peer" => node.to_string()
-                )
-                .increment(1);
+                stats.late_ack();
             }
         }
         "closed by the peer".to_string()
@@ -283,6 +308,7 @@ async fn serve(
                         if let Err(err) = writer.write_all(&batch).await {
                             return err.to_string();
                         }
+                        stats.bytes_sent(batch.len());
                         batch.clear();
                     }
                     match queue.recv().await {
@@ -305,6 +331,7 @@ async fn serve(
                 if let Err(err) = writer.write_all(&batch).await {
                     return err.to_string();
                 }
+                stats.bytes_sent(batch.len());
                 batch.clear();
             }
         }

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -22,6 +23,7 @@ pub type Outcome = Result<(), ForwardError>;
 
 struct Entry {
     node: NodeId,
+    registered: Instant,
     deadline: Instant,
     /// When a finished outcome nobody took is dropped.
     retain_until: Instant,
@@ -76,6 +78,7 @@ impl Pending {
             id,
             Entry {
                 node,
+                registered: Instant::now(),
                 deadline,
                 retain_until: retain_until.max(deadline),
                 written_on: None,
@@ -121,16 +124,16 @@ impl Pending {
         }
     }
 
-    /// Records the outcome of entry `id`. Returns `false` when the entry is unknown or already
-    /// finished: a late ack, which the caller counts and drops.
-    pub fn complete(&self, id: u64, outcome: Outcome) -> bool {
+    /// Records the outcome of entry `id` and returns the time since it was registered; `None`
+    /// when the entry is unknown or already finished: a late ack, which the caller counts and
+    /// drops.
+    pub fn complete(&self, id: u64, outcome: Outcome) -> Option<Duration> {
         let mut guard = self.lock();
         let t = &mut *guard;
-        let Some(entry) = t.entries.get_mut(&id) else {
-            return false;
-        };
+        let entry = t.entries.get_mut(&id)?;
+        let elapsed = entry.registered.elapsed();
         let State::Waiting(waiter) = &mut entry.state else {
-            return false;
+            return None;
         };
         let deadline = entry.deadline;
         match waiter.take() {
@@ -147,7 +150,7 @@ impl Pending {
                 t.timeline.insert((retain_until, id));
             }
         }
-        true
+        Some(elapsed)
     }
 
     /// Fails every entry written on `connection` with `error` (the frames still queued are
@@ -163,7 +166,7 @@ impl Pending {
             .map(|(id, _)| *id)
             .collect();
         ids.iter()
-            .filter(|id| self.complete(**id, Err(error.clone())))
+            .filter(|id| self.complete(**id, Err(error.clone())).is_some())
             .count()
     }
 
@@ -278,7 +281,6 @@ impl Pending {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::time::Duration;
 
     use super::*;
 
@@ -302,20 +304,25 @@ mod tests {
             tokio::spawn(async move { p.wait(id, Instant::now() + SECOND).await })
         };
         tokio::task::yield_now().await;
-        assert!(p.complete(id, Ok(())));
+        assert!(p.complete(id, Ok(())).is_some());
         assert_eq!(waiter.await.unwrap(), (Ok(()), None));
         assert!(p.is_empty());
         let (outcome, _) = p.wait(id, Instant::now() + SECOND).await;
         assert_eq!(outcome, Err(ForwardError::UnknownAck { id }));
-        assert!(!p.complete(id, Ok(())), "a late ack is refused");
+        assert!(p.complete(id, Ok(())).is_none(), "a late ack is refused");
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_outcome_that_arrives_before_the_wait_is_kept_for_it() {
         let p = Pending::default();
         let id = register(&p, SECOND);
-        assert!(p.complete(id, Err(ForwardError::Expired { node: node() })));
-        assert!(!p.complete(id, Ok(())), "only the first outcome counts");
+        assert!(p
+            .complete(id, Err(ForwardError::Expired { node: node() }))
+            .is_some());
+        assert!(
+            p.complete(id, Ok(())).is_none(),
+            "only the first outcome counts"
+        );
         let (outcome, _) = p.wait(id, Instant::now() + SECOND).await;
         assert_eq!(outcome, Err(ForwardError::Expired { node: node() }));
         assert!(p.is_empty());
@@ -331,7 +338,10 @@ mod tests {
         assert_eq!(report, Some(node()));
         assert_eq!(start.elapsed(), SECOND);
         assert!(p.is_empty());
-        assert!(!p.complete(id, Ok(())), "the ack after the timeout is late");
+        assert!(
+            p.complete(id, Ok(())).is_none(),
+            "the ack after the timeout is late"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,0 +1,132 @@
+//! Forwarding counters per peer: kept as atomics for `/stats` and exported as metrics through
+//! handles registered once per peer, so that counting costs an atomic add on the hot path.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram};
+use serde::Serialize;
+
+use crate::error::ForwardError;
+use crate::metrics as m;
+use crate::NodeId;
+
+/// The failure reasons counted, as `ForwardError::name` gives them.
+pub const FAILURE_REASONS: [&str; 5] =
+    ["timeout", "connection_lost", "rejected", "expired", "other"];
+
+fn reason_index(error: &ForwardError) -> usize {
+    match error {
+        ForwardError::Timeout { .. } => 0,
+        ForwardError::ConnectionLost { .. } => 1,
+        ForwardError::Rejected { .. } => 2,
+        ForwardError::Expired { .. } => 3,
+        _ => 4,
+    }
+}
+
+/// The counters of one peer.
+pub(crate) struct PeerStats {
+    sent: AtomicU64,
+    acked: AtomicU64,
+    failed: [AtomicU64; 5],
+    late_acks: AtomicU64,
+    reconnects: AtomicU64,
+    sent_metric: Counter,
+    acked_metric: Counter,
+    failed_metric: [Counter; 5],
+    late_metric: Counter,
+    reconnects_metric: Counter,
+    bytes_metric: Counter,
+    latency: Histogram,
+    pub(crate) queue_depth: Gauge,
+}
+
+/// What `/stats` shows of one peer.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PeerCounters {
+    /// Messages queued to the peer.
+    pub sent: u64,
+    /// Messages it acked.
+    pub acked: u64,
+    /// Messages that failed, by reason.
+    pub failed: std::collections::BTreeMap<&'static str, u64>,
+    /// Acks that came after their entry ended.
+    pub late_acks: u64,
+    /// Connections made after the first.
+    pub reconnects: u64,
+}
+
+impl PeerStats {
+    pub(crate) fn new(node: &NodeId, peer: &NodeId) -> PeerStats {
+        let labels = [("node", node.to_string()), ("peer", peer.to_string())];
+        let failed_metric = FAILURE_REASONS.map(|reason| {
+            metrics::counter!(
+                m::FORWARDS_FAILED,
+                "node" => node.to_string(),
+                "peer" => peer.to_string(),
+                "reason" => reason
+            )
+        });
+        PeerStats {
+            sent: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            failed: Default::default(),
+            late_acks: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            sent_metric: metrics::counter!(m::FORWARDS_SENT, &labels),
+            acked_metric: metrics::counter!(m::FORWARDS_ACKED, &labels),
+            failed_metric,
+            late_metric: metrics::counter!(m::LATE_ACKS, &labels),
+            reconnects_metric: metrics::counter!(m::RECONNECTS, &labels),
+            bytes_metric: metrics::counter!(m::BYTES_SENT, &labels),
+            latency: metrics::histogram!(m::ACK_LATENCY, &labels),
+            queue_depth: metrics::gauge!(m::QUEUE_DEPTH, &labels),
+        }
+    }
+
+    pub(crate) fn sent(&self) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        self.sent_metric.increment(1);
+    }
+
+    pub(crate) fn acked(&self, latency: Duration) {
+        self.acked.fetch_add(1, Ordering::Relaxed);
+        self.acked_metric.increment(1);
+        self.latency.record(latency.as_secs_f64());
+    }
+
+    pub(crate) fn failed(&self, error: &ForwardError, count: u64) {
+        let i = reason_index(error);
+        self.failed[i].fetch_add(count, Ordering::Relaxed);
+        self.failed_metric[i].increment(count);
+    }
+
+    pub(crate) fn late_ack(&self) {
+        self.late_acks.fetch_add(1, Ordering::Relaxed);
+        self.late_metric.increment(1);
+    }
+
+    pub(crate) fn reconnected(&self) {
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
+        self.reconnects_metric.increment(1);
+    }
+
+    pub(crate) fn bytes_sent(&self, bytes: usize) {
+        self.bytes_metric.increment(bytes as u64);
+    }
+
+    pub(crate) fn counters(&self) -> PeerCounters {
+        PeerCounters {
+            sent: self.sent.load(Ordering::Relaxed),
+            acked: self.acked.load(Ordering::Relaxed),
+            failed: FAILURE_REASONS
+                .iter()
+                .zip(&self.failed)
+                .map(|(reason, n)| (*reason, n.load(Ordering::Relaxed)))
+                .collect(),
+            late_acks: self.late_acks.load(Ordering::Relaxed),
+            reconnects: self.reconnects.load(Ordering::Relaxed),
+        }
+    }
+}
