@@ -6,12 +6,19 @@
 //! | `GET /ready` | 200 once the node has joined and is `ready`, 503 before and while leaving |
 //! | `GET /cluster/members` | every member gossip knows, self included |
 //! | `GET /cluster/ring?key=K&replicas=N` | `{"key":K,"owners":[…]}` |
+//! | `POST /cluster/probe` `{"node":…,"timeout_ms":…}` | `{"ok":true,"rtt_us":…}` or `{"ok":false,"error":…,"detail":…}` |
+//! | `POST /cluster/broadcast` `{"timeout_ms":…}` | `{"good":[…],"bad":[{"node":…,"error":…}]}` |
+//! | `GET /stats` | forwarding counters per peer |
 //! | `POST /cluster/leave` | `{"status":"leaving"}`, then graceful leave; the program exits |
 //! | `GET /metrics` | Prometheus text format |
 //!
 //! Errors are `{"error":"snake_case_name","detail":"…"}` with status 400 (bad request) or 404.
 
-use axum::extract::rejection::QueryRejection;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -22,7 +29,12 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+use crate::forward::{DeliveryLog, Forwarder};
 use crate::membership::{Member, Membership, Status};
+use crate::NodeId;
+
+/// Longest probe timeout accepted, in milliseconds.
+pub const MAX_PROBE_TIMEOUT_MS: u64 = 60_000;
 
 /// Most owners `/cluster/ring` returns.
 pub const MAX_RING_REPLICAS: usize = 1000;
@@ -32,6 +44,12 @@ pub const MAX_RING_REPLICAS: usize = 1000;
 pub struct AdminState {
     /// The node's membership.
     pub membership: Membership,
+    /// The node's forwarder.
+    pub forwarder: Forwarder,
+    /// The delivery counters, when the node counts its deliveries.
+    pub deliveries: Option<Arc<DeliveryLog>>,
+    /// The default timeout of probes.
+    pub ack_timeout: Duration,
     /// The recorder whose output `/metrics` serves, if any.
     pub prometheus: Option<PrometheusHandle>,
     /// Cancelled by `POST /cluster/leave`.
@@ -46,6 +64,9 @@ pub fn router(state: AdminState) -> Router {
         .route("/cluster/members", get(members))
         .route("/cluster/ring", get(ring))
         .route("/cluster/leave", post(leave))
+        .route("/cluster/probe", post(probe))
+        .route("/cluster/broadcast", post(broadcast))
+        .route("/stats", get(stats))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(state)
@@ -157,4 +178,112 @@ async fn metrics(State(state): State<AdminState>) -> Response {
             "this node exports no metrics",
         ),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProbeRequest {
+    node: String,
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct BroadcastRequest {
+    timeout_ms: Option<u64>,
+}
+
+/// The timeout of a probe request: the default, or the given one if it is in range.
+fn probe_timeout(state: &AdminState, timeout_ms: Option<u64>) -> Result<Duration, Response> {
+    match timeout_ms {
+        None => Ok(state.ack_timeout),
+        Some(ms) if (1..=MAX_PROBE_TIMEOUT_MS).contains(&ms) => Ok(Duration::from_millis(ms)),
+        Some(_) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("`timeout_ms` must be from 1 to {MAX_PROBE_TIMEOUT_MS}"),
+        )),
+    }
+}
+
+async fn probe(
+    State(state): State<AdminState>,
+    request: Result<Json<ProbeRequest>, JsonRejection>,
+) -> Response {
+    let request = match request {
+        Ok(Json(request)) => request,
+        Err(err) => return error(StatusCode::BAD_REQUEST, "bad_request", err.body_text()),
+    };
+    let timeout = match probe_timeout(&state, request.timeout_ms) {
+        Ok(timeout) => timeout,
+        Err(response) => return response,
+    };
+    let node = NodeId::from(request.node);
+    let answer = match state.forwarder.probe(&node, timeout).await {
+        Ok(rtt) => json!({ "ok": true, "rtt_us": rtt.as_micros() as u64 }),
+        Err(err) => json!({ "ok": false, "error": err.name(), "detail": err.to_string() }),
+    };
+    Json(answer).into_response()
+}
+
+async fn broadcast(
+    State(state): State<AdminState>,
+    request: Result<Json<BroadcastRequest>, JsonRejection>,
+) -> Response {
+    let request = match request {
+        Ok(Json(request)) => request,
+        // An empty body means the defaults.
+        Err(JsonRejection::MissingJsonContentType(_)) => BroadcastRequest::default(),
+        Err(err) => return error(StatusCode::BAD_REQUEST, "bad_request", err.body_text()),
+    };
+    let timeout = match probe_timeout(&state, request.timeout_ms) {
+        Ok(timeout) => timeout,
+        Err(response) => return response,
+    };
+    let view = state.membership.view();
+    let others: Vec<&Member> = view
+        .members()
+        .iter()
+        .filter(|m| m.node_id != *view.self_id())
+        .collect();
+    let probes = others.iter().map(|m| {
+        let forwarder = state.forwarder.clone();
+        let node = m.node_id.clone();
+        let live = m.live;
+        async move {
+            if !live {
+                return (node, Err(("down", "gossip holds it down".to_string())));
+            }
+            let result = forwarder.probe(&node, timeout).await;
+            (node, result.map_err(|e| (e.name(), e.to_string())))
+        }
+    });
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    for (node, result) in futures_util::future::join_all(probes).await {
+        match result {
+            Ok(_) => good.push(node),
+            Err((name, detail)) => {
+                bad.push(json!({ "node": node, "error": name, "detail": detail }))
+            }
+        }
+    }
+    Json(json!({ "good": good, "bad": bad })).into_response()
+}
+
+async fn stats(State(state): State<AdminState>) -> Json<Value> {
+    let mut peers: BTreeMap<NodeId, serde_json::Map<String, Value>> = BTreeMap::new();
+    for (node, counters) in state.forwarder.stats() {
+        if let Ok(Value::Object(map)) = serde_json::to_value(counters) {
+            peers.entry(node).or_default().extend(map);
+        }
+    }
+    if let Some(log) = &state.deliveries {
+        for (node, counters) in log.counters() {
+            if let Ok(Value::Object(map)) = serde_json::to_value(counters) {
+                peers.entry(node).or_default().extend(map);
+            }
+        }
+    }
+    Json(json!({ "node": state.membership.node_id(), "peers": peers }))
 }

@@ -44,8 +44,8 @@ pub mod wire;
 pub use config::{Config, ForwardConfig, GossipConfig};
 pub use error::{ConfigError, ForwardError, MembershipError, NodeError};
 pub use forward::{
-    AckId, BadNodeReport, BadReason, Broadcast, Deliver, Delivery, Discard, Dispatcher,
-    ForwardOptions, Forwarder, Verdict,
+    AckId, BadNodeReport, BadReason, Broadcast, Deliver, Delivery, DeliveryCounters, DeliveryLog,
+    Discard, Dispatcher, ForwardOptions, Forwarder, Verdict,
 };
 pub use membership::{LiveView, Member, Membership, MembershipEvent, Ring, Status};
 pub use node::{Node, NodeBuilder, NodeHandle};

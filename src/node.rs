@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use crate::admin;
 use crate::config::Config;
 use crate::error::{MembershipError, NodeError};
-use crate::forward::{Deliver, Discard, Forwarder};
+use crate::forward::{Deliver, DeliveryLog, Forwarder};
 use crate::membership::{LiveView, Membership};
 use crate::metrics::UPKEEP_INTERVAL;
 use crate::NodeId;
@@ -34,7 +34,7 @@ impl Node {
         NodeBuilder {
             config,
             prometheus: None,
-            deliver: Arc::new(Discard),
+            deliver: None,
         }
     }
 }
@@ -43,7 +43,7 @@ impl Node {
 pub struct NodeBuilder {
     config: Config,
     prometheus: Option<PrometheusHandle>,
-    deliver: Arc<dyn Deliver>,
+    deliver: Option<Arc<dyn Deliver>>,
 }
 
 impl NodeBuilder {
@@ -54,10 +54,10 @@ impl NodeBuilder {
         self
     }
 
-    /// The handler of messages forwarded to this node (default: [`Discard`], which accepts and
-    /// drops them).
+    /// The handler of messages forwarded to this node. By default a [`DeliveryLog`] accepts
+    /// and counts them, and `/stats` shows its counters.
     pub fn deliver(mut self, deliver: Arc<dyn Deliver>) -> Self {
-        self.deliver = deliver;
+        self.deliver = Some(deliver);
         self
     }
 
@@ -86,12 +86,19 @@ impl NodeBuilder {
                     source,
                 })?;
         let membership = Membership::start(&self.config, Some(admin_addr)).await?;
+        let (deliver, log): (Arc<dyn Deliver>, _) = match self.deliver {
+            Some(deliver) => (deliver, None),
+            None => {
+                let log = Arc::new(DeliveryLog::default());
+                (log.clone(), Some(log))
+            }
+        };
         let forwarder = match Forwarder::start(
             self.config.forward.clone(),
             forward_listener,
             self.config.cluster_id.clone(),
             membership.clone(),
-            self.deliver,
+            deliver,
         ) {
             Ok(forwarder) => forwarder,
             Err(source) => {
@@ -107,6 +114,9 @@ impl NodeBuilder {
         let tasks = TaskTracker::new();
         let state = admin::AdminState {
             membership: membership.clone(),
+            forwarder: forwarder.clone(),
+            deliveries: log,
+            ack_timeout: self.config.forward.ack_timeout(),
             prometheus: self.prometheus.clone(),
             leave_requested: leave_requested.clone(),
         };

@@ -197,3 +197,103 @@ async fn ready_is_503_while_joining_and_while_leaving() {
     assert_eq!(status.as_u16(), 503);
     leaving.await.unwrap().unwrap();
 }
+
+async fn post_json(node: &NodeHandle, path: &str, body: &str) -> (u16, Value) {
+    let response = http()
+        .post(format!("http://{}{path}", node.admin_addr()))
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("admin API answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+/// `/cluster/probe`, `/cluster/broadcast` and `/stats` across three nodes, one of them stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_broadcast_and_stats_routes_tell_the_truth() {
+    let _serial = SERIAL.lock().await;
+    let seed = node_config("node-a", &[], tolerant());
+    let seed_addr = seed.gossip_addr;
+    let a = Node::builder(seed).start().await.unwrap();
+    let b = Node::builder(node_config("node-b", &[seed_addr], tolerant()))
+        .start()
+        .await
+        .unwrap();
+    let c = Node::builder(node_config("node-c", &[seed_addr], tolerant()))
+        .start()
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(15), "all ready", || {
+        a.view().broadcast_targets().len() == 2
+    })
+    .await;
+
+    let (status, ok) = post_json(
+        &a,
+        "/cluster/probe",
+        r#"{"node":"node-b","timeout_ms":2000}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(ok["ok"], true, "{ok}");
+    assert!(ok["rtt_us"].as_u64().is_some());
+    let (_, unknown) = post_json(&a, "/cluster/probe", r#"{"node":"nobody"}"#).await;
+    assert_eq!(
+        (&unknown["ok"], &unknown["error"]),
+        (&Value::from(false), &Value::from("unknown_node"))
+    );
+    for bad in [
+        r#"{"timeout_ms":1}"#,
+        r#"{"node":"node-b","timeout_ms":0}"#,
+        "nonsense",
+    ] {
+        let (status, body) = post_json(&a, "/cluster/probe", bad).await;
+        assert_eq!(
+            (status, &body["error"]),
+            (400, &Value::from("bad_request")),
+            "{bad}"
+        );
+    }
+
+    let (status, all) = post_json(&a, "/cluster/broadcast", r#"{"timeout_ms":2000}"#).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        all,
+        serde_json::json!({"good": ["node-b", "node-c"], "bad": []})
+    );
+
+    c.abort().await.unwrap();
+    let (_, one_down) = post_json(&a, "/cluster/broadcast", r#"{"timeout_ms":500}"#).await;
+    assert_eq!(one_down["good"], serde_json::json!(["node-b"]));
+    assert_eq!(one_down["bad"][0]["node"], "node-c");
+    assert_eq!(one_down["bad"][0]["error"], "timeout", "{one_down}");
+
+    let from = wamp_cluster::PeerId::session("realm1", "node-a", 1);
+    let to = wamp_cluster::PeerId::session("realm1", "node-b", 2);
+    let message = wamp_cluster::wamp::WampMessage::Interrupt {
+        request: 7,
+        options: Default::default(),
+    };
+    a.forwarder()
+        .forward(from, to, message, &Default::default())
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(5), "the ack counted", || {
+        a.forwarder()
+            .stats()
+            .get("node-b")
+            .is_some_and(|s| s.acked == 1)
+    })
+    .await;
+    let (status, stats) = get_json(&a, "/stats").await;
+    assert_eq!(status, 200);
+    assert_eq!(stats["peers"]["node-b"]["sent"], 1, "{stats}");
+    assert_eq!(stats["peers"]["node-b"]["acked"], 1, "{stats}");
+    let (_, stats) = get_json(&b, "/stats").await;
+    assert_eq!(stats["peers"]["node-a"]["delivered"], 1, "{stats}");
+    assert_eq!(stats["peers"]["node-a"]["duplicates"], 0, "{stats}");
+    a.abort().await.unwrap();
+    b.abort().await.unwrap();
+}

@@ -11,10 +11,13 @@
 //! - [`pending`]: the table of pending acks.
 //! - [`deliver`]: the receiving side's handler trait.
 //! - [`dispatcher`]: a worker pool behind that trait, ordered per session.
+//! - [`delivery_log`]: a handler that counts deliveries, duplicates and reordering.
+//! - [`stats`]: the sending side's counters per peer.
 //! - [`outbound`]: one link per peer: dial, handshake, queue, batched writes, redial.
 //! - [`inbound`]: the listener: handshake, delivery in arrival order, batched acks.
 
 pub mod deliver;
+pub mod delivery_log;
 pub mod dispatcher;
 pub mod inbound;
 pub mod outbound;
@@ -36,6 +39,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub use deliver::{Deliver, Delivery, Discard, Verdict};
+pub use delivery_log::{DeliveryCounters, DeliveryLog};
 pub use dispatcher::Dispatcher;
 
 use crate::config::ForwardConfig;

@@ -262,8 +262,9 @@ async fn serve(
 ) -> String {
     let read = async {
         while let Some(frame) = reader.next().await {
-            let (id, outcome) = match frame {
-                Ok(Frame::Ack { id }) => (id, Ok(())),
+            // Pongs answer probes: they end their entries but are not forwards.
+            let (id, outcome, counted) = match frame {
+                Ok(Frame::Ack { id }) => (id, Ok(()), true),
                 Ok(Frame::Nack { id, reason }) => {
                     let err = match reason {
                         NackReason::Expired => ForwardError::Expired { node: node.clone() },
@@ -272,15 +273,16 @@ async fn serve(
                             reason,
                         },
                     };
-                    (id, Err(err))
+                    (id, Err(err), true)
                 }
-                Ok(Frame::Pong { id }) => (id, Ok(())),
+                Ok(Frame::Pong { id }) => (id, Ok(()), false),
                 Ok(other) => return format!("unexpected frame from the listener: {other:?}"),
                 Err(err) => return err.to_string(),
             };
             let failure = outcome.as_ref().err().cloned();
             if let Some(latency) = inner.pending.complete(id, outcome) {
                 match failure {
+                    _ if !counted => {}
                     None => stats.acked(latency),
                     Some(err) => stats.failed(&err, 1),
                 }
@@ -292,7 +294,7 @@ async fn serve(
                 {
                     inner.report_good(node);
                 }
-            } else {
+            } else if counted {
                 stats.late_ack();
             }
         }

@@ -225,6 +225,37 @@ impl WampMessage {
         name_of(self.code()).unwrap_or("UNKNOWN")
     }
 
+    /// The message's request id, for the messages that have one.
+    pub fn request_id(&self) -> Option<Id> {
+        use WampMessage::*;
+        match self {
+            Error { request, .. }
+            | Publish { request, .. }
+            | Published { request, .. }
+            | Subscribe { request, .. }
+            | Subscribed { request, .. }
+            | Unsubscribe { request, .. }
+            | Unsubscribed { request }
+            | Call { request, .. }
+            | Cancel { request, .. }
+            | Result { request, .. }
+            | Register { request, .. }
+            | Registered { request, .. }
+            | Unregister { request, .. }
+            | Unregistered { request }
+            | Invocation { request, .. }
+            | Interrupt { request, .. }
+            | Yield { request, .. } => Some(*request),
+            Hello { .. }
+            | Welcome { .. }
+            | Abort { .. }
+            | Challenge { .. }
+            | Authenticate { .. }
+            | Goodbye { .. }
+            | Event { .. } => None,
+        }
+    }
+
     /// Whether a node forwards this message to another node: PUBLISH, ERROR, INTERRUPT,
     /// INVOCATION and RESULT only, as in Bondy.
     pub fn is_forwardable(&self) -> bool {
