@@ -194,14 +194,12 @@ struct BroadcastRequest {
 }
 
 /// The timeout of a probe request: the default, or the given one if it is in range.
-fn probe_timeout(state: &AdminState, timeout_ms: Option<u64>) -> Result<Duration, Response> {
+fn probe_timeout(state: &AdminState, timeout_ms: Option<u64>) -> Result<Duration, String> {
     match timeout_ms {
         None => Ok(state.ack_timeout),
         Some(ms) if (1..=MAX_PROBE_TIMEOUT_MS).contains(&ms) => Ok(Duration::from_millis(ms)),
-        Some(_) => Err(error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("`timeout_ms` must be from 1 to {MAX_PROBE_TIMEOUT_MS}"),
+        Some(_) => Err(format!(
+            "`timeout_ms` must be from 1 to {MAX_PROBE_TIMEOUT_MS}"
         )),
     }
 }
@@ -216,7 +214,7 @@ async fn probe(
     };
     let timeout = match probe_timeout(&state, request.timeout_ms) {
         Ok(timeout) => timeout,
-        Err(response) => return response,
+        Err(detail) => return error(StatusCode::BAD_REQUEST, "bad_request", detail),
     };
     let node = NodeId::from(request.node);
     let answer = match state.forwarder.probe(&node, timeout).await {
@@ -238,7 +236,7 @@ async fn broadcast(
     };
     let timeout = match probe_timeout(&state, request.timeout_ms) {
         Ok(timeout) => timeout,
-        Err(response) => return response,
+        Err(detail) => return error(StatusCode::BAD_REQUEST, "bad_request", detail),
     };
     let view = state.membership.view();
     let others: Vec<&Member> = view
