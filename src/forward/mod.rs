@@ -491,6 +491,14 @@ impl Inner {
     /// Reports `node` unreachable: to membership, and on the transition to subscribers and the
     /// log.
     pub(crate) fn report_bad(&self, node: &NodeId, reason: BadReason) {
+        // A node that announced its leave closes its connections on purpose: not a bad node.
+        let view = self.membership.view();
+        if view
+            .member(node.as_str())
+            .is_some_and(|m| m.status == crate::membership::Status::Leaving)
+        {
+            return;
+        }
         if self
             .membership
             .report_unreachable(node.as_str(), reason.to_string())
