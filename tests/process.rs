@@ -352,3 +352,66 @@ async fn json_logs_are_one_object_per_line() {
         );
     }
 }
+
+/// Probe and broadcast across three processes: one stopped with SIGSTOP is bad in a broadcast
+/// started right after the stop (`timeout`), then `down` once gossip declares it down, and good
+/// again within seconds of SIGCONT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_process_is_bad_in_a_broadcast_then_down_then_good_again() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let first = Proc::start(dir.path(), "node-1", &[]);
+    let second = Proc::start(dir.path(), "node-2", &[first.gossip]);
+    let third = Proc::start(dir.path(), "node-3", &[first.gossip]);
+    let timeout = Duration::from_secs(20);
+    for p in [&first, &second, &third] {
+        p.wait_members(timeout, "all three live", |m| all_live(m, 3))
+            .await;
+    }
+    let post = |path: &'static str, body: &'static str| {
+        let url = format!("http://{}{path}", first.admin);
+        async move {
+            let response = http()
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .expect("admin API answers");
+            response.json::<Value>().await.expect("JSON")
+        }
+    };
+    let probe = post("/cluster/probe", r#"{"node":"node-2","timeout_ms":2000}"#).await;
+    assert_eq!(probe["ok"], true, "{probe}");
+    let all = post("/cluster/broadcast", r#"{"timeout_ms":2000}"#).await;
+    assert_eq!(
+        all["good"],
+        serde_json::json!(["node-2", "node-3"]),
+        "{all}"
+    );
+
+    third.signal("-STOP");
+    let paused = post("/cluster/broadcast", r#"{"timeout_ms":500}"#).await;
+    assert_eq!(paused["good"], serde_json::json!(["node-2"]), "{paused}");
+    assert_eq!(paused["bad"][0]["node"], "node-3");
+    assert_eq!(paused["bad"][0]["error"], "timeout", "{paused}");
+
+    first
+        .wait_members(timeout, "node-3 down", |m| {
+            member(m, "node-3").is_some_and(|n| n["live"] == false)
+        })
+        .await;
+    let down = post("/cluster/broadcast", r#"{"timeout_ms":500}"#).await;
+    assert_eq!(down["bad"][0]["error"], "down", "{down}");
+
+    third.signal("-CONT");
+    let deadline = Instant::now() + timeout;
+    loop {
+        let again = post("/cluster/broadcast", r#"{"timeout_ms":1000}"#).await;
+        if again["good"] == serde_json::json!(["node-2", "node-3"]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node-3 never came back: {again}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
