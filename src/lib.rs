@@ -2,7 +2,9 @@
 //!
 //! Nodes learn who is in the cluster and who is alive from gossip (the `chitchat` crate, over
 //! UDP); each node publishes an immutable live view of the members and a consistent-hash ring
-//! over them. The same library runs as the `wamp-cluster` node program and inside a router.
+//! over them. Nodes forward WAMP messages to each other over TCP with acknowledgements, and
+//! report the nodes that fail to answer. The same library runs as the `wamp-cluster` node
+//! program and inside a router.
 //!
 //! # Layout
 //!
@@ -11,19 +13,36 @@
 //! - [`membership`]: chitchat on a thread of its own; the [`LiveView`] derived from gossip by
 //!   pure functions ([`membership::view`]), the ring ([`membership::ring`]), membership events
 //!   and reachability reports.
-//! - [`node`]: [`Node::builder`] starts membership and the admin API together from one
-//!   [`Config`]; [`NodeHandle`] stops them.
-//! - [`admin`]: the HTTP admin API and `/metrics`.
-//! - [`metrics`]: metric names and the Prometheus recorder.
 //! - [`wamp`]: WAMP messages and values, and their JSON array form.
 //! - [`wire`]: the node-to-node frames, their encoding and the handshake; the only module that
 //!   knows the wire format.
+//! - [`forward`]: the [`Forwarder`] (`forward`, `async_forward`, `receive_ack`, `broadcast`),
+//!   pending acks, one outbound link per peer, the inbound listener, the [`Deliver`] trait, the
+//!   [`Dispatcher`] worker pool, bad-node reports and probes.
+//! - [`node`]: [`Node::builder`] starts membership, the forwarder and the admin API together
+//!   from one [`Config`]; [`NodeHandle`] stops them.
+//! - [`admin`]: the HTTP admin API and `/metrics`.
+//! - [`metrics`]: metric names and the Prometheus recorder.
 //! - [`error`]: one error enum per layer.
 //!
-//! How a change flows: chitchat applies a gossip exchange → its live-nodes watcher fires on the
-//! gossip thread → [`Membership`] reads chitchat's state, derives a new [`LiveView`], stores it
-//! in an `ArcSwap` (read without a lock by [`Membership::view`]) and sends it to view watchers,
-//! then sends the [`MembershipEvent`]s that lead to it and updates the metrics.
+//! # How a message flows
+//!
+//! A router on node A calls [`Forwarder::forward`] with a PUBLISH, ERROR, INTERRUPT, INVOCATION
+//! or RESULT for a peer on node B. The forwarder checks B is live in the [`LiveView`], registers
+//! the pending ack, encodes a `Forward` frame and queues it on the link to B; the link's writer
+//! sets the frame's time to live and writes it in a batch. B's listener decodes it and calls the
+//! router's [`Deliver`] handler (for example a [`Dispatcher`]), then answers `Ack` or `Nack`. A's
+//! link reads the answer and completes the pending entry; `forward` returns. If B does not
+//! answer in time, or its connection fails, the call ends with a typed [`ForwardError`] and B is
+//! reported unreachable: [`Membership`] takes it out of the broadcast targets, subscribers get a
+//! [`BadNodeReport`], and background probes bring it back when it answers again.
+//!
+//! # How a membership change flows
+//!
+//! chitchat applies a gossip exchange → its live-nodes watcher fires on the gossip thread →
+//! [`Membership`] reads chitchat's state, derives a new [`LiveView`], stores it in an `ArcSwap`
+//! (read without a lock by [`Membership::view`]) and sends it to view watchers, then sends the
+//! [`MembershipEvent`]s that lead to it and updates the metrics.
 
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]

@@ -561,3 +561,63 @@ async fn bad_input_on_the_forward_port_is_refused_and_counted_while_good_peers_a
     }
     c.stop().await;
 }
+
+/// A message larger than `forward.max_frame_bytes` is refused with `TooLarge` before anything is
+/// sent; with `fail_if_full`, a full send queue answers `QueueFull` at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_large_and_queue_full_fail_at_once() {
+    let _serial = SERIAL.lock().await;
+    let seed = node_config("node-0", &[], tolerant());
+    let seed_addr = seed.gossip_addr;
+    let mut small = seed.clone();
+    small.forward.max_frame_bytes = 4096;
+    small.forward.queue_capacity = 4;
+    let a = Node::builder(small).start().await.unwrap();
+    let silent = Arc::new(Recorder::default());
+    silent.mode.store(HANG, Ordering::SeqCst);
+    let b = Node::builder(node_config("node-1", &[seed_addr], tolerant()))
+        .deliver(silent.clone())
+        .start()
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(15), "b ready", || {
+        a.view().is_target("node-1")
+    })
+    .await;
+    let f = a.forwarder();
+    let big = WampMessage::Publish {
+        request: 1,
+        options: Dict::new(),
+        topic: "t".into(),
+        payload: Payload::Args(vec![Value::Bytes(vec![0; 10_000])]),
+    };
+    match f.forward(from(&a), to("node-1"), big, &options(5000)).await {
+        Err(ForwardError::TooLarge { len, max: 4096 }) => assert!(len > 10_000),
+        other => panic!("{other:?}"),
+    }
+    assert!(silent.hung.lock().unwrap().is_empty(), "nothing was sent");
+
+    // Fill the queue of 4 faster than the writer can drain it; one must find it full.
+    let full = ForwardOptions {
+        timeout: Some(Duration::from_secs(2)),
+        fail_if_full: true,
+    };
+    let mut results = Vec::new();
+    for i in 0..10_000 {
+        let result = f
+            .async_forward(from(&a), to("node-1"), publish(i), &full)
+            .await;
+        let is_full = matches!(result, Err(ForwardError::QueueFull { .. }));
+        results.push(result);
+        if is_full {
+            break;
+        }
+    }
+    assert!(
+        matches!(results.last(), Some(Err(ForwardError::QueueFull { .. }))),
+        "the queue never filled: {} sends",
+        results.len()
+    );
+    a.abort().await.unwrap();
+    b.abort().await.unwrap();
+}

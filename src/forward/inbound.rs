@@ -160,7 +160,11 @@ async fn connection(
                         // answer sent for it: the sender sees `Timeout`, as from a node that
                         // does not answer, which is the truth.
                         Verdict::Later(answer) => {
-                            match tokio::time::timeout_at(expiry, answer).await {
+                            let answer = tokio::select! {
+                                _ = inner.shutdown.cancelled() => return,
+                                answer = tokio::time::timeout_at(expiry, answer) => answer,
+                            };
+                            match answer {
                                 Ok(Ok(result)) => Some(result),
                                 Ok(Err(_)) => Some(Err(NackReason::Refused(
                                     "the handler dropped the message".into(),
