@@ -10,6 +10,9 @@
 //!   tests use, compact and order-preserving.
 
 pub mod json;
+mod value_de;
+
+pub use value_de::MAX_DEPTH;
 
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
@@ -24,8 +27,9 @@ pub type Id = u64;
 /// The largest WAMP id, 2^53.
 pub const MAX_ID: Id = 1 << 53;
 
-/// An application value.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// An application value. Decoding refuses values nested deeper than [`MAX_DEPTH`], so that a
+/// peer cannot exhaust the stack with a frame of nested lists.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum Value {
     /// `null`
     Null,

@@ -1,0 +1,182 @@
+//! Decoding of [`Value`] with a nesting limit. A derived `Deserialize` recurses once per level
+//! of nesting, and bincode has no depth limit of its own: a frame of a hundred thousand nested
+//! one-element lists would overflow the stack. This one counts the depth and refuses past
+//! [`MAX_DEPTH`]. It reads the same encoding the derived `Serialize` writes.
+
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+
+use super::{Dict, Value};
+
+/// The deepest nesting of lists and dicts a decoded value may have (JSON parsers commonly stop
+/// at 128; WAMP payloads are far shallower).
+pub const MAX_DEPTH: usize = 64;
+
+const VARIANTS: &[&str] = &[
+    "Null", "Bool", "Integer", "Unsigned", "Float", "String", "Bytes", "List", "Dict",
+];
+
+/// Decodes one value at nesting `depth`.
+#[derive(Clone, Copy)]
+struct ValueSeed {
+    depth: usize,
+}
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        ValueSeed { depth: 0 }.deserialize(deserializer)
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for ValueSeed {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        if self.depth > MAX_DEPTH {
+            return Err(de::Error::custom(format!(
+                "value nested deeper than {MAX_DEPTH} levels"
+            )));
+        }
+        deserializer.deserialize_enum("Value", VARIANTS, self)
+    }
+}
+
+impl<'de> Visitor<'de> for ValueSeed {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a WAMP value")
+    }
+
+    fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<Value, A::Error> {
+        let (index, variant): (u32, _) = data.variant()?;
+        let inner = ValueSeed {
+            depth: self.depth + 1,
+        };
+        Ok(match index {
+            0 => {
+                variant.unit_variant()?;
+                Value::Null
+            }
+            1 => Value::Bool(variant.newtype_variant()?),
+            2 => Value::Integer(variant.newtype_variant()?),
+            3 => Value::Unsigned(variant.newtype_variant()?),
+            4 => Value::Float(variant.newtype_variant()?),
+            5 => Value::String(variant.newtype_variant()?),
+            6 => Value::Bytes(variant.newtype_variant()?),
+            7 => Value::List(variant.newtype_variant_seed(ListSeed(inner))?),
+            8 => Value::Dict(variant.newtype_variant_seed(DictSeed(inner))?),
+            other => {
+                return Err(de::Error::invalid_value(
+                    de::Unexpected::Unsigned(other.into()),
+                    &"a Value variant index from 0 to 8",
+                ))
+            }
+        })
+    }
+}
+
+/// A list whose items are at the given depth.
+struct ListSeed(ValueSeed);
+
+impl<'de> DeserializeSeed<'de> for ListSeed {
+    type Value = Vec<Value>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Vec<Value>, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ListSeed {
+    type Value = Vec<Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of values")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Value>, A::Error> {
+        // Grow as items arrive: the announced length is not trusted for the allocation.
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+        while let Some(item) = seq.next_element_seed(self.0)? {
+            items.push(item);
+        }
+        Ok(items)
+    }
+}
+
+/// A dict whose values are at the given depth.
+struct DictSeed(ValueSeed);
+
+impl<'de> DeserializeSeed<'de> for DictSeed {
+    type Value = Dict;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Dict, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for DictSeed {
+    type Value = Dict;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a dict of values")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Dict, A::Error> {
+        let mut dict = Dict::with_capacity(map.size_hint().unwrap_or(0).min(1024));
+        while let Some(key) = map.next_key::<String>()? {
+            let value = map.next_value_seed(self.0)?;
+            dict.insert(key, value);
+        }
+        Ok(dict)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nested(depth: usize) -> Value {
+        let mut value = Value::Null;
+        for _ in 0..depth {
+            value = Value::List(vec![value]);
+        }
+        value
+    }
+
+    fn round_trip(value: &Value) -> Result<Value, String> {
+        let config = bincode::config::standard();
+        let bytes = bincode::serde::encode_to_vec(value, config).map_err(|e| e.to_string())?;
+        bincode::serde::decode_from_slice::<Value, _>(&bytes, config)
+            .map(|(v, _)| v)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn values_up_to_the_depth_limit_round_trip() {
+        let value = nested(MAX_DEPTH);
+        assert_eq!(round_trip(&value).unwrap(), value);
+        let mut dict = Dict::new();
+        dict.insert("k".into(), nested(3));
+        let value = Value::Dict(dict);
+        assert_eq!(round_trip(&value).unwrap(), value);
+    }
+
+    #[test]
+    fn a_value_nested_past_the_limit_is_refused_without_recursing_through_it() {
+        let err = round_trip(&nested(MAX_DEPTH + 1)).unwrap_err();
+        assert!(err.contains("nested deeper"), "{err}");
+        // A hundred thousand levels, as a hostile peer would send: bytes built by hand (the
+        // encoder itself would recurse). List is variant 7, a list of one is length 1.
+        let mut bytes = Vec::new();
+        for _ in 0..100_000 {
+            bytes.extend_from_slice(&[7, 1]);
+        }
+        bytes.push(0);
+        let result =
+            bincode::serde::decode_from_slice::<Value, _>(&bytes, bincode::config::standard());
+        assert!(result.is_err());
+    }
+}
