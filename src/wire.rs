@@ -137,6 +137,20 @@ pub enum RefuseReason {
     ShuttingDown,
 }
 
+impl RefuseReason {
+    /// The reason's name in snake case, as metrics label it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RefuseReason::BadHello => "bad_hello",
+            RefuseReason::NoCommonVersion { .. } => "no_common_version",
+            RefuseReason::WrongCluster { .. } => "wrong_cluster",
+            RefuseReason::WrongNode { .. } => "wrong_node",
+            RefuseReason::Overloaded => "overloaded",
+            RefuseReason::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
 impl fmt::Display for RefuseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

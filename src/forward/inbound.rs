@@ -1,41 +1,68 @@
 //! The listening side: accepts connections from other nodes, does the handshake, hands each
 //! `Forward` to the [`Deliver`] handler in arrival order, and answers `Ack` or `Nack` only after
 //! the handler's verdict. Answers are batched: they are written when no further frame is
-//! already readable.
+//! already readable, before waiting on a handler, or once 64 KiB have gathered.
+//!
+//! Time to live: a frame's time to live counts from when it is read, less the time the
+//! connection spent waiting on handlers while the frame may already have been waiting in the
+//! socket; a frame whose time has run out is nacked `Expired`, never delivered.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_util::{FutureExt, StreamExt};
 use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::codec::{Encoder, FramedRead};
 use tracing::{debug, warn};
 
 use super::deliver::{Deliver, Delivery, Verdict};
-use super::Inner;
+use super::{BadReason, Inner};
 use crate::metrics as m;
 use crate::wire::{self, Frame, FrameCodec, NackReason, RefuseReason};
 
+/// Inbound connections served at once; more are refused (each peer opens one).
+pub const MAX_INBOUND_CONNECTIONS: usize = 1024;
+
+/// Largest frame read before the handshake is done: a hello is small, and an unauthenticated
+/// socket must not make the node reserve `max_frame_bytes`.
+const HANDSHAKE_FRAME_LIMIT: usize = 16 * 1024;
+
+/// Answers gathered before they are written even if more frames are readable.
+const ANSWER_BATCH_BYTES: usize = 64 * 1024;
+
 /// Accepts connections until shutdown.
 pub(crate) async fn listen(inner: Arc<Inner>, listener: TcpListener, deliver: Arc<dyn Deliver>) {
+    let slots = Arc::new(Semaphore::new(MAX_INBOUND_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             _ = inner.shutdown.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => {
-                inner
-                    .tasks
-                    .spawn(connection(inner.clone(), stream, peer, deliver.clone()));
-            }
+            Ok((stream, peer)) => match slots.clone().try_acquire_owned() {
+                Ok(slot) => {
+                    let inner2 = inner.clone();
+                    let deliver = deliver.clone();
+                    inner.tasks.spawn(async move {
+                        connection(inner2, stream, peer, deliver).await;
+                        drop(slot);
+                    });
+                }
+                Err(_) => {
+                    count_refusal(&inner, RefuseReason::Overloaded.name());
+                    debug!(%peer, "refused: too many inbound connections");
+                }
+            },
             Err(err) => {
                 // Out of file descriptors and the like: wait a little rather than spin.
                 warn!(error = %err, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
@@ -44,6 +71,25 @@ pub(crate) async fn listen(inner: Arc<Inner>, listener: TcpListener, deliver: Ar
 fn count_refusal(inner: &Inner, reason: &'static str) {
     metrics::counter!(m::HANDSHAKES_REFUSED, "node" => inner.self_id.to_string(), "reason" => reason)
         .increment(1);
+}
+
+fn count_bad_frame(inner: &Inner, reason: &'static str) {
+    metrics::counter!(m::FRAMES_REFUSED, "node" => inner.self_id.to_string(), "reason" => reason)
+        .increment(1);
+}
+
+/// Writes `out` unless the forwarder shuts down first (a peer that stops reading must not keep
+/// this task alive). Returns `false` when the connection is done.
+async fn flush(inner: &Inner, write: &mut OwnedWriteHalf, out: &mut BytesMut) -> bool {
+    if out.is_empty() {
+        return true;
+    }
+    let written = tokio::select! {
+        _ = inner.shutdown.cancelled() => return false,
+        written = write.write_all(out) => written,
+    };
+    out.clear();
+    written.is_ok()
 }
 
 /// Serves one inbound connection.
@@ -56,69 +102,55 @@ async fn connection(
     let _ = stream.set_nodelay(true);
     let (read, mut write) = stream.into_split();
     let mut codec = FrameCodec::new(inner.config.max_frame_bytes);
-    let mut reader = FramedRead::new(read, FrameCodec::new(inner.config.max_frame_bytes));
+    let mut reader = FramedRead::new(read, FrameCodec::new(HANDSHAKE_FRAME_LIMIT));
     let mut out = BytesMut::new();
 
     let first = tokio::time::timeout(inner.config.connect_timeout(), reader.next()).await;
-    let hello = match first {
-        Ok(Some(Ok(Frame::Hello(hello)))) => hello,
-        Ok(Some(Ok(_))) | Ok(Some(Err(_))) => {
-            count_refusal(&inner, "bad_hello");
-            debug!(%peer, "refused: the first frame is not a hello");
-            let _ = codec.encode(
-                &Frame::Refuse {
-                    reason: RefuseReason::BadHello,
-                },
-                &mut out,
-            );
-            let _ = write.write_all(&out).await;
-            return;
+    let refusal = match first {
+        Ok(Some(Ok(Frame::Hello(hello)))) => {
+            match wire::negotiate(&hello, &inner.cluster_id, &inner.self_id) {
+                Ok(version) => Ok((hello, version)),
+                Err(reason) => Err(Some(reason)),
+            }
         }
-        Ok(None) => return,
+        Ok(Some(_)) => Err(Some(RefuseReason::BadHello)),
+        Ok(None) => Err(None),
         Err(_) => {
             count_refusal(&inner, "timeout");
-            return;
+            Err(None)
         }
     };
-    let version = match wire::negotiate(&hello, &inner.cluster_id, &inner.self_id) {
-        Ok(version) => version,
-        Err(reason) => {
-            count_refusal(
-                &inner,
-                match reason {
-                    RefuseReason::BadHello => "bad_hello",
-                    RefuseReason::NoCommonVersion { .. } => "no_common_version",
-                    RefuseReason::WrongCluster { .. } => "wrong_cluster",
-                    RefuseReason::WrongNode { .. } => "wrong_node",
-                    RefuseReason::Overloaded => "overloaded",
-                    RefuseReason::ShuttingDown => "shutting_down",
-                },
-            );
-            debug!(%peer, from = %hello.node_id, %reason, "handshake refused");
+    let (hello, version) = match refusal {
+        Ok(accepted) => accepted,
+        Err(None) => return,
+        Err(Some(reason)) => {
+            count_refusal(&inner, reason.name());
+            debug!(%peer, %reason, "handshake refused");
             let _ = codec.encode(&Frame::Refuse { reason }, &mut out);
-            let _ = write.write_all(&out).await;
+            flush(&inner, &mut write, &mut out).await;
             return;
         }
     };
     if codec.encode(&Frame::Welcome { version }, &mut out).is_err()
-        || write.write_all(&out).await.is_err()
+        || !flush(&inner, &mut write, &mut out).await
     {
         return;
     }
-    out.clear();
+    *reader.decoder_mut() = FrameCodec::new(inner.config.max_frame_bytes);
     let from = hello.node_id;
+    // Time spent waiting on handlers since the connection last waited for the socket: frames
+    // read now may have been waiting that long.
+    let mut stalled = Duration::ZERO;
 
-    loop {
+    let ended = loop {
         // Take what is already readable; flush the answers before waiting for more.
         let next = match reader.next().now_or_never() {
             Some(next) => next,
             None => {
-                if !out.is_empty() {
-                    if write.write_all(&out).await.is_err() {
-                        return;
-                    }
-                    out.clear();
+                if !flush(&inner, &mut write, &mut out).await {
+                    return;
                 }
+                stalled = Duration::ZERO;
                 tokio::select! {
                     _ = inner.shutdown.cancelled() => return,
                     next = reader.next() => next,
@@ -126,7 +158,7 @@ async fn connection(
             }
         };
         let frame = match next {
-            None => return,
+            None => break "closed by the peer".to_string(),
             Some(Ok(frame)) => frame,
             Some(Err(err)) => {
                 let reason = match err {
@@ -134,20 +166,25 @@ async fn connection(
                     wire::WireError::Malformed(_) => "malformed",
                     wire::WireError::Io(_) => "io",
                 };
-                metrics::counter!(m::FRAMES_REFUSED, "node" => inner.self_id.to_string(), "reason" => reason)
-                    .increment(1);
-                debug!(%peer, %from, error = %err, "bad frame; closing");
-                return;
+                count_bad_frame(&inner, reason);
+                break format!("bad frame: {err}");
             }
         };
         let answer = match frame {
             Frame::Forward(forward) => {
-                let expiry =
-                    Instant::now() + std::time::Duration::from_millis(forward.ttl_ms.into());
                 let id = forward.id;
-                let verdict = if forward.ttl_ms == 0 {
+                let ttl = Duration::from_millis(forward.ttl_ms.into()).saturating_sub(stalled);
+                let verdict = if ttl.is_zero() {
                     Some(Err(NackReason::Expired))
+                } else if !forward.message.is_forwardable() {
+                    Some(Err(NackReason::NotForwardable))
+                } else if forward.to.node != inner.self_id || forward.from.node != from {
+                    Some(Err(NackReason::Refused(format!(
+                        "a message from `{}` to `{}` on a connection from `{from}` to `{}`",
+                        forward.from.node, forward.to.node, inner.self_id
+                    ))))
                 } else {
+                    let expiry = Instant::now() + ttl;
                     let delivery = Delivery {
                         from: forward.from,
                         to: forward.to,
@@ -156,19 +193,25 @@ async fn connection(
                     match deliver.deliver(delivery) {
                         Verdict::Accepted => Some(Ok(())),
                         Verdict::Refused(reason) => Some(Err(reason)),
-                        // A handler that does not answer within the time to live gets no
-                        // answer sent for it: the sender sees `Timeout`, as from a node that
-                        // does not answer, which is the truth.
                         Verdict::Later(answer) => {
+                            // The acks of what came before go out first.
+                            if !flush(&inner, &mut write, &mut out).await {
+                                return;
+                            }
+                            let began = Instant::now();
                             let answer = tokio::select! {
                                 _ = inner.shutdown.cancelled() => return,
                                 answer = tokio::time::timeout_at(expiry, answer) => answer,
                             };
+                            stalled += began.elapsed();
                             match answer {
                                 Ok(Ok(result)) => Some(result),
                                 Ok(Err(_)) => Some(Err(NackReason::Refused(
                                     "the handler dropped the message".into(),
                                 ))),
+                                // A handler that does not answer within the time to live gets
+                                // no answer sent for it: the sender sees `Timeout`, as from a
+                                // node that does not answer, which is the truth.
                                 Err(_) => None,
                             }
                         }
@@ -182,14 +225,22 @@ async fn connection(
             }
             Frame::Ping { id } => Frame::Pong { id },
             other => {
-                metrics::counter!(m::FRAMES_REFUSED, "node" => inner.self_id.to_string(), "reason" => "unexpected")
-                    .increment(1);
-                debug!(%peer, %from, frame = ?other, "unexpected frame; closing");
-                return;
+                count_bad_frame(&inner, "unexpected");
+                break format!("unexpected frame {other:?}");
             }
         };
         if codec.encode(&answer, &mut out).is_err() {
+            break "an answer could not be encoded".to_string();
+        }
+        if out.len() >= ANSWER_BATCH_BYTES && !flush(&inner, &mut write, &mut out).await {
             return;
         }
+    };
+    flush(&inner, &mut write, &mut out).await;
+    debug!(%peer, %from, why = %ended, "inbound connection ended");
+    // The peer's side went away: a crashed node is noticed here at once even by nodes that
+    // never sent it anything (a leaving node is not reported; see `report_bad`).
+    if !inner.shutdown.is_cancelled() {
+        inner.report_bad(&from, BadReason::ConnectionLost(ended));
     }
 }

@@ -63,6 +63,10 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(10);
 /// before one.
 const PROBE_TICK: Duration = Duration::from_millis(100);
 
+/// The longest timeout a call may have; longer ones are cut to it (a day: an "infinite"
+/// timeout must not overflow the clock).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 /// Bad-node reports a subscriber may fall behind by before it loses the oldest.
 pub const REPORT_CHANNEL_CAPACITY: usize = 1024;
 
@@ -190,16 +194,17 @@ impl Forwarder {
         message: WampMessage,
         options: &ForwardOptions,
     ) -> Result<AckId, ForwardError> {
-        let timeout = options.timeout.unwrap_or(self.inner.config.ack_timeout());
+        let deadline = self.inner.deadline(options);
         self.inner
-            .send(from, to, message, timeout, options.fail_if_full)
+            .send(from, to, message, deadline, options.fail_if_full)
             .await
     }
 
     /// Waits at most `timeout` for the outcome of an [`Forwarder::async_forward`]. An id that
     /// was never issued, was already received or expired is `UnknownAck`.
     pub async fn receive_ack(&self, id: AckId, timeout: Duration) -> Result<(), ForwardError> {
-        self.inner.receive(id.0, Instant::now() + timeout).await
+        let until = Instant::now() + timeout.min(MAX_TIMEOUT);
+        self.inner.receive(id.0, until, true).await
     }
 
     /// Sends `message` and waits for its ack (at most the timeout of `options`).
@@ -210,19 +215,19 @@ impl Forwarder {
         message: WampMessage,
         options: &ForwardOptions,
     ) -> Result<(), ForwardError> {
-        let timeout = options.timeout.unwrap_or(self.inner.config.ack_timeout());
-        let deadline = Instant::now() + timeout;
+        let deadline = self.inner.deadline(options);
         let id = self
             .inner
-            .send(from, to, message, timeout, options.fail_if_full)
+            .send(from, to, message, deadline, options.fail_if_full)
             .await?;
-        self.inner.receive(id.0, deadline).await
+        self.inner.receive(id.0, deadline, true).await
     }
 
     /// Sends `message` to every node of `nodes` at once and waits for all acks under one shared
-    /// deadline. `good` and `bad` keep the order of `nodes`; this node, if listed, is bad with
-    /// `LocalDestination`. `from` and `message` are copied for each node; `to` addresses the node
-    /// as a whole (realm of `from`, no session).
+    /// deadline (waiting for room in a full queue counts against it too). `good` and `bad` keep
+    /// the order of `nodes`; this node, if listed, is bad with `LocalDestination`. `from` and
+    /// `message` are copied for each node; `to` addresses the node as a whole (realm of `from`,
+    /// no session).
     pub async fn broadcast(
         &self,
         from: &PeerId,
@@ -230,30 +235,22 @@ impl Forwarder {
         message: &WampMessage,
         options: &ForwardOptions,
     ) -> Broadcast {
-        let timeout = options.timeout.unwrap_or(self.inner.config.ack_timeout());
-        let deadline = Instant::now() + timeout;
-        let mut sends = Vec::with_capacity(nodes.len());
-        for node in nodes {
+        let deadline = self.inner.deadline(options);
+        let calls = nodes.iter().map(|node| async move {
             let to = PeerId::node(from.realm.clone(), node.clone());
-            let sent = self
+            let id = self
                 .inner
                 .send(
                     from.clone(),
                     to,
                     message.clone(),
-                    timeout,
+                    deadline,
                     options.fail_if_full,
                 )
-                .await;
-            sends.push(sent);
-        }
-        let waits = sends.into_iter().map(|sent| async move {
-            match sent {
-                Ok(id) => self.inner.receive(id.0, deadline).await,
-                Err(err) => Err(err),
-            }
+                .await?;
+            self.inner.receive(id.0, deadline, true).await
         });
-        let outcomes = futures_util::future::join_all(waits).await;
+        let outcomes = futures_util::future::join_all(calls).await;
         let mut result = Broadcast::default();
         for (node, outcome) in nodes.iter().zip(outcomes) {
             match outcome {
@@ -333,7 +330,7 @@ impl Inner {
         from: PeerId,
         to: PeerId,
         message: WampMessage,
-        timeout: Duration,
+        deadline: Instant,
         fail_if_full: bool,
     ) -> Result<AckId, ForwardError> {
         if self.shutdown.is_cancelled() {
@@ -351,14 +348,15 @@ impl Inner {
         let addr = self.live_forward_addr(&node)?;
         let frame = |id| {
             Frame::Forward(Box::new(wire::Forward {
-                ttl_ms: ttl_ms(timeout),
+                // Set again as the frame is written.
+                ttl_ms: ttl_ms(deadline.saturating_duration_since(Instant::now())),
                 id,
                 from,
                 to,
                 message,
             }))
         };
-        self.enqueue(&node, addr, timeout, fail_if_full, frame)
+        self.enqueue(&node, addr, deadline, fail_if_full, frame)
             .await
             .map(|(id, link)| {
                 link.stats.sent();
@@ -372,14 +370,13 @@ impl Inner {
         self: &Arc<Self>,
         node: &NodeId,
         addr: SocketAddr,
-        timeout: Duration,
+        deadline: Instant,
         fail_if_full: bool,
         frame: impl FnOnce(u64) -> Frame,
     ) -> Result<(u64, Arc<Link>), ForwardError> {
-        let deadline = Instant::now() + timeout;
-        let id = self
-            .pending
-            .register(node.clone(), deadline, deadline + timeout);
+        // An outcome nobody takes is kept for as long again as the call's timeout.
+        let retain_until = deadline + deadline.saturating_duration_since(Instant::now());
+        let id = self.pending.register(node.clone(), deadline, retain_until);
         let mut bytes = BytesMut::new();
         let max = self.config.max_frame_bytes;
         if let Err(err) = FrameCodec::new(max).encode(&frame(id), &mut bytes) {
@@ -418,10 +415,12 @@ impl Inner {
         }
         let addr = self.live_forward_addr(node)?;
         let start = Instant::now();
+        let deadline = start + timeout.min(MAX_TIMEOUT);
         let (id, _) = self
-            .enqueue(node, addr, timeout, false, |id| Frame::Ping { id })
+            .enqueue(node, addr, deadline, false, |id| Frame::Ping { id })
             .await?;
-        self.receive(id, start + timeout).await?;
+        // A probe's timeout is reported, but not counted as a failed forward.
+        self.receive(id, deadline, false).await?;
         Ok(start.elapsed())
     }
 
@@ -435,12 +434,24 @@ impl Inner {
             .ok_or_else(|| ForwardError::UnknownNode { node: node.clone() })
     }
 
-    async fn receive(&self, id: u64, until: Instant) -> Result<(), ForwardError> {
+    /// Waits for entry `id` until `until`; a timeout past the entry's deadline reports the
+    /// node, and counts a failed forward when `count`.
+    async fn receive(&self, id: u64, until: Instant, count: bool) -> Result<(), ForwardError> {
         let (outcome, timed_out_node) = self.pending.wait(id, until).await;
         if let Some(node) = timed_out_node {
-            self.timed_out(&node, 1);
+            if count {
+                self.timed_out(&node, 1);
+            } else {
+                self.report_bad(&node, BadReason::AckTimeout);
+            }
         }
         outcome
+    }
+
+    /// The deadline of a call with these options.
+    fn deadline(&self, options: &ForwardOptions) -> Instant {
+        let timeout = options.timeout.unwrap_or(self.config.ack_timeout());
+        Instant::now() + timeout.min(MAX_TIMEOUT)
     }
 
     /// Counts `count` timeouts of messages to `node` and reports it bad.

@@ -54,6 +54,7 @@ pub(crate) struct Link {
     node: NodeId,
     queue: mpsc::Sender<Queued>,
     budget: Arc<Semaphore>,
+    budget_bytes: usize,
     /// The peer's counters.
     pub stats: Arc<PeerStats>,
 }
@@ -72,6 +73,7 @@ impl Link {
             node: node.clone(),
             queue,
             budget,
+            budget_bytes: inner.config.queue_capacity_bytes,
             stats: stats.clone(),
         });
         let tasks = inner.tasks.clone();
@@ -103,8 +105,10 @@ impl Link {
         let late = || ForwardError::Timeout {
             node: self.node.clone(),
         };
-        // The byte budget is at least max_frame_bytes, so one frame always fits.
-        let need = u32::try_from(item.bytes.len()).unwrap_or(u32::MAX);
+        // A frame takes its size from the budget, or the whole budget if it is larger (a frame
+        // of max_frame_bytes plus its length prefix), so that one frame always fits.
+        let need = item.bytes.len().min(self.budget_bytes);
+        let need = u32::try_from(need).unwrap_or(u32::MAX);
         let permit = if fail_if_full {
             self.budget
                 .clone()
@@ -238,7 +242,14 @@ async fn connect(
         write.write_all(&buf).await.map_err(|e| e.to_string())?;
         let mut reader = FramedRead::new(read, codec);
         match reader.next().await {
-            Some(Ok(Frame::Welcome { .. })) => Ok((reader, write)),
+            Some(Ok(Frame::Welcome { version }))
+                if (wire::MIN_VERSION..=wire::MAX_VERSION).contains(&version) =>
+            {
+                Ok((reader, write))
+            }
+            Some(Ok(Frame::Welcome { version })) => Err(format!(
+                "the listener chose protocol version {version}, which this node does not speak"
+            )),
             Some(Ok(Frame::Refuse { reason })) => Err(format!("refused: {reason}")),
             Some(Ok(other)) => Err(format!("unexpected answer to hello: {other:?}")),
             Some(Err(err)) => Err(err.to_string()),
