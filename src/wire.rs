@@ -374,14 +374,6 @@ impl Encoder<&Frame> for FrameCodec {
     }
 }
 
-impl Encoder<Frame> for FrameCodec {
-    type Error = WireError;
-
-    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), WireError> {
-        self.encode(&frame, dst)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

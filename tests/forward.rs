@@ -173,23 +173,32 @@ async fn bad_requests_fail_at_once_and_send_nothing() {
             .await,
         Err(ForwardError::LocalDestination)
     );
-    let not_forwarded = [
-        WampMessage::Call {
-            request: 1,
-            options: Dict::new(),
-            procedure: "p".into(),
-            payload: Payload::Empty,
-        },
-        WampMessage::Yield {
-            request: 1,
-            options: Dict::new(),
-            payload: Payload::Empty,
-        },
-        WampMessage::Goodbye {
-            details: Dict::new(),
-            reason: "r".into(),
-        },
-    ];
+    // Every message type but the five forwarded ones, in its JSON form.
+    let not_forwarded: Vec<WampMessage> = [
+        r#"[1,"realm1",{}]"#,
+        r#"[2,1,{}]"#,
+        r#"[3,{},"wamp.error.x"]"#,
+        r#"[4,"wampcra",{}]"#,
+        r#"[5,"sig",{}]"#,
+        r#"[6,{},"wamp.close.normal"]"#,
+        r#"[17,1,2]"#,
+        r#"[32,1,{},"t"]"#,
+        r#"[33,1,2]"#,
+        r#"[34,1,2]"#,
+        r#"[35,1]"#,
+        r#"[36,1,2,{}]"#,
+        r#"[48,1,{},"p"]"#,
+        r#"[49,1,{}]"#,
+        r#"[64,1,{},"p"]"#,
+        r#"[65,1,2]"#,
+        r#"[66,1,2]"#,
+        r#"[67,1]"#,
+        r#"[70,1,{}]"#,
+    ]
+    .iter()
+    .map(|text| wamp_cluster::wamp::json::decode(text).unwrap())
+    .collect();
+    assert_eq!(not_forwarded.len(), 19);
     for message in not_forwarded {
         let name = message.name();
         assert_eq!(
