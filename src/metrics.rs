@@ -39,6 +39,8 @@ pub const PENDING_ACKS: &str = "wamp_cluster_pending_acks";
 pub const QUEUE_DEPTH: &str = "wamp_cluster_queue_depth";
 /// Counter: bytes written to a `peer`.
 pub const BYTES_SENT: &str = "wamp_cluster_bytes_sent_total";
+/// Counter: bytes read from a `peer` on its connection to this node.
+pub const BYTES_RECEIVED: &str = "wamp_cluster_bytes_received_total";
 /// Counter: connections to a `peer` made after the first.
 pub const RECONNECTS: &str = "wamp_cluster_reconnects_total";
 /// Counter: acks and nacks that arrived after their entry ended, by `peer`.
@@ -72,6 +74,7 @@ pub fn describe() {
     metrics::describe_gauge!(PENDING_ACKS, "Pending acks.");
     metrics::describe_gauge!(QUEUE_DEPTH, "Frames queued to a peer.");
     metrics::describe_counter!(BYTES_SENT, "Bytes written to a peer.");
+    metrics::describe_counter!(BYTES_RECEIVED, "Bytes read from a peer.");
     metrics::describe_counter!(RECONNECTS, "Connections to a peer after the first.");
     metrics::describe_counter!(BAD_NODE_REPORTS, "Bad-node reports by peer and reason.");
     metrics::describe_counter!(LATE_ACKS, "Acks that arrived after their entry ended.");

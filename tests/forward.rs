@@ -613,6 +613,8 @@ async fn bad_input_on_the_forward_port_is_refused_and_counted_while_good_peers_a
     let metrics = prometheus.render();
     for line in [
         "wamp_cluster_handshakes_refused_total{node=\"node-1\",reason=\"bad_hello\"} 2",
+        "wamp_cluster_bytes_received_total{node=\"node-1\",peer=\"node-0\"}",
+        "wamp_cluster_forwards_acked_total{node=\"node-0\",peer=\"node-1\"} 200",
         "wamp_cluster_handshakes_refused_total{node=\"node-1\",reason=\"wrong_cluster\"} 1",
         "wamp_cluster_frames_refused_total{node=\"node-1\",reason=\"malformed\"} 1",
         "wamp_cluster_frames_refused_total{node=\"node-1\",reason=\"too_large\"} 1",

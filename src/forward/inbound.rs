@@ -8,13 +8,15 @@
 //! socket; a frame whose time has run out is nacked `Expired`, never delivered.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_util::{FutureExt, StreamExt};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -92,6 +94,27 @@ async fn flush(inner: &Inner, write: &mut OwnedWriteHalf, out: &mut BytesMut) ->
     written.is_ok()
 }
 
+/// The read half of a connection, counting the bytes read once the peer is known.
+struct Counted {
+    read: OwnedReadHalf,
+    bytes: Option<metrics::Counter>,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.read).poll_read(cx, buf);
+        if let Some(bytes) = &self.bytes {
+            bytes.increment((buf.filled().len() - before) as u64);
+        }
+        polled
+    }
+}
+
 /// Serves one inbound connection.
 async fn connection(
     inner: Arc<Inner>,
@@ -102,6 +125,7 @@ async fn connection(
     let _ = stream.set_nodelay(true);
     let (read, mut write) = stream.into_split();
     let mut codec = FrameCodec::new(inner.config.max_frame_bytes);
+    let read = Counted { read, bytes: None };
     let mut reader = FramedRead::new(read, FrameCodec::new(HANDSHAKE_FRAME_LIMIT));
     let mut out = BytesMut::new();
 
@@ -138,6 +162,11 @@ async fn connection(
     }
     *reader.decoder_mut() = FrameCodec::new(inner.config.max_frame_bytes);
     let from = hello.node_id;
+    reader.get_mut().bytes = Some(metrics::counter!(
+        m::BYTES_RECEIVED,
+        "node" => inner.self_id.to_string(),
+        "peer" => from.to_string()
+    ));
     // Time spent waiting on handlers since the connection last waited for the socket: frames
     // read now may have been waiting that long.
     let mut stalled = Duration::ZERO;

@@ -356,12 +356,19 @@ impl Inner {
                 message,
             }))
         };
-        self.enqueue(&node, addr, deadline, fail_if_full, frame)
+        match self
+            .enqueue(&node, addr, deadline, fail_if_full, frame)
             .await
-            .map(|(id, link)| {
+        {
+            Ok((id, link)) => {
                 link.stats.sent();
-                AckId(id)
-            })
+                Ok(AckId(id))
+            }
+            Err(err) => {
+                self.peer_stats(&node).failed(&err, 1);
+                Err(err)
+            }
+        }
     }
 
     /// Registers a pending entry, encodes the frame `frame(id)` and queues it on the link to
