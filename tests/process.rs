@@ -163,8 +163,39 @@ async fn three_processes_converge_see_a_crash_and_a_graceful_leave() {
             .await;
     }
 
+    // Both others talk to node-3, so each has a connection to it; then kill -9.
+    for p in [&first, &second] {
+        let probe: Value = http()
+            .post(format!("http://{}/cluster/probe", p.admin))
+            .header("content-type", "application/json")
+            .body(r#"{"node":"node-3","timeout_ms":2000}"#)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(probe["ok"], true, "{probe}");
+    }
+    let killed = Instant::now();
     third.child.kill().unwrap();
     third.child.wait().unwrap();
+    // The broken connections take it out of the broadcast targets at once, while gossip
+    // still holds it live.
+    for p in [&first, &second] {
+        p.wait_members(timeout, "node-3 unreachable", |m| {
+            member(m, "node-3").is_some_and(|n| n["reachable"] == false)
+        })
+        .await;
+        let delay = killed.elapsed();
+        let members = p.members().await.unwrap();
+        let live = &member(&members, "node-3").unwrap()["live"];
+        println!(
+            "{}: node-3 unreachable {delay:?} after kill -9; live in gossip: {live}",
+            p.name
+        );
+        assert_eq!(*live, true, "noticed before gossip declared it down");
+    }
     for p in [&first, &second] {
         p.wait_members(timeout, "node-3 down", |m| {
             member(m, "node-3").is_some_and(|n| n["live"] == false && n["status"] == "ready")
