@@ -22,6 +22,8 @@
 //! - [`node`]: [`Node::builder`] starts membership, the forwarder and the admin API together
 //!   from one [`Config`]; [`NodeHandle`] stops them.
 //! - [`admin`]: the HTTP admin API and `/metrics`.
+//! - [`traffic`]: test traffic and a record of it that survives `kill -9`, for checking a
+//!   cluster under faults.
 //! - [`metrics`]: metric names and the Prometheus recorder.
 //! - [`error`]: one error enum per layer.
 //!
@@ -57,6 +59,7 @@ pub mod metrics;
 pub mod node;
 mod node_id;
 mod peer_id;
+pub mod traffic;
 pub mod wamp;
 pub mod wire;
 

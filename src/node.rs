@@ -35,6 +35,7 @@ impl Node {
             config,
             prometheus: None,
             deliver: None,
+            counters: None,
         }
     }
 }
@@ -44,6 +45,7 @@ pub struct NodeBuilder {
     config: Config,
     prometheus: Option<PrometheusHandle>,
     deliver: Option<Arc<dyn Deliver>>,
+    counters: Option<Arc<DeliveryLog>>,
 }
 
 impl NodeBuilder {
@@ -58,6 +60,13 @@ impl NodeBuilder {
     /// and counts them, and `/stats` shows its counters.
     pub fn deliver(mut self, deliver: Arc<dyn Deliver>) -> Self {
         self.deliver = Some(deliver);
+        self
+    }
+
+    /// The delivery counters `/stats` shows, when the handler given to
+    /// [`NodeBuilder::deliver`] keeps them.
+    pub fn delivery_counters(mut self, counters: Arc<DeliveryLog>) -> Self {
+        self.counters = Some(counters);
         self
     }
 
@@ -87,7 +96,7 @@ impl NodeBuilder {
                 })?;
         let membership = Membership::start(&self.config, Some(admin_addr)).await?;
         let (deliver, log): (Arc<dyn Deliver>, _) = match self.deliver {
-            Some(deliver) => (deliver, None),
+            Some(deliver) => (deliver, self.counters),
             None => {
                 let log = Arc::new(DeliveryLog::default());
                 (log.clone(), Some(log))

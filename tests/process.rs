@@ -446,3 +446,104 @@ async fn a_paused_process_is_bad_in_a_broadcast_then_down_then_good_again() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Two processes send each other test traffic and record it: after they leave, every message
+/// started has its outcome, every acked message is in the receiver's delivery log, and each
+/// receiver got each sender's messages once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_is_recorded_and_every_acked_message_was_delivered_once_in_order() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let spawn = |name: &str, seeds: &[SocketAddr]| {
+        let (gossip, admin, forward) = (free_addr(), free_addr(), free_addr());
+        let record = dir.path().join(name);
+        let (g, a, f, r) = (
+            gossip.to_string(),
+            admin.to_string(),
+            forward.to_string(),
+            record.to_string_lossy().into_owned(),
+        );
+        let mut args = vec![
+            "node",
+            "--node-id",
+            name,
+            "--gossip-addr",
+            &g,
+            "--admin-addr",
+            &a,
+            "--forward-addr",
+            &f,
+            "--traffic-rate",
+            "300",
+            "--record-dir",
+            &r,
+        ];
+        let seeds: Vec<String> = seeds.iter().map(ToString::to_string).collect();
+        for seed in &seeds {
+            args.extend(["--seed", seed.as_str()]);
+        }
+        Proc::spawn(dir.path(), name, admin, gossip, &args)
+    };
+    let mut one = spawn("one", &[]);
+    let mut two = spawn("two", &[one.gossip]);
+    for p in [&one, &two] {
+        p.wait_members(Duration::from_secs(20), "both live", |m| all_live(m, 2))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for p in [&one, &two] {
+        p.signal("-TERM");
+    }
+    for p in [&mut one, &mut two] {
+        let status = p.wait(Duration::from_secs(30));
+        assert!(status.success(), "{status:?}: {}", p.log_text());
+    }
+
+    let read =
+        |node: &str, file: &str| fs::read_to_string(dir.path().join(node).join(file)).unwrap();
+    let mut acked_total = 0;
+    for (sender, receiver) in [("one", "two"), ("two", "one")] {
+        let outcomes = read(sender, "outcomes.log");
+        let mut started = std::collections::HashSet::new();
+        let mut ended = std::collections::HashMap::new();
+        for line in outcomes.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            match fields[..] {
+                ["S", to, seq] => {
+                    assert!(started.insert((to.to_owned(), seq.parse::<u64>().unwrap())))
+                }
+                ["E", to, seq, result, _ms] => {
+                    let key = (to.to_owned(), seq.parse::<u64>().unwrap());
+                    assert!(
+                        ended.insert(key, result.to_owned()).is_none(),
+                        "{line}: ended twice"
+                    );
+                }
+                _ => panic!("bad line {line:?}"),
+            }
+        }
+        assert_eq!(started.len(), ended.len(), "every started message ended");
+        let deliveries = read(receiver, "deliveries.log");
+        let delivered: Vec<u64> = deliveries
+            .lines()
+            .filter_map(|l| l.strip_prefix(&format!("{sender} ")))
+            .map(|seq| seq.parse().unwrap())
+            .collect();
+        assert!(
+            delivered.windows(2).all(|w| w[0] < w[1]),
+            "once and in order"
+        );
+        let delivered: std::collections::HashSet<u64> = delivered.into_iter().collect();
+        for ((to, seq), result) in &ended {
+            if result == "ok" {
+                assert_eq!(to, receiver);
+                assert!(
+                    delivered.contains(seq),
+                    "acked but not delivered: {sender} -> {to} #{seq}"
+                );
+                acked_total += 1;
+            }
+        }
+    }
+    assert!(acked_total >= 200, "{acked_total} acked messages");
+}

@@ -10,9 +10,13 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
+
+use tokio_util::sync::CancellationToken;
+use wamp_cluster::traffic::{run_traffic, RecordingDeliver};
 use wamp_cluster::{Config, Node};
 
 #[derive(Parser)]
@@ -61,6 +65,13 @@ struct NodeArgs {
     /// A seed (`IP:port` or `host:port`); repeat for several. Replaces `seeds`.
     #[arg(long = "seed", value_name = "ADDR")]
     seeds: Vec<String>,
+    /// Send test traffic to the other live nodes at this many messages per second (see the
+    /// `traffic` module).
+    #[arg(long, value_name = "PER_SECOND")]
+    traffic_rate: Option<f64>,
+    /// Record deliveries (before acking) and traffic outcomes in this directory.
+    #[arg(long, value_name = "DIR")]
+    record_dir: Option<PathBuf>,
     /// Log format on standard error. `RUST_LOG` filters (default `info`).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -133,7 +144,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    if let Some(rate) = args.traffic_rate {
+        if !(rate.is_finite() && rate > 0.0 && rate <= 1_000_000.0) {
+            eprintln!("wamp-cluster: --traffic-rate must be between 0 and 1000000");
+            return ExitCode::from(2);
+        }
+    }
+    let traffic = Traffic {
+        rate: args.traffic_rate,
+        record_dir: args.record_dir.clone(),
+    };
+    match runtime.block_on(run(config, traffic)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             error!("{err:#}");
@@ -143,11 +164,39 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+/// What the node does besides serving: test traffic and its record.
+struct Traffic {
+    rate: Option<f64>,
+    record_dir: Option<PathBuf>,
+}
+
+/// How long stopping waits for the test traffic's calls to end (each ends by its timeout).
+const TRAFFIC_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+async fn run(config: Config, traffic: Traffic) -> anyhow::Result<()> {
     let prometheus = wamp_cluster::metrics::install_prometheus().map_err(anyhow::Error::msg)?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let node = Node::builder(config).prometheus(prometheus).start().await?;
+    let mut builder = Node::builder(config).prometheus(prometheus);
+    if let Some(dir) = &traffic.record_dir {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the record directory {}", dir.display()))?;
+        let recording = Arc::new(RecordingDeliver::open(dir).context("opening the delivery log")?);
+        builder = builder
+            .delivery_counters(recording.log.clone())
+            .deliver(recording);
+    }
+    let node = builder.start().await?;
+    let stop_traffic = CancellationToken::new();
+    let sender = traffic.rate.map(|rate| {
+        let forwarder = node.forwarder().clone();
+        let membership = node.membership().clone();
+        let stop = stop_traffic.clone();
+        let dir = traffic.record_dir.clone();
+        tokio::spawn(
+            async move { run_traffic(forwarder, membership, rate, dir.as_deref(), stop).await },
+        )
+    });
     tokio::select! {
         _ = sigterm.recv() => info!("SIGTERM: leaving"),
         _ = sigint.recv() => info!("SIGINT: leaving"),
@@ -155,6 +204,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
         err = node.failed() => {
             let _ = node.abort().await;
             return Err(err.into());
+        }
+    }
+    stop_traffic.cancel();
+    if let Some(sender) = sender {
+        match tokio::time::timeout(TRAFFIC_STOP_TIMEOUT, sender).await {
+            Ok(Ok(Err(err))) => error!("test traffic failed: {err}"),
+            Ok(_) => {}
+            Err(_) => error!("test traffic did not stop in time"),
         }
     }
     // A second signal during the leave means: stop now.
