@@ -205,3 +205,156 @@ pub async fn run_traffic(
     tasks.wait().await;
     Ok(())
 }
+
+/// What the records of a run show: the first three invariants of a chaos run.
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize)]
+pub struct Checked {
+    /// Messages started (`S` lines), over all senders.
+    pub started: usize,
+    /// Messages acked.
+    pub acked: usize,
+    /// Messages that failed, by error name.
+    pub failed: std::collections::BTreeMap<String, usize>,
+    /// Started messages without an outcome: `(from, to, seq)`.
+    pub unended: Vec<(String, String, u64)>,
+    /// Acked messages missing from the receiver's delivery log: `(from, to, seq)`.
+    pub acked_not_delivered: Vec<(String, String, u64)>,
+    /// Messages delivered more than once: `(from, to, seq)`.
+    pub duplicates: Vec<(String, String, u64)>,
+    /// Deliveries whose sequence number was lower than one delivered before from the same
+    /// sender: `(from, to, seq)`.
+    pub out_of_order: Vec<(String, String, u64)>,
+}
+
+impl Checked {
+    /// Whether every invariant holds.
+    pub fn ok(&self) -> bool {
+        self.unended.is_empty()
+            && self.acked_not_delivered.is_empty()
+            && self.duplicates.is_empty()
+            && self.out_of_order.is_empty()
+    }
+}
+
+/// Checks the records of a run: `nodes` are (node id, its record directory). Missing files
+/// read as empty (a node that never sent or never received).
+pub fn check(nodes: &[(String, std::path::PathBuf)]) -> io::Result<Checked> {
+    use std::collections::{BTreeMap, HashSet};
+    let read = |dir: &Path, file: &str| match std::fs::read_to_string(dir.join(file)) {
+        Ok(text) => Ok(text),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(String::new()),
+        Err(err) => Err(err),
+    };
+    let mut checked = Checked::default();
+    // (from, to) -> delivered sequence numbers, in delivery order.
+    let mut delivered: BTreeMap<(String, String), Vec<u64>> = BTreeMap::new();
+    for (node, dir) in nodes {
+        for line in read(dir, "deliveries.log")?.lines() {
+            // A line cut by a kill is not a delivery that was acked: skip what does not parse.
+            if let Some((from, seq)) = line.split_once(' ') {
+                if let Ok(seq) = seq.parse() {
+                    delivered
+                        .entry((from.to_owned(), node.clone()))
+                        .or_default()
+                        .push(seq);
+                }
+            }
+        }
+    }
+    let mut delivered_sets: BTreeMap<(String, String), HashSet<u64>> = BTreeMap::new();
+    for ((from, to), seqs) in &delivered {
+        let mut seen = HashSet::new();
+        let mut highest = 0;
+        for &seq in seqs {
+            if !seen.insert(seq) {
+                checked.duplicates.push((from.clone(), to.clone(), seq));
+            } else if seq < highest {
+                checked.out_of_order.push((from.clone(), to.clone(), seq));
+            }
+            highest = highest.max(seq);
+        }
+        delivered_sets.insert((from.clone(), to.clone()), seen);
+    }
+    for (node, dir) in nodes {
+        let mut open: std::collections::HashSet<(String, u64)> = HashSet::new();
+        for line in read(dir, "outcomes.log")?.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            match fields[..] {
+                ["S", to, seq] => {
+                    if let Ok(seq) = seq.parse() {
+                        checked.started += 1;
+                        open.insert((to.to_owned(), seq));
+                    }
+                }
+                ["E", to, seq, result, _] => {
+                    let Ok(seq) = seq.parse() else { continue };
+                    open.remove(&(to.to_owned(), seq));
+                    if result == "ok" {
+                        checked.acked += 1;
+                        let key = (node.clone(), to.to_owned());
+                        if !delivered_sets.get(&key).is_some_and(|s| s.contains(&seq)) {
+                            checked
+                                .acked_not_delivered
+                                .push((node.clone(), to.to_owned(), seq));
+                        }
+                    } else {
+                        *checked.failed.entry(result.to_owned()).or_default() += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut unended: Vec<_> = open.into_iter().collect();
+        unended.sort();
+        checked
+            .unended
+            .extend(unended.into_iter().map(|(to, seq)| (node.clone(), to, seq)));
+    }
+    Ok(checked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, node: &str, deliveries: &str, outcomes: &str) -> std::path::PathBuf {
+        let d = dir.join(node);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("deliveries.log"), deliveries).unwrap();
+        std::fs::write(d.join("outcomes.log"), outcomes).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_clean_run_passes_and_each_broken_invariant_is_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = write(
+            dir.path(),
+            "a",
+            "",
+            "S b 1\nE b 1 ok 3\nS b 2\nE b 2 timeout 5000\n",
+        );
+        let b = write(dir.path(), "b", "a 1\n", "");
+        let nodes = vec![("a".to_owned(), a.clone()), ("b".to_owned(), b.clone())];
+        let clean = check(&nodes).unwrap();
+        assert!(clean.ok(), "{clean:?}");
+        assert_eq!(
+            (clean.started, clean.acked, clean.failed["timeout"]),
+            (2, 1, 1)
+        );
+
+        // An ack without a delivery, a start without an end, a duplicate, a reordering.
+        std::fs::write(
+            a.join("outcomes.log"),
+            "S b 1\nE b 1 ok 3\nS b 2\nE b 2 ok 1\nS b 3\n",
+        )
+        .unwrap();
+        std::fs::write(b.join("deliveries.log"), "a 1\na 4\na 3\na 3\nb 1 cut").unwrap();
+        let broken = check(&nodes).unwrap();
+        assert!(!broken.ok());
+        assert_eq!(broken.acked_not_delivered, [("a".into(), "b".into(), 2)]);
+        assert_eq!(broken.unended, [("a".into(), "b".into(), 3)]);
+        assert_eq!(broken.duplicates, [("a".into(), "b".into(), 3)]);
+        assert_eq!(broken.out_of_order, [("a".into(), "b".into(), 3)]);
+    }
+}

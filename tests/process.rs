@@ -499,51 +499,18 @@ async fn traffic_is_recorded_and_every_acked_message_was_delivered_once_in_order
         assert!(status.success(), "{status:?}: {}", p.log_text());
     }
 
-    let read =
-        |node: &str, file: &str| fs::read_to_string(dir.path().join(node).join(file)).unwrap();
-    let mut acked_total = 0;
-    for (sender, receiver) in [("one", "two"), ("two", "one")] {
-        let outcomes = read(sender, "outcomes.log");
-        let mut started = std::collections::HashSet::new();
-        let mut ended = std::collections::HashMap::new();
-        for line in outcomes.lines() {
-            let fields: Vec<&str> = line.split(' ').collect();
-            match fields[..] {
-                ["S", to, seq] => {
-                    assert!(started.insert((to.to_owned(), seq.parse::<u64>().unwrap())))
-                }
-                ["E", to, seq, result, _ms] => {
-                    let key = (to.to_owned(), seq.parse::<u64>().unwrap());
-                    assert!(
-                        ended.insert(key, result.to_owned()).is_none(),
-                        "{line}: ended twice"
-                    );
-                }
-                _ => panic!("bad line {line:?}"),
-            }
-        }
-        assert_eq!(started.len(), ended.len(), "every started message ended");
-        let deliveries = read(receiver, "deliveries.log");
-        let delivered: Vec<u64> = deliveries
-            .lines()
-            .filter_map(|l| l.strip_prefix(&format!("{sender} ")))
-            .map(|seq| seq.parse().unwrap())
-            .collect();
-        assert!(
-            delivered.windows(2).all(|w| w[0] < w[1]),
-            "once and in order"
-        );
-        let delivered: std::collections::HashSet<u64> = delivered.into_iter().collect();
-        for ((to, seq), result) in &ended {
-            if result == "ok" {
-                assert_eq!(to, receiver);
-                assert!(
-                    delivered.contains(seq),
-                    "acked but not delivered: {sender} -> {to} #{seq}"
-                );
-                acked_total += 1;
-            }
-        }
-    }
+    let records: Vec<(String, std::path::PathBuf)> = ["one", "two"]
+        .iter()
+        .map(|n| (n.to_string(), dir.path().join(n)))
+        .collect();
+    let checked = wamp_cluster::traffic::check(&records).unwrap();
+    assert!(checked.ok(), "{checked:?}");
+    let failed: usize = checked.failed.values().sum();
+    assert_eq!(
+        checked.started,
+        checked.acked + failed,
+        "every started message ended"
+    );
+    let acked_total = checked.acked;
     assert!(acked_total >= 200, "{acked_total} acked messages");
 }
