@@ -9,9 +9,11 @@
 //! process being killed.
 //!
 //! Record lines (text, space-separated):
-//! - `deliveries.log`: `<from node> <seq>`: a message delivered here.
-//! - `outcomes.log`: `S <to node> <seq>` before a message is sent, then
-//!   `E <to node> <seq> <ok|error name> <milliseconds>` when its outcome is known.
+//! - `deliveries.log`: `<from node> <from generation> <seq>`: a message delivered here.
+//! - `outcomes.log`: `G <generation>` when a process starts sending, then `S <to node> <seq>`
+//!   before a message is sent and `E <to node> <seq> <ok|error name> <milliseconds>` when its
+//!   outcome is known. Sequence numbers count per sender generation and destination, so a
+//!   restarted node starts again from 1 without looking like a duplicate.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -62,8 +64,17 @@ fn append(path: &Path) -> io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
 
-/// The sequence number of this message for node `me`, if it is test traffic.
-pub fn sequence_for(message: &WampMessage, me: &NodeId) -> Option<u64> {
+fn unsigned(value: &Value) -> Option<u64> {
+    match value {
+        Value::Integer(n) => u64::try_from(*n).ok(),
+        Value::Unsigned(n) => Some(*n),
+        _ => None,
+    }
+}
+
+/// The sender's generation and this message's sequence number for node `me`, if it is test
+/// traffic.
+pub fn sequence_for(message: &WampMessage, me: &NodeId) -> Option<(u64, u64)> {
     let WampMessage::Publish {
         payload: Payload::ArgsKw(_, kwargs),
         ..
@@ -71,20 +82,17 @@ pub fn sequence_for(message: &WampMessage, me: &NodeId) -> Option<u64> {
     else {
         return None;
     };
+    let generation = unsigned(kwargs.get("gen")?)?;
     match kwargs.get("seq")? {
-        Value::Dict(seqs) => match seqs.get(me.as_str())? {
-            Value::Integer(n) => u64::try_from(*n).ok(),
-            Value::Unsigned(n) => Some(*n),
-            _ => None,
-        },
+        Value::Dict(seqs) => Some((generation, unsigned(seqs.get(me.as_str())?)?)),
         _ => None,
     }
 }
 
 impl Deliver for RecordingDeliver {
     fn deliver(&self, delivery: Delivery) -> Verdict {
-        if let Some(seq) = sequence_for(&delivery.message, &delivery.to.node) {
-            let line = format!("{} {seq}\n", delivery.from.node);
+        if let Some((generation, seq)) = sequence_for(&delivery.message, &delivery.to.node) {
+            let line = format!("{} {generation} {seq}\n", delivery.from.node);
             let mut file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
             if let Err(err) = file.write_all(line.as_bytes()) {
                 // Without the record the delivery could not be checked: refuse it.
@@ -109,8 +117,8 @@ impl Outcomes {
 }
 
 /// Sends test traffic at `rate` messages per second until `stop`, recording outcomes in
-/// `dir/outcomes.log` when `dir` is given. Each message waits for its outcome in a task of its
-/// own, so a slow node does not slow the rate.
+/// `dir/outcomes.log` when `dir` is given. Messages are queued in sequence order; each then
+/// waits for its outcome in a task of its own, so a slow node does not slow the rate.
 pub async fn run_traffic(
     forwarder: Forwarder,
     membership: Membership,
@@ -125,7 +133,11 @@ pub async fn run_traffic(
         None => None,
     };
     let me = membership.node_id().clone();
+    let generation = membership.generation();
     let from = PeerId::session(REALM, me.clone(), 1);
+    if let Some(o) = &outcomes {
+        o.line(format!("G {generation}\n"));
+    }
     let mut next_seq: HashMap<NodeId, u64> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.001)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -159,6 +171,7 @@ pub async fn run_traffic(
             }
         }
         let mut kwargs = Dict::new();
+        kwargs.insert("gen".into(), Value::Unsigned(generation));
         kwargs.insert("seq".into(), Value::Dict(seqs.clone()));
         let message = WampMessage::Publish {
             request: sent,
@@ -169,7 +182,7 @@ pub async fn run_traffic(
         let forwarder = forwarder.clone();
         let from = from.clone();
         let outcomes = outcomes.clone();
-        tasks.spawn(async move {
+        let call = async move {
             let start = Instant::now();
             let options = ForwardOptions::default();
             let results: Vec<(NodeId, Result<(), crate::ForwardError>)> = if broadcast {
@@ -198,7 +211,17 @@ pub async fn run_traffic(
                     o.line(format!("E {node} {seq} {name} {ms}\n"));
                 }
             }
-        });
+        };
+        // The first poll queues the message (or every message of the broadcast) on its links;
+        // doing it here, in the loop, keeps each destination's messages in sequence order.
+        // What is left, waiting for the outcome, goes on in a task of its own.
+        let mut call = Box::pin(call);
+        if futures_util::future::poll_immediate(&mut call)
+            .await
+            .is_none()
+        {
+            tasks.spawn(call);
+        }
     }
     tasks.close();
     // Every call ends by its timeout: wait for them so every start has its end.
@@ -219,10 +242,10 @@ pub struct Checked {
     pub unended: Vec<(String, String, u64)>,
     /// Acked messages missing from the receiver's delivery log: `(from, to, seq)`.
     pub acked_not_delivered: Vec<(String, String, u64)>,
-    /// Messages delivered more than once: `(from, to, seq)`.
+    /// Messages delivered more than once: `(from@generation, to, seq)`.
     pub duplicates: Vec<(String, String, u64)>,
     /// Deliveries whose sequence number was lower than one delivered before from the same
-    /// sender: `(from, to, seq)`.
+    /// sender generation: `(from@generation, to, seq)`.
     pub out_of_order: Vec<(String, String, u64)>,
 }
 
@@ -246,15 +269,16 @@ pub fn check(nodes: &[(String, std::path::PathBuf)]) -> io::Result<Checked> {
         Err(err) => Err(err),
     };
     let mut checked = Checked::default();
-    // (from, to) -> delivered sequence numbers, in delivery order.
+    // ("from@generation", to) -> delivered sequence numbers, in delivery order.
     let mut delivered: BTreeMap<(String, String), Vec<u64>> = BTreeMap::new();
     for (node, dir) in nodes {
         for line in read(dir, "deliveries.log")?.lines() {
             // A line cut by a kill is not a delivery that was acked: skip what does not parse.
-            if let Some((from, seq)) = line.split_once(' ') {
-                if let Ok(seq) = seq.parse() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            if let [from, generation, seq] = fields[..] {
+                if let (Ok(_), Ok(seq)) = (generation.parse::<u64>(), seq.parse()) {
                     delivered
-                        .entry((from.to_owned(), node.clone()))
+                        .entry((format!("{from}@{generation}"), node.clone()))
                         .or_default()
                         .push(seq);
                 }
@@ -277,9 +301,11 @@ pub fn check(nodes: &[(String, std::path::PathBuf)]) -> io::Result<Checked> {
     }
     for (node, dir) in nodes {
         let mut open: std::collections::HashSet<(String, u64)> = HashSet::new();
+        let mut sender = node.clone();
         for line in read(dir, "outcomes.log")?.lines() {
             let fields: Vec<&str> = line.split(' ').collect();
             match fields[..] {
+                ["G", generation] => sender = format!("{node}@{generation}"),
                 ["S", to, seq] => {
                     if let Ok(seq) = seq.parse() {
                         checked.started += 1;
@@ -291,7 +317,7 @@ pub fn check(nodes: &[(String, std::path::PathBuf)]) -> io::Result<Checked> {
                     open.remove(&(to.to_owned(), seq));
                     if result == "ok" {
                         checked.acked += 1;
-                        let key = (node.clone(), to.to_owned());
+                        let key = (sender.clone(), to.to_owned());
                         if !delivered_sets.get(&key).is_some_and(|s| s.contains(&seq)) {
                             checked
                                 .acked_not_delivered
@@ -332,9 +358,9 @@ mod tests {
             dir.path(),
             "a",
             "",
-            "S b 1\nE b 1 ok 3\nS b 2\nE b 2 timeout 5000\n",
+            "G 7\nS b 1\nE b 1 ok 3\nS b 2\nE b 2 timeout 5000\n",
         );
-        let b = write(dir.path(), "b", "a 1\n", "");
+        let b = write(dir.path(), "b", "a 7 1\n", "");
         let nodes = vec![("a".to_owned(), a.clone()), ("b".to_owned(), b.clone())];
         let clean = check(&nodes).unwrap();
         assert!(clean.ok(), "{clean:?}");
@@ -346,15 +372,20 @@ mod tests {
         // An ack without a delivery, a start without an end, a duplicate, a reordering.
         std::fs::write(
             a.join("outcomes.log"),
-            "S b 1\nE b 1 ok 3\nS b 2\nE b 2 ok 1\nS b 3\n",
+            "G 7\nS b 1\nE b 1 ok 3\nS b 2\nE b 2 ok 1\nS b 3\n",
         )
         .unwrap();
-        std::fs::write(b.join("deliveries.log"), "a 1\na 4\na 3\na 3\nb 1 cut").unwrap();
+        // A restarted sender (generation 8) counting from 1 again is no duplicate.
+        std::fs::write(
+            b.join("deliveries.log"),
+            "a 7 1\na 7 4\na 7 3\na 7 3\na 8 1\na 8 2\nb 1 cut",
+        )
+        .unwrap();
         let broken = check(&nodes).unwrap();
         assert!(!broken.ok());
         assert_eq!(broken.acked_not_delivered, [("a".into(), "b".into(), 2)]);
         assert_eq!(broken.unended, [("a".into(), "b".into(), 3)]);
-        assert_eq!(broken.duplicates, [("a".into(), "b".into(), 3)]);
-        assert_eq!(broken.out_of_order, [("a".into(), "b".into(), 3)]);
+        assert_eq!(broken.duplicates, [("a@7".into(), "b".into(), 3)]);
+        assert_eq!(broken.out_of_order, [("a@7".into(), "b".into(), 3)]);
     }
 }
