@@ -5,7 +5,7 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::SERIAL;
 
@@ -40,18 +40,8 @@ async fn a_short_launcher_run_holds_every_invariant() {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("the launcher example is built by cargo test");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the launcher did not finish");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status =
+        common::wait_exit(&mut child, Duration::from_secs(120)).expect("the launcher finishes");
     let out = std::fs::read_to_string(dir.path().join("launcher.out")).unwrap();
     assert!(status.success(), "{status:?}\n{out}");
     for invariant in [

@@ -73,18 +73,9 @@ impl Proc {
 
     /// Waits for the process to exit, at most `timeout`.
     fn wait(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not exit: {}",
-                self.name,
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        match common::wait_exit(&mut self.child, timeout) {
+            Some(status) => status,
+            None => panic!("{} did not exit: {}", self.name, self.log_text()),
         }
     }
 
@@ -271,18 +262,8 @@ fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
         .stderr(fs::File::create(&stderr_path).unwrap())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{args:?} did not exit: the configuration was not refused");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = common::wait_exit(&mut child, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("{args:?} did not exit: the configuration was not refused"));
     (status.code(), fs::read_to_string(&stderr_path).unwrap())
 }
 

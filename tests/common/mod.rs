@@ -98,3 +98,22 @@ pub fn http() -> reqwest::Client {
         .build()
         .expect("HTTP client")
 }
+
+/// Waits at most `timeout` for `child` to exit; past it, kills and reaps it and returns `None`.
+pub fn wait_exit(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
