@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
-use wamp_cluster::wamp::{Dict, Payload, Value, WampMessage};
 use wamp_cluster::{
-    Deliver, Delivery, ForwardOptions, NackReason, Node, NodeHandle, NodeId, PeerId, Verdict,
+    Deliver, Delivery, Discard, ForwardOptions, NackReason, Node, NodeHandle, NodeId, PeerId,
+    Verdict,
 };
 
 /// A handler that never answers (it keeps the answer channels so they stay open).
@@ -31,23 +31,6 @@ impl Deliver for Silent {
     }
 }
 
-struct Accept;
-
-impl Deliver for Accept {
-    fn deliver(&self, _: Delivery) -> Verdict {
-        Verdict::Accepted
-    }
-}
-
-fn message(request: u64) -> WampMessage {
-    WampMessage::Publish {
-        request,
-        options: Dict::new(),
-        topic: "com.example.topic".into(),
-        payload: Payload::Args(vec![Value::Bytes(vec![0x5a; 128])]),
-    }
-}
-
 /// Starts `n` nodes joined through the first; `silent` ones never answer.
 async fn cluster(n: usize, silent: &[usize]) -> Vec<NodeHandle> {
     let mut nodes: Vec<NodeHandle> = Vec::new();
@@ -60,7 +43,7 @@ async fn cluster(n: usize, silent: &[usize]) -> Vec<NodeHandle> {
         let deliver: Arc<dyn Deliver> = if silent.contains(&i) {
             Arc::new(Silent::default())
         } else {
-            Arc::new(Accept)
+            Arc::new(Discard)
         };
         let config = common::node_config(&format!("node-{i}"), &seeds, common::tolerant());
         nodes.push(
@@ -99,7 +82,7 @@ async fn throughput(a: &NodeHandle, count: u64, window: usize) -> f64 {
             f.receive_ack(id, Duration::from_secs(10)).await.unwrap();
         }
         in_flight.push_back(
-            f.async_forward(from(), to(), message(i), &options)
+            f.async_forward(from(), to(), common::publish(i), &options)
                 .await
                 .unwrap(),
         );
@@ -117,7 +100,7 @@ async fn latency(a: &NodeHandle, count: usize) -> (f64, f64, f64) {
     let mut samples = Vec::with_capacity(count);
     for i in 0..count {
         let start = Instant::now();
-        f.forward(from(), to(), message(i as u64), &options)
+        f.forward(from(), to(), common::publish(i as u64), &options)
             .await
             .unwrap();
         samples.push(start.elapsed().as_secs_f64() * 1e6);
@@ -136,7 +119,7 @@ async fn broadcast(a: &NodeHandle, targets: &[NodeId], timeout: Duration) -> (f6
     let start = Instant::now();
     let result = a
         .forwarder()
-        .broadcast(&from(), targets, &message(0), &options)
+        .broadcast(&from(), targets, &common::publish(0), &options)
         .await;
     (start.elapsed().as_secs_f64() * 1000.0, result.bad.len())
 }

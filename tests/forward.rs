@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{node_config, tolerant, wait_until, within, SERIAL};
+use common::{node_config, publish, tolerant, wait_until, within, SERIAL};
 use wamp_cluster::wamp::{Dict, Payload, Value, WampMessage};
 use wamp_cluster::{
     Deliver, Delivery, ForwardError, ForwardOptions, NackReason, Node, NodeHandle, NodeId, PeerId,
@@ -85,15 +85,6 @@ impl Cluster {
         for node in self.nodes {
             node.abort().await.unwrap();
         }
-    }
-}
-
-fn publish(request: u64) -> WampMessage {
-    WampMessage::Publish {
-        request,
-        options: Dict::new(),
-        topic: "com.example.topic".into(),
-        payload: Payload::Args(vec![Value::Bytes(vec![7; 128])]),
     }
 }
 

@@ -44,6 +44,25 @@ impl Proc {
         )
     }
 
+    /// A node configured by flags only, on free loopback ports, with `extra` flags.
+    fn with_flags(dir: &Path, name: &str, extra: &[&str]) -> Proc {
+        let (gossip, admin, forward) = (free_addr(), free_addr(), free_addr());
+        let (g, a, f) = (gossip.to_string(), admin.to_string(), forward.to_string());
+        let mut args = vec![
+            "node",
+            "--node-id",
+            name,
+            "--gossip-addr",
+            &g,
+            "--admin-addr",
+            &a,
+            "--forward-addr",
+            &f,
+        ];
+        args.extend_from_slice(extra);
+        Proc::spawn(dir, name, admin, gossip, &args)
+    }
+
     fn spawn(dir: &Path, name: &str, admin: SocketAddr, gossip: SocketAddr, args: &[&str]) -> Proc {
         let log = dir.join(format!("{name}.log"));
         let child = Command::new(BIN)
@@ -324,31 +343,7 @@ fn a_bad_configuration_exits_2_naming_the_key() {
 async fn json_logs_are_one_object_per_line() {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let (gossip, admin) = (free_addr(), free_addr());
-    let (g, a, f) = (
-        gossip.to_string(),
-        admin.to_string(),
-        free_addr().to_string(),
-    );
-    let mut p = Proc::spawn(
-        dir.path(),
-        "json",
-        admin,
-        gossip,
-        &[
-            "node",
-            "--node-id",
-            "json",
-            "--gossip-addr",
-            &g,
-            "--admin-addr",
-            &a,
-            "--forward-addr",
-            &f,
-            "--log-format",
-            "json",
-        ],
-    );
+    let mut p = Proc::with_flags(dir.path(), "json", &["--log-format", "json"]);
     p.wait_members(Duration::from_secs(20), "up", |m| all_live(m, 1))
         .await;
     p.signal("-INT");
@@ -436,34 +431,13 @@ async fn traffic_is_recorded_and_every_acked_message_was_delivered_once_in_order
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let spawn = |name: &str, seeds: &[SocketAddr]| {
-        let (gossip, admin, forward) = (free_addr(), free_addr(), free_addr());
-        let record = dir.path().join(name);
-        let (g, a, f, r) = (
-            gossip.to_string(),
-            admin.to_string(),
-            forward.to_string(),
-            record.to_string_lossy().into_owned(),
-        );
-        let mut args = vec![
-            "node",
-            "--node-id",
-            name,
-            "--gossip-addr",
-            &g,
-            "--admin-addr",
-            &a,
-            "--forward-addr",
-            &f,
-            "--traffic-rate",
-            "300",
-            "--record-dir",
-            &r,
-        ];
+        let record = dir.path().join(name).to_string_lossy().into_owned();
         let seeds: Vec<String> = seeds.iter().map(ToString::to_string).collect();
+        let mut extra = vec!["--traffic-rate", "300", "--record-dir", &record];
         for seed in &seeds {
-            args.extend(["--seed", seed.as_str()]);
+            extra.extend(["--seed", seed.as_str()]);
         }
-        Proc::spawn(dir.path(), name, admin, gossip, &args)
+        Proc::with_flags(dir.path(), name, &extra)
     };
     let mut one = spawn("one", &[]);
     let mut two = spawn("two", &[one.gossip]);

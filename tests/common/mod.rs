@@ -117,3 +117,14 @@ pub fn wait_exit(
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A PUBLISH with a 128-byte binary argument, as test traffic and benchmarks send.
+pub fn publish(request: u64) -> wamp_cluster::wamp::WampMessage {
+    use wamp_cluster::wamp::{Dict, Payload, Value, WampMessage};
+    WampMessage::Publish {
+        request,
+        options: Dict::new(),
+        topic: "com.example.topic".into(),
+        payload: Payload::Args(vec![Value::Bytes(vec![0x5a; 128])]),
+    }
+}
