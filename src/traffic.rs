@@ -14,6 +14,11 @@
 //!   before a message is sent and `E <to node> <seq> <ok|error name> <milliseconds>` when its
 //!   outcome is known. Sequence numbers count per sender generation and destination, so a
 //!   restarted node starts again from 1 without looking like a duplicate.
+//! - `events.log`: one JSON object per line, each membership event this node saw with the
+//!   wall-clock time in milliseconds since the Unix epoch (`t_ms`), written by
+//!   [`record_events`].
+//!
+//! Only complete lines count: a line that a kill cut short has no newline and is skipped.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -48,6 +53,9 @@ pub struct RecordingDeliver {
     file: Mutex<File>,
     /// The counters shown in `/stats`.
     pub log: Arc<DeliveryLog>,
+    /// Test-only: ack test messages without recording them, a broken delivery that the
+    /// checker must catch.
+    ack_without_delivery: bool,
 }
 
 impl RecordingDeliver {
@@ -56,7 +64,15 @@ impl RecordingDeliver {
         Ok(RecordingDeliver {
             file: Mutex::new(append(&dir.join("deliveries.log"))?),
             log: Arc::new(DeliveryLog::default()),
+            ack_without_delivery: false,
         })
+    }
+
+    /// Test-only: ack every test message without recording it, as a broken node would ack a
+    /// message it never delivered. [`check`] reports each one under `acked_not_delivered`.
+    pub fn ack_without_delivery(mut self) -> RecordingDeliver {
+        self.ack_without_delivery = true;
+        self
     }
 }
 
@@ -92,6 +108,9 @@ pub fn sequence_for(message: &WampMessage, me: &NodeId) -> Option<(u64, u64)> {
 impl Deliver for RecordingDeliver {
     fn deliver(&self, delivery: Delivery) -> Verdict {
         if let Some((generation, seq)) = sequence_for(&delivery.message, &delivery.to.node) {
+            if self.ack_without_delivery {
+                return Verdict::Accepted;
+            }
             let line = format!("{} {generation} {seq}\n", delivery.from.node);
             let mut file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
             if let Err(err) = file.write_all(line.as_bytes()) {
@@ -229,6 +248,73 @@ pub async fn run_traffic(
     Ok(())
 }
 
+/// Appends every membership event this node sees to `dir/events.log` until `stop`: one JSON
+/// object per line, the event's fields plus `t_ms`, the wall-clock time in milliseconds since
+/// the Unix epoch. Events lost because this task fell behind are recorded as one
+/// `{"kind":"lagged","missed":N}` line.
+pub async fn record_events(
+    membership: Membership,
+    dir: &Path,
+    stop: CancellationToken,
+) -> io::Result<()> {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut file = append(&dir.join("events.log"))?;
+    let mut events = membership.subscribe_events();
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            event = events.recv() => event,
+        };
+        let t_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut line = match event {
+            Ok(event) => {
+                let mut value = serde_json::to_value(&event)?;
+                value["t_ms"] = t_ms.into();
+                value.to_string()
+            }
+            Err(RecvError::Lagged(missed)) => {
+                serde_json::json!({ "kind": "lagged", "missed": missed, "t_ms": t_ms }).to_string()
+            }
+            Err(RecvError::Closed) => return Ok(()),
+        };
+        line.push('\n');
+        file.write_all(line.as_bytes())?;
+    }
+}
+
+/// One process start of a node, as [`check`] reads it.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// The node's id.
+    pub node: String,
+    /// Its record directory (`--record-dir`) for this process start.
+    pub dir: std::path::PathBuf,
+    /// The process was killed (`kill -9`): messages it started and never saw end are counted
+    /// under `cut_by_kill`, not as unended.
+    pub killed: bool,
+    /// The process was paused (SIGSTOP) at some time: its outcomes may come late by the length
+    /// of the pause and are not checked against the timeout.
+    pub paused: bool,
+}
+
+impl Run {
+    /// A run that was neither killed nor paused.
+    pub fn clean(node: impl Into<String>, dir: impl Into<std::path::PathBuf>) -> Run {
+        Run {
+            node: node.into(),
+            dir: dir.into(),
+            killed: false,
+            paused: false,
+        }
+    }
+}
+
+/// How long past its timeout an outcome may come before it counts as late: the time for the
+/// timer to fire and the line to be written on a busy machine.
+pub const LATE_GRACE_MS: u64 = 2000;
+
 /// What the records of a run show: the first three invariants of a chaos run.
 #[derive(Debug, Default, Clone, PartialEq, serde::Serialize)]
 pub struct Checked {
@@ -240,6 +326,11 @@ pub struct Checked {
     pub failed: std::collections::BTreeMap<String, usize>,
     /// Started messages without an outcome: `(from, to, seq)`.
     pub unended: Vec<(String, String, u64)>,
+    /// Started messages whose sender was killed before their outcome was known.
+    pub cut_by_kill: usize,
+    /// Outcomes known later than the timeout plus [`LATE_GRACE_MS`], from a sender that was
+    /// never paused: `(from, to, seq, milliseconds)`.
+    pub late: Vec<(String, String, u64, u64)>,
     /// Acked messages missing from the receiver's delivery log: `(from, to, seq)`.
     pub acked_not_delivered: Vec<(String, String, u64)>,
     /// Messages delivered more than once: `(from@generation, to, seq)`.
@@ -253,32 +344,41 @@ impl Checked {
     /// Whether every invariant holds.
     pub fn ok(&self) -> bool {
         self.unended.is_empty()
+            && self.late.is_empty()
             && self.acked_not_delivered.is_empty()
             && self.duplicates.is_empty()
             && self.out_of_order.is_empty()
     }
 }
 
-/// Checks the records of a run: `nodes` are (node id, its record directory). Missing files
-/// read as empty (a node that never sent or never received).
-pub fn check(nodes: &[(String, std::path::PathBuf)]) -> io::Result<Checked> {
-    use std::collections::{BTreeMap, HashSet};
-    let read = |dir: &Path, file: &str| match std::fs::read_to_string(dir.join(file)) {
-        Ok(text) => Ok(text),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(String::new()),
-        Err(err) => Err(err),
+/// The complete lines of `dir/file` (each ended by a newline: a line a kill cut short is not
+/// one). A missing file reads as empty (a node that never sent or never received).
+pub fn complete_lines(dir: &Path, file: &str) -> io::Result<Vec<String>> {
+    let text = match std::fs::read_to_string(dir.join(file)) {
+        Ok(text) => text,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => String::new(),
+        Err(err) => return Err(err),
     };
+    let mut lines: Vec<String> = text.split('\n').map(str::to_owned).collect();
+    // The piece after the last newline: empty, or a line cut short.
+    lines.pop();
+    Ok(lines)
+}
+
+/// Checks the records of a run: every process start of every node, each node's starts in the
+/// order they happened. `timeout_ms` is the senders' forward timeout.
+pub fn check(runs: &[Run], timeout_ms: u64) -> io::Result<Checked> {
+    use std::collections::{BTreeMap, HashSet};
     let mut checked = Checked::default();
     // ("from@generation", to) -> delivered sequence numbers, in delivery order.
     let mut delivered: BTreeMap<(String, String), Vec<u64>> = BTreeMap::new();
-    for (node, dir) in nodes {
-        for line in read(dir, "deliveries.log")?.lines() {
-            // A line cut by a kill is not a delivery that was acked: skip what does not parse.
+    for run in runs {
+        for line in complete_lines(&run.dir, "deliveries.log")? {
             let fields: Vec<&str> = line.split(' ').collect();
             if let [from, generation, seq] = fields[..] {
                 if let (Ok(_), Ok(seq)) = (generation.parse::<u64>(), seq.parse()) {
                     delivered
-                        .entry((format!("{from}@{generation}"), node.clone()))
+                        .entry((format!("{from}@{generation}"), run.node.clone()))
                         .or_default()
                         .push(seq);
                 }
@@ -299,10 +399,11 @@ pub fn check(nodes: &[(String, std::path::PathBuf)]) -> io::Result<Checked> {
         }
         delivered_sets.insert((from.clone(), to.clone()), seen);
     }
-    for (node, dir) in nodes {
+    for run in runs {
+        let node = &run.node;
         let mut open: std::collections::HashSet<(String, u64)> = HashSet::new();
         let mut sender = node.clone();
-        for line in read(dir, "outcomes.log")?.lines() {
+        for line in complete_lines(&run.dir, "outcomes.log")? {
             let fields: Vec<&str> = line.split(' ').collect();
             match fields[..] {
                 ["G", generation] => sender = format!("{node}@{generation}"),
@@ -312,9 +413,14 @@ pub fn check(nodes: &[(String, std::path::PathBuf)]) -> io::Result<Checked> {
                         open.insert((to.to_owned(), seq));
                     }
                 }
-                ["E", to, seq, result, _] => {
-                    let Ok(seq) = seq.parse() else { continue };
+                ["E", to, seq, result, ms] => {
+                    let (Ok(seq), Ok(ms)) = (seq.parse(), ms.parse::<u64>()) else {
+                        continue;
+                    };
                     open.remove(&(to.to_owned(), seq));
+                    if !run.paused && ms > timeout_ms + LATE_GRACE_MS {
+                        checked.late.push((node.clone(), to.to_owned(), seq, ms));
+                    }
                     if result == "ok" {
                         checked.acked += 1;
                         let key = (sender.clone(), to.to_owned());
@@ -329,6 +435,10 @@ pub fn check(nodes: &[(String, std::path::PathBuf)]) -> io::Result<Checked> {
                 }
                 _ => {}
             }
+        }
+        if run.killed {
+            checked.cut_by_kill += open.len();
+            continue;
         }
         let mut unended: Vec<_> = open.into_iter().collect();
         unended.sort();
@@ -361,18 +471,19 @@ mod tests {
             "G 7\nS b 1\nE b 1 ok 3\nS b 2\nE b 2 timeout 5000\n",
         );
         let b = write(dir.path(), "b", "a 7 1\n", "");
-        let nodes = vec![("a".to_owned(), a.clone()), ("b".to_owned(), b.clone())];
-        let clean = check(&nodes).unwrap();
+        let mut nodes = vec![Run::clean("a", &a), Run::clean("b", &b)];
+        let clean = check(&nodes, 5000).unwrap();
         assert!(clean.ok(), "{clean:?}");
         assert_eq!(
             (clean.started, clean.acked, clean.failed["timeout"]),
             (2, 1, 1)
         );
 
-        // An ack without a delivery, a start without an end, a duplicate, a reordering.
+        // An ack without a delivery, a start without an end, a duplicate, a reordering, an
+        // outcome past the timeout; a line cut short by a kill is no line.
         std::fs::write(
             a.join("outcomes.log"),
-            "G 7\nS b 1\nE b 1 ok 3\nS b 2\nE b 2 ok 1\nS b 3\n",
+            "G 7\nS b 1\nE b 1 ok 3\nS b 2\nE b 2 ok 1\nS b 3\nS b 4\nE b 4 timeout 9000\nE b 3 ok",
         )
         .unwrap();
         // A restarted sender (generation 8) counting from 1 again is no duplicate.
@@ -381,11 +492,19 @@ mod tests {
             "a 7 1\na 7 4\na 7 3\na 7 3\na 8 1\na 8 2\nb 1 cut",
         )
         .unwrap();
-        let broken = check(&nodes).unwrap();
+        let broken = check(&nodes, 5000).unwrap();
         assert!(!broken.ok());
         assert_eq!(broken.acked_not_delivered, [("a".into(), "b".into(), 2)]);
         assert_eq!(broken.unended, [("a".into(), "b".into(), 3)]);
+        assert_eq!(broken.late, [("a".into(), "b".into(), 4, 9000)]);
         assert_eq!(broken.duplicates, [("a@7".into(), "b".into(), 3)]);
         assert_eq!(broken.out_of_order, [("a@7".into(), "b".into(), 3)]);
+
+        // A killed sender's open starts were cut by the kill; a paused one may be late.
+        nodes[0].killed = true;
+        nodes[0].paused = true;
+        let excused = check(&nodes, 5000).unwrap();
+        assert_eq!((excused.cut_by_kill, excused.unended.len()), (1, 0));
+        assert!(excused.late.is_empty());
     }
 }

@@ -1,13 +1,14 @@
-//! The launcher example as a user runs it: a short run of a small cluster with traffic ends
-//! with every invariant holding and a report.
+//! The launcher example as a user runs it: a short run of a small cluster with traffic, a
+//! chaos run, a chaos run in network namespaces, and a broken node that the checker must catch.
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::SERIAL;
+use serde_json::Value;
 
 /// The launcher example, built by `cargo test` beside the binary.
 fn launcher() -> PathBuf {
@@ -15,48 +16,241 @@ fn launcher() -> PathBuf {
     bin.parent().unwrap().join("examples").join("launcher")
 }
 
+/// Runs the launcher with `args` into `dir`; returns its exit code, its output and its report.
+fn run(dir: &Path, args: &[&str], timeout: Duration) -> (Option<i32>, String, Value) {
+    let mut child = Command::new(launcher())
+        .args(args)
+        .arg("--plain")
+        .arg("--binary")
+        .arg(env!("CARGO_BIN_EXE_wamp-cluster"))
+        .arg("--dir")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(dir.join("launcher.out")).unwrap())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the launcher example is built by cargo test");
+    let status = common::wait_exit(&mut child, timeout).expect("the launcher finishes in time");
+    let out = std::fs::read_to_string(dir.join("launcher.out")).unwrap();
+    let report = std::fs::read_to_string(dir.join("report.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_else(|| panic!("no report.json\n{out}"));
+    (status.code(), out, report)
+}
+
+/// The invariants by number (1 to 6) that the report says failed.
+fn failed(report: &Value) -> Vec<u64> {
+    report["invariants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| i["ok"] != true)
+        .map(|(n, _)| n as u64 + 1)
+        .collect()
+}
+
+/// The kinds of the faults that were applied (not skipped).
+fn applied(report: &Value) -> Vec<String> {
+    report["applied"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a.get("skipped").is_none())
+        .map(|a| a["kind"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// Three nodes, traffic for a few seconds, then every node leaves: exit 0, each invariant `ok`,
-/// and a JSON report with the counts.
+/// and a report with the counts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_launcher_run_holds_every_invariant() {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(launcher())
-        .args([
-            "--nodes",
-            "3",
-            "--rate",
-            "100",
-            "--duration",
-            "4",
-            "--plain",
-        ])
-        .arg("--binary")
-        .arg(env!("CARGO_BIN_EXE_wamp-cluster"))
-        .arg("--dir")
-        .arg(dir.path())
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(dir.path().join("launcher.out")).unwrap())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the launcher example is built by cargo test");
-    let status =
-        common::wait_exit(&mut child, Duration::from_secs(120)).expect("the launcher finishes");
-    let out = std::fs::read_to_string(dir.path().join("launcher.out")).unwrap();
-    assert!(status.success(), "{status:?}\n{out}");
-    for invariant in [
-        "1. every forward started ended",
-        "2. every acked message was delivered",
-    ] {
-        let line = out
-            .lines()
-            .find(|l| l.starts_with(invariant))
-            .unwrap_or_default();
-        assert!(line.contains(" ok"), "{invariant}: {line}\n{out}");
+    let args = ["--nodes", "3", "--rate", "100", "--duration", "4"];
+    let (code, out, report) = run(dir.path(), &args, Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(failed(&report), Vec::<u64>::new(), "{out}");
+    assert!(
+        out.contains("2. every acked message was delivered"),
+        "{out}"
+    );
+    assert!(
+        report["traffic"]["acked"].as_u64().unwrap() > 100,
+        "{report}"
+    );
+    assert!(dir.path().join("timeline.svg").exists());
+}
+
+/// A node that acks without delivering: invariant 2 fails, and only it; the exit code says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_acks_without_delivering_fails_invariant_2() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--nodes",
+        "3",
+        "--rate",
+        "100",
+        "--duration",
+        "3",
+        "--test-ack-without-delivery",
+        "node-2",
+    ];
+    let (code, out, report) = run(dir.path(), &args, Duration::from_secs(120));
+    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(failed(&report), [2], "{out}");
+    let not_delivered = report["traffic"]["acked_not_delivered"].as_array().unwrap();
+    assert!(!not_delivered.is_empty());
+    assert!(not_delivered.iter().all(|m| m[1] == "node-2"), "{report}");
+}
+
+/// Five nodes under a fixed fault schedule for 30 s (kill -9, pause, restart, leave, join,
+/// start again), no namespaces: every invariant holds, the faults were applied, the same seed
+/// planned the same schedule, and the timeline was drawn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chaos_run_holds_every_invariant() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--nodes",
+        "5",
+        "--chaos",
+        "--seed",
+        "42",
+        "--duration",
+        "30",
+        "--fault-every",
+        "2.5",
+    ];
+    let (code, out, report) = run(dir.path(), &args, Duration::from_secs(180));
+    assert_eq!(failed(&report), Vec::<u64>::new(), "{out}");
+    assert_eq!(code, Some(0), "{out}");
+    let kinds = applied(&report);
+    assert!(kinds.len() >= 6, "{kinds:?}\n{out}");
+    for kind in ["pause", "restart", "join"] {
+        assert!(kinds.iter().any(|k| k == kind), "no {kind}: {kinds:?}");
     }
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap())
-            .unwrap();
-    assert!(report["acked"].as_u64().unwrap() > 100, "{report}");
-    assert_eq!(report["acked_not_delivered"], serde_json::json!([]));
+    assert!(
+        report["detection"]["sightings"].as_array().unwrap().len() >= 3,
+        "{report}"
+    );
+    assert_eq!(report["seed"], 42);
+    let svg = std::fs::read_to_string(dir.path().join("timeline.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("node-5"), "{svg}");
+
+    // The same seed plans the same schedule: --plan-only prints it without running it.
+    let planned: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("chaos: seed 42"))
+        .enumerate()
+        .take_while(|(i, l)| *i == 0 || l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .map(|(_, l)| l)
+        .collect();
+    assert!(planned.len() >= 7, "{out}");
+    let plan_only = Command::new(launcher())
+        .args(args)
+        .arg("--plan-only")
+        .output()
+        .unwrap();
+    assert!(plan_only.status.success());
+    let plan_only = String::from_utf8(plan_only.stdout).unwrap();
+    assert_eq!(plan_only.lines().collect::<Vec<_>>(), planned, "{out}");
+}
+
+/// The same with each node in a network namespace of its own, adding partitions and packet
+/// loss (and delay where `tc netem` exists). Skipped, with a message, where namespaces cannot
+/// be made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chaos_run_in_network_namespaces_holds_every_invariant() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--nodes",
+        "5",
+        "--chaos",
+        "--netns",
+        "--seed",
+        "7",
+        "--duration",
+        "30",
+        "--fault-every",
+        "2.5",
+    ];
+    let (code, out, report) = run(dir.path(), &args, Duration::from_secs(180));
+    if report["netns"]["used"] != true {
+        eprintln!(
+            "skipped: network namespaces are not available here: {}",
+            report["netns"]["unavailable"]
+        );
+        return;
+    }
+    assert_eq!(failed(&report), Vec::<u64>::new(), "{out}");
+    assert_eq!(code, Some(0), "{out}");
+    let kinds = applied(&report);
+    assert!(kinds.iter().any(|k| k == "partition"), "{kinds:?}\n{out}");
+    // Nothing is left behind: the namespaces are gone.
+    let list = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let prefix = format!("{}n", report["netns"]["prefix"].as_str().unwrap());
+    assert!(
+        !String::from_utf8_lossy(&list.stdout).contains(&prefix),
+        "namespaces left: {}",
+        String::from_utf8_lossy(&list.stdout)
+    );
+}
+
+/// The schedule `--plan-only` prints for these arguments.
+fn plan(seed: u64, netns: bool) -> Vec<String> {
+    let seed = seed.to_string();
+    let mut args = vec!["--nodes", "5", "--chaos", "--seed", &seed, "--plan-only"];
+    if netns {
+        args.push("--netns");
+    }
+    let out = Command::new(launcher()).args(&args).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The same seed gives the same schedule, another seed another; over many seeds every kind of
+/// fault comes up, and without --netns no namespace fault does.
+#[test]
+fn the_fault_schedule_follows_the_seed() {
+    let a = plan(7, true);
+    assert_eq!(a, plan(7, true));
+    assert_ne!(a, plan(8, true));
+    assert!(a.len() >= 10, "{a:?}");
+    let mut kinds = std::collections::BTreeSet::new();
+    for seed in 0..30 {
+        for line in plan(seed, true) {
+            for kind in [
+                "kill -9",
+                "pause",
+                "restart",
+                "leaves",
+                "again",
+                "joins",
+                "partition",
+                "loses",
+                "delay",
+            ] {
+                if line.contains(kind) {
+                    kinds.insert(kind);
+                }
+            }
+        }
+        let without = plan(seed, false);
+        assert!(
+            without
+                .iter()
+                .all(|l| !l.contains("partition") && !l.contains("loses") && !l.contains("delay")),
+            "{without:?}"
+        );
+    }
+    assert_eq!(kinds.len(), 9, "{kinds:?}");
 }

@@ -454,11 +454,11 @@ async fn traffic_is_recorded_and_every_acked_message_was_delivered_once_in_order
         assert!(status.success(), "{status:?}: {}", p.log_text());
     }
 
-    let records: Vec<(String, std::path::PathBuf)> = ["one", "two"]
+    let records: Vec<_> = ["one", "two"]
         .iter()
-        .map(|n| (n.to_string(), dir.path().join(n)))
+        .map(|n| wamp_cluster::traffic::Run::clean(*n, dir.path().join(n)))
         .collect();
-    let checked = wamp_cluster::traffic::check(&records).unwrap();
+    let checked = wamp_cluster::traffic::check(&records, 5000).unwrap();
     assert!(checked.ok(), "{checked:?}");
     let failed: usize = checked.failed.values().sum();
     assert_eq!(

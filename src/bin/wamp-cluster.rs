@@ -12,11 +12,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 use tokio_util::sync::CancellationToken;
-use wamp_cluster::traffic::{run_traffic, RecordingDeliver};
+use wamp_cluster::traffic::{record_events, run_traffic, RecordingDeliver};
 use wamp_cluster::{Config, Node};
 
 #[derive(Parser)]
@@ -72,6 +72,10 @@ struct NodeArgs {
     /// Record deliveries (before acking) and traffic outcomes in this directory.
     #[arg(long, value_name = "DIR")]
     record_dir: Option<PathBuf>,
+    /// Test-only: ack test traffic without recording it, a broken node for the checker to
+    /// catch.
+    #[arg(long, hide = true, requires = "record_dir")]
+    test_ack_without_delivery: bool,
     /// Log format on standard error. `RUST_LOG` filters (default `info`).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -153,6 +157,7 @@ fn main() -> ExitCode {
     let traffic = Traffic {
         rate: args.traffic_rate,
         record_dir: args.record_dir.clone(),
+        ack_without_delivery: args.test_ack_without_delivery,
     };
     match runtime.block_on(run(config, traffic)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -168,6 +173,7 @@ fn main() -> ExitCode {
 struct Traffic {
     rate: Option<f64>,
     record_dir: Option<PathBuf>,
+    ack_without_delivery: bool,
 }
 
 /// How long stopping waits for the test traffic's calls to end (each ends by its timeout).
@@ -181,13 +187,23 @@ async fn run(config: Config, traffic: Traffic) -> anyhow::Result<()> {
     if let Some(dir) = &traffic.record_dir {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating the record directory {}", dir.display()))?;
-        let recording = Arc::new(RecordingDeliver::open(dir).context("opening the delivery log")?);
+        let mut recording = RecordingDeliver::open(dir).context("opening the delivery log")?;
+        if traffic.ack_without_delivery {
+            warn!("test switch: acking test traffic without delivering it");
+            recording = recording.ack_without_delivery();
+        }
+        let recording = Arc::new(recording);
         builder = builder
             .delivery_counters(recording.log.clone())
             .deliver(recording);
     }
     let node = builder.start().await?;
     let stop_traffic = CancellationToken::new();
+    let events = traffic.record_dir.clone().map(|dir| {
+        let membership = node.membership().clone();
+        let stop = stop_traffic.clone();
+        tokio::spawn(async move { record_events(membership, &dir, stop).await })
+    });
     let sender = traffic.rate.map(|rate| {
         let forwarder = node.forwarder().clone();
         let membership = node.membership().clone();
@@ -212,6 +228,11 @@ async fn run(config: Config, traffic: Traffic) -> anyhow::Result<()> {
             Ok(Ok(Err(err))) => error!("test traffic failed: {err}"),
             Ok(_) => {}
             Err(_) => error!("test traffic did not stop in time"),
+        }
+    }
+    if let Some(events) = events {
+        if let Ok(Err(err)) = events.await {
+            error!("recording membership events failed: {err}");
         }
     }
     // A second signal during the leave means: stop now.
