@@ -254,3 +254,68 @@ fn the_fault_schedule_follows_the_seed() {
     }
     assert_eq!(kinds.len(), 9, "{kinds:?}");
 }
+
+/// Starts the launcher without a duration; returns it once the cluster formed.
+fn start_until_formed(dir: &Path) -> common::Reaped {
+    let child = Command::new(launcher())
+        .args(["--nodes", "3", "--plain"])
+        .arg("--binary")
+        .arg(env!("CARGO_BIN_EXE_wamp-cluster"))
+        .arg("--dir")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(dir.join("launcher.out")).unwrap())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let child = common::Reaped(child);
+    for _ in 0..600 {
+        let out = std::fs::read_to_string(dir.join("launcher.out")).unwrap_or_default();
+        if out.contains("formed a cluster") {
+            return child;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the cluster did not form within 60 s");
+}
+
+/// The node processes whose command line names `dir` (their record directory).
+fn nodes_of(dir: &Path) -> String {
+    let out = Command::new("pgrep")
+        .arg("-f")
+        .arg(dir.join("node-"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Ctrl-C (SIGINT) makes every node leave; the records are checked and no process is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_leaves_gracefully_and_reaps_every_node() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut launcher = start_until_formed(dir.path());
+    assert!(!nodes_of(dir.path()).is_empty());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    launcher.signal("-INT");
+    let status = common::wait_exit(&mut launcher.0, Duration::from_secs(90)).unwrap();
+    let out = std::fs::read_to_string(dir.path().join("launcher.out")).unwrap();
+    assert!(status.success(), "{status:?}\n{out}");
+    assert!(out.contains("6. no exit but by the launcher"), "{out}");
+    assert_eq!(nodes_of(dir.path()), "", "nodes left running");
+}
+
+/// Even `kill -9` of the launcher takes its nodes with it (parent-death signal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nodes_die_with_a_killed_launcher() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut launcher = start_until_formed(dir.path());
+    assert!(!nodes_of(dir.path()).is_empty());
+    launcher.signal("-KILL");
+    let _ = common::wait_exit(&mut launcher.0, Duration::from_secs(10));
+    common::wait_until(Duration::from_secs(10), "the nodes die", || {
+        nodes_of(dir.path()).is_empty()
+    })
+    .await;
+}

@@ -1004,10 +1004,15 @@ async fn drive(
         }
     }
     println!(
-        "{} nodes formed a cluster in {:.1} s",
+        "{} nodes formed a cluster in {:.1} s; their admin APIs:",
         args.nodes,
         formed.elapsed().as_secs_f64()
     );
+    for slot in &launcher.slots {
+        if let Some(run) = slot.runs.last() {
+            println!("  {:<8} http://{}", slot.name, run.admin);
+        }
+    }
 
     let duration_ms = duration.map(|d| d * 1000);
     let chaos_start = Instant::now();

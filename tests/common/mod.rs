@@ -128,3 +128,24 @@ pub fn publish(request: u64) -> wamp_cluster::wamp::WampMessage {
         payload: Payload::Args(vec![Value::Bytes(vec![0x5a; 128])]),
     }
 }
+
+/// A child process killed and reaped when dropped, even when the test fails.
+pub struct Reaped(pub std::process::Child);
+
+impl Reaped {
+    /// Sends `signal` (as `kill` takes it: `-TERM`, `-INT`, ...).
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([signal, &self.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
