@@ -21,9 +21,9 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    /// A number in `low..=high`.
+    /// A number in `low..=high` (`low` when `high` is below it).
     pub fn between(&mut self, low: u64, high: u64) -> u64 {
-        low + self.next() % (high - low + 1)
+        low + self.next() % (high.saturating_sub(low) + 1)
     }
 
     /// One of `items`.

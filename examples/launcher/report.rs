@@ -137,26 +137,29 @@ fn detections(launcher: &Launcher, bound_ms: u64, all: bool) -> Vec<Detection> {
         };
         let at = applied.at_ms;
         for (i, slot) in launcher.slots.iter().enumerate() {
-            if i == victim
-                || !healthy(
-                    launcher,
-                    i,
-                    at.saturating_sub(OBSERVER_SETTLE_MS),
-                    at + window,
-                )
-            {
+            if i == victim || !healthy(launcher, i, at.saturating_sub(OBSERVER_SETTLE_MS), at) {
                 continue;
             }
             let Some(run) = slot.runs.iter().rev().find(|r| r.started_ms <= at) else {
                 continue;
             };
-            let seen = first_seen(launcher, run, &launcher.slots[victim].name, generation, at);
-            let after_ms = seen.map(|t| t - at);
+            // The observer counts while it stays healthy: what it saw until then is a
+            // sighting; if it stayed healthy all through the window and saw nothing, a miss.
+            let healthy_until = launcher
+                .transitions
+                .iter()
+                .find(|(t, s, _)| *s == i && *t > at)
+                .map_or(u64::MAX, |(t, _, _)| *t);
+            let seen = first_seen(launcher, run, &launcher.slots[victim].name, generation, at)
+                .filter(|&t| t <= healthy_until && t - at <= window.max(bound_ms));
             // A pause counts as seen only while it lasted.
             let after_ms = match applied.fault {
-                Fault::Pause { ms, .. } => after_ms.filter(|&a| a <= ms),
-                _ => after_ms,
+                Fault::Pause { ms, .. } => seen.map(|t| t - at).filter(|&a| a <= ms),
+                _ => seen.map(|t| t - at),
             };
+            if after_ms.is_none() && healthy_until < at + window {
+                continue;
+            }
             found.push(Detection {
                 fault_at_ms: at,
                 fault: if matches!(applied.fault, Fault::Pause { .. }) {
