@@ -2,9 +2,12 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use common::{node_config, publish, tolerant, wait_until, within, SERIAL};
 use wamp_cluster::wamp::{Dict, Payload, Value, WampMessage};
@@ -673,4 +676,199 @@ async fn too_large_and_queue_full_fail_at_once() {
     );
     a.abort().await.unwrap();
     b.abort().await.unwrap();
+}
+
+/// A TCP relay in front of a node's forward port that can cut the connections it carries
+/// without closing them: what they carry is read and dropped, as on a path that died while
+/// both ends stay up. Connections made after the cut are relayed normally.
+struct Relay {
+    addr: std::net::SocketAddr,
+    /// Connections numbered below this are cut.
+    cut: Arc<AtomicU64>,
+    /// Connections accepted so far.
+    accepted: Arc<AtomicU64>,
+}
+
+/// Copies `from` to `to` until `from` closes, dropping everything once connection `number` is
+/// cut.
+async fn pump(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    number: u64,
+    cut: Arc<AtomicU64>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) if number >= cut.load(Ordering::SeqCst) => {
+                if to.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+            Ok(_) => {}
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+impl Relay {
+    async fn start(target: std::net::SocketAddr) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(AtomicU64::new(0));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let (c, a) = (cut.clone(), accepted.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let number = a.fetch_add(1, Ordering::SeqCst);
+                let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                    continue;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(pump(client_read, server_write, number, c.clone()));
+                tokio::spawn(pump(server_read, client_write, number, c.clone()));
+            }
+        });
+        Relay {
+            addr,
+            cut,
+            accepted,
+        }
+    }
+}
+
+/// A connection that dies without closing (a partition, a forgotten path): calls on it time
+/// out, the node is reported unreachable, and the background probe that gets no pong drops
+/// the connection and dials a new one, so forwarding resumes although the old connection never
+/// answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_dies_silently_is_replaced_after_an_unanswered_probe() {
+    let _serial = SERIAL.lock().await;
+    let mut a_config = node_config("node-0", &[], tolerant());
+    a_config.forward.connect_timeout_ms = 300;
+    let a = Node::builder(a_config).start().await.unwrap();
+    let mut b_config = node_config("node-1", &[a.membership().gossip_addr()], tolerant());
+    let relay = Relay::start(b_config.forward_addr).await;
+    b_config.forward_advertise_addr = Some(relay.addr);
+    let b = Node::builder(b_config)
+        .deliver(Arc::new(Recorder::default()))
+        .start()
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(15), "node-1 is a target", || {
+        a.view().is_target("node-1")
+    })
+    .await;
+    let forward = |i: u64, timeout_ms: u64| {
+        let a = &a;
+        async move {
+            a.forwarder()
+                .forward(from(a), to("node-1"), publish(i), &options(timeout_ms))
+                .await
+        }
+    };
+    assert_eq!(forward(1, 5000).await, Ok(()));
+    assert_eq!(relay.accepted.load(Ordering::SeqCst), 1);
+
+    relay.cut.store(1, Ordering::SeqCst);
+    assert_eq!(
+        forward(2, 300).await,
+        Err(ForwardError::Timeout {
+            node: "node-1".into()
+        })
+    );
+    wait_until(Duration::from_secs(10), "node-1 reachable again", || {
+        a.view().is_target("node-1")
+    })
+    .await;
+    assert!(
+        relay.accepted.load(Ordering::SeqCst) >= 2,
+        "a new connection"
+    );
+    assert_eq!(forward(3, 5000).await, Ok(()));
+    a.abort().await.unwrap();
+    b.abort().await.unwrap();
+}
+
+/// A peer that dials again has given up on its old connection, whose unread frames may still
+/// sit in this node's socket (after a pause, say): once the newer connection is accepted, the
+/// older one delivers nothing more and is closed, so the peer's messages stay in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_connection_from_the_same_node_takes_over_from_the_older() {
+    use futures_util::{SinkExt, StreamExt};
+    use wamp_cluster::wire::{Forward, Frame, FrameCodec, Hello, MAGIC};
+
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start(2).await;
+    let target = c.nodes[1]
+        .view()
+        .self_member()
+        .unwrap()
+        .forward_addr
+        .unwrap();
+    let connect = || async move {
+        let stream = tokio::net::TcpStream::connect(target).await.unwrap();
+        let mut framed = tokio_util::codec::Framed::new(stream, FrameCodec::new(1 << 20));
+        framed
+            .send(&Frame::Hello(Hello {
+                magic: MAGIC,
+                min_version: 1,
+                max_version: 1,
+                cluster_id: "default".into(),
+                node_id: "peer-x".into(),
+                generation: 1,
+                to_node: "node-1".into(),
+            }))
+            .await
+            .unwrap();
+        let welcome = within(Duration::from_secs(5), "welcome", framed.next()).await;
+        assert!(
+            matches!(welcome, Some(Ok(Frame::Welcome { .. }))),
+            "{welcome:?}"
+        );
+        framed
+    };
+    let forward = |id: u64| {
+        Frame::Forward(Box::new(Forward {
+            ttl_ms: 5000,
+            id,
+            from: PeerId::session("realm1", "peer-x", 1),
+            to: to("node-1"),
+            message: publish(id),
+        }))
+    };
+    let mut old = connect().await;
+    old.send(&forward(1)).await.unwrap();
+    let answer = within(Duration::from_secs(5), "ack 1", old.next()).await;
+    assert!(
+        matches!(answer, Some(Ok(Frame::Ack { id: 1 }))),
+        "{answer:?}"
+    );
+
+    let mut new = connect().await;
+    old.send(&forward(2)).await.unwrap();
+    let answer = within(Duration::from_secs(5), "old closed", old.next()).await;
+    assert!(
+        answer.is_none(),
+        "the old connection closes unanswered: {answer:?}"
+    );
+    new.send(&forward(3)).await.unwrap();
+    let answer = within(Duration::from_secs(5), "ack 3", new.next()).await;
+    assert!(
+        matches!(answer, Some(Ok(Frame::Ack { id: 3 }))),
+        "{answer:?}"
+    );
+
+    let seen: Vec<u64> = c.recorders[1]
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|d| d.from.node == "peer-x")
+        .filter_map(|d| d.message.request_id())
+        .collect();
+    assert_eq!(seen, [1, 3]);
+    c.stop().await;
 }

@@ -189,9 +189,9 @@ struct Launcher {
     dir: PathBuf,
     rate: f64,
     broken: Option<String>,
-    /// Dropped after the slots (declared before them in `run`), so processes die first.
-    netns: Option<netns::Netns>,
+    /// Fields drop in order: the slots' processes die before their namespaces go.
     slots: Vec<Slot>,
+    netns: Option<netns::Netns>,
     given_ports: Vec<u16>,
     start: Instant,
     /// When the chaos started, in milliseconds after the launcher's start.

@@ -6,10 +6,18 @@
 //! Time to live: a frame's time to live counts from when it is read, less the time the
 //! connection spent waiting on handlers while the frame may already have been waiting in the
 //! socket; a frame whose time has run out is nacked `Expired`, never delivered.
+//!
+//! One connection per peer delivers: the newest. A peer dials again when it gave up on its
+//! connection (its frames on it failed with `ConnectionLost`), but the old connection may still
+//! hold unread frames here, for instance after this node was paused. Delivering those after
+//! frames of the new connection would break the sender's order, so once a newer connection
+//! from the same node is accepted, the older one delivers nothing more and closes.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -27,6 +35,7 @@ use super::deliver::{Deliver, Delivery, Verdict};
 use super::{BadReason, Inner};
 use crate::metrics as m;
 use crate::wire::{self, Frame, FrameCodec, NackReason, RefuseReason};
+use crate::NodeId;
 
 /// Inbound connections served at once; more are refused (each peer opens one).
 pub const MAX_INBOUND_CONNECTIONS: usize = 1024;
@@ -38,9 +47,41 @@ const HANDSHAKE_FRAME_LIMIT: usize = 16 * 1024;
 /// Answers gathered before they are written even if more frames are readable.
 const ANSWER_BATCH_BYTES: usize = 64 * 1024;
 
+/// Inbound connection numbers, unique in the process.
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Per peer node, the number of the connection that delivers its messages. A connection holds
+/// its peer's entry locked while it hands a message to the handler, so that a newer connection
+/// takes over between two messages, never during one.
+#[derive(Default)]
+struct Current(Mutex<HashMap<NodeId, Arc<Mutex<u64>>>>);
+
+impl Current {
+    /// Makes `connection` the one that delivers the messages of `from`.
+    fn take_over(&self, from: &NodeId, connection: u64) -> Arc<Mutex<u64>> {
+        let mut peers = lock(&self.0);
+        let entry = peers.entry(from.clone()).or_default().clone();
+        *lock(&entry) = connection;
+        entry
+    }
+
+    /// Forgets `from` if `connection` still delivers its messages.
+    fn end(&self, from: &NodeId, connection: u64) {
+        let mut peers = lock(&self.0);
+        if peers.get(from).is_some_and(|e| *lock(e) == connection) {
+            peers.remove(from);
+        }
+    }
+}
+
 /// Accepts connections until shutdown.
 pub(crate) async fn listen(inner: Arc<Inner>, listener: TcpListener, deliver: Arc<dyn Deliver>) {
     let slots = Arc::new(Semaphore::new(MAX_INBOUND_CONNECTIONS));
+    let current = Arc::new(Current::default());
     loop {
         let accepted = tokio::select! {
             _ = inner.shutdown.cancelled() => return,
@@ -51,8 +92,9 @@ pub(crate) async fn listen(inner: Arc<Inner>, listener: TcpListener, deliver: Ar
                 Ok(slot) => {
                     let inner2 = inner.clone();
                     let deliver = deliver.clone();
+                    let current = current.clone();
                     inner.tasks.spawn(async move {
-                        connection(inner2, stream, peer, deliver).await;
+                        connection(inner2, stream, peer, deliver, &current).await;
                         drop(slot);
                     });
                 }
@@ -121,6 +163,7 @@ async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
     deliver: Arc<dyn Deliver>,
+    current: &Current,
 ) {
     let _ = stream.set_nodelay(true);
     let (read, mut write) = stream.into_split();
@@ -162,6 +205,52 @@ async fn connection(
     }
     *reader.decoder_mut() = FrameCodec::new(inner.config.max_frame_bytes);
     let from = hello.node_id;
+    let number = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
+    let delivering = current.take_over(&from, number);
+    let ended = serve(
+        &inner,
+        &mut reader,
+        &mut write,
+        &mut out,
+        &mut codec,
+        &from,
+        number,
+        &delivering,
+        deliver.as_ref(),
+    )
+    .await;
+    current.end(&from, number);
+    let Some(ended) = ended else { return };
+    flush(&inner, &mut write, &mut out).await;
+    debug!(%peer, %from, why = %ended.why, "inbound connection ended");
+    // The peer's side went away: a crashed node is noticed here at once even by nodes that
+    // never sent it anything (a leaving node is not reported; see `report_bad`).
+    if !ended.superseded && !inner.shutdown.is_cancelled() {
+        inner.report_bad(&from, BadReason::ConnectionLost(ended.why));
+    }
+}
+
+/// Why a connection stopped serving.
+struct Ended {
+    why: String,
+    /// A newer connection from the same node took over.
+    superseded: bool,
+}
+
+/// Serves an accepted connection; `None` when it must end without a word (shutdown, or the
+/// socket broke while answering).
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    inner: &Inner,
+    reader: &mut FramedRead<Counted, FrameCodec>,
+    write: &mut OwnedWriteHalf,
+    out: &mut BytesMut,
+    codec: &mut FrameCodec,
+    from: &NodeId,
+    number: u64,
+    delivering: &Mutex<u64>,
+    deliver: &dyn Deliver,
+) -> Option<Ended> {
     reader.get_mut().bytes = Some(metrics::counter!(
         m::BYTES_RECEIVED,
         "node" => inner.self_id.to_string(),
@@ -176,12 +265,12 @@ async fn connection(
         let next = match reader.next().now_or_never() {
             Some(next) => next,
             None => {
-                if !flush(&inner, &mut write, &mut out).await {
-                    return;
+                if !flush(inner, write, out).await {
+                    return None;
                 }
                 stalled = Duration::ZERO;
                 tokio::select! {
-                    _ = inner.shutdown.cancelled() => return,
+                    _ = inner.shutdown.cancelled() => return None,
                     next = reader.next() => next,
                 }
             }
@@ -195,7 +284,7 @@ async fn connection(
                     wire::WireError::Malformed(_) => "malformed",
                     wire::WireError::Io(_) => "io",
                 };
-                count_bad_frame(&inner, reason);
+                count_bad_frame(inner, reason);
                 break format!("bad frame: {err}");
             }
         };
@@ -207,7 +296,7 @@ async fn connection(
                     Some(Err(NackReason::Expired))
                 } else if !forward.message.is_forwardable() {
                     Some(Err(NackReason::NotForwardable))
-                } else if forward.to.node != inner.self_id || forward.from.node != from {
+                } else if forward.to.node != inner.self_id || forward.from.node != *from {
                     Some(Err(NackReason::Refused(format!(
                         "a message from `{}` to `{}` on a connection from `{from}` to `{}`",
                         forward.from.node, forward.to.node, inner.self_id
@@ -219,17 +308,28 @@ async fn connection(
                         to: forward.to,
                         message: forward.message,
                     };
-                    match deliver.deliver(delivery) {
+                    // Delivered only while this connection is the peer's newest.
+                    let verdict = {
+                        let delivering = lock(delivering);
+                        (*delivering == number).then(|| deliver.deliver(delivery))
+                    };
+                    let Some(verdict) = verdict else {
+                        return Some(Ended {
+                            why: "a newer connection from the same node took over".into(),
+                            superseded: true,
+                        });
+                    };
+                    match verdict {
                         Verdict::Accepted => Some(Ok(())),
                         Verdict::Refused(reason) => Some(Err(reason)),
                         Verdict::Later(answer) => {
                             // The acks of what came before go out first.
-                            if !flush(&inner, &mut write, &mut out).await {
-                                return;
+                            if !flush(inner, write, out).await {
+                                return None;
                             }
                             let began = Instant::now();
                             let answer = tokio::select! {
-                                _ = inner.shutdown.cancelled() => return,
+                                _ = inner.shutdown.cancelled() => return None,
                                 answer = tokio::time::timeout_at(expiry, answer) => answer,
                             };
                             stalled += began.elapsed();
@@ -254,22 +354,19 @@ async fn connection(
             }
             Frame::Ping { id } => Frame::Pong { id },
             other => {
-                count_bad_frame(&inner, "unexpected");
+                count_bad_frame(inner, "unexpected");
                 break format!("unexpected frame {other:?}");
             }
         };
-        if codec.encode(&answer, &mut out).is_err() {
+        if codec.encode(&answer, out).is_err() {
             break "an answer could not be encoded".to_string();
         }
-        if out.len() >= ANSWER_BATCH_BYTES && !flush(&inner, &mut write, &mut out).await {
-            return;
+        if out.len() >= ANSWER_BATCH_BYTES && !flush(inner, write, out).await {
+            return None;
         }
     };
-    flush(&inner, &mut write, &mut out).await;
-    debug!(%peer, %from, why = %ended, "inbound connection ended");
-    // The peer's side went away: a crashed node is noticed here at once even by nodes that
-    // never sent it anything (a leaving node is not reported; see `report_bad`).
-    if !inner.shutdown.is_cancelled() {
-        inner.report_bad(&from, BadReason::ConnectionLost(ended));
-    }
+    Some(Ended {
+        why: ended,
+        superseded: false,
+    })
 }

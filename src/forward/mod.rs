@@ -590,7 +590,16 @@ async fn probe_unreachable(inner: Arc<Inner>) {
                 Ok(_) => {
                     schedule.remove(&node);
                 }
-                Err(_) => {
+                Err(err) => {
+                    // The connection that did not carry the pong back within the connect
+                    // timeout is replaced (a probe of the admin API, whose timeout the caller
+                    // picks, does not do this).
+                    if let ForwardError::Timeout { .. } = err {
+                        let link = inner.links().get(&node).cloned();
+                        if let Some(link) = link {
+                            link.reset();
+                        }
+                    }
                     if let Some((at, backoff)) = schedule.get_mut(&node) {
                         *backoff = (*backoff * 2).min(inner.config.max_redial_backoff());
                         *at = Instant::now() + *backoff;

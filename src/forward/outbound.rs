@@ -5,6 +5,12 @@
 //! Frames still queued when a connection breaks stay in the queue and go out on the next
 //! connection if their deadline allows. Frames taken from the queue for a write on the broken
 //! connection fail with `ConnectionLost`: they may or may not have been delivered.
+//!
+//! A connection can die without closing: a partition, a peer that was paused, a middlebox
+//! that forgot it. TCP then retransmits with a backoff that grows to many seconds, and could
+//! keep the link stalled long after the path is back. So when the background probe of an
+//! unreachable node gets no pong within `forward.connect_timeout_ms`, [`Link::reset`] drops
+//! the connection and the link dials a new one.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +23,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::error::TryRecvError;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::codec::{Encoder, FramedRead};
 use tracing::debug;
@@ -55,6 +61,8 @@ pub(crate) struct Link {
     queue: mpsc::Sender<Queued>,
     budget: Arc<Semaphore>,
     budget_bytes: usize,
+    /// Wakes the serving connection to drop it.
+    reset: Arc<Notify>,
     /// The peer's counters.
     pub stats: Arc<PeerStats>,
 }
@@ -69,16 +77,24 @@ impl Link {
     ) -> Arc<Link> {
         let (queue, receiver) = mpsc::channel(inner.config.queue_capacity);
         let budget = Arc::new(Semaphore::new(inner.config.queue_capacity_bytes));
+        let reset = Arc::new(Notify::new());
         let link = Arc::new(Link {
             node: node.clone(),
             queue,
             budget,
             budget_bytes: inner.config.queue_capacity_bytes,
+            reset: reset.clone(),
             stats: stats.clone(),
         });
         let tasks = inner.tasks.clone();
-        tasks.spawn(run(inner, node, addr, receiver, stats));
+        tasks.spawn(run(inner, node, addr, receiver, stats, reset));
         link
+    }
+
+    /// Drops the connection now being served, if any, for a new one: it did not answer a
+    /// probe in time. Frames written on it fail with `ConnectionLost`.
+    pub fn reset(&self) {
+        self.reset.notify_waiters();
     }
 
     /// Frames waiting in the queue.
@@ -146,6 +162,7 @@ async fn run(
     mut addr: SocketAddr,
     mut queue: mpsc::Receiver<Queued>,
     stats: Arc<PeerStats>,
+    reset: Arc<Notify>,
 ) {
     let mut backoff = FIRST_BACKOFF;
     let mut connected_before = false;
@@ -162,10 +179,10 @@ async fn run(
                 connected_before = true;
                 inner.report_good(&node);
                 let connection = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
-                let why = serve(
-                    &inner, &node, connection, reader, writer, &mut queue, &stats,
-                )
-                .await;
+                let why = tokio::select! {
+                    why = serve(&inner, &node, connection, reader, writer, &mut queue, &stats) => why,
+                    _ = reset.notified() => "no pong to a probe in time: the connection is dead".to_string(),
+                };
                 if inner.shutdown.is_cancelled() {
                     break;
                 }
