@@ -665,6 +665,7 @@ impl Launcher {
             "{:<9} {:<12} {:>6} {:>7} {:>9} {:>7} {:>7} {:>10}",
             "node", "status", "gen", "fwd/s", "acked", "failed", "reports", "detected"
         )];
+        let detected = report::last_detections(self);
         for (i, slot) in self.slots.iter().enumerate() {
             let run_index = slot.runs.len().saturating_sub(1);
             let p = polled.get(&i);
@@ -697,7 +698,8 @@ impl Launcher {
                 .map(|g| format!("{:06}", g % 1_000_000))
                 .unwrap_or_else(|| "-".into());
             let reports = run.map_or(0, report::reports);
-            let detected = report::last_detection(self, i)
+            let detected = detected
+                .get(&slot.name)
                 .map(|ms| format!("{ms} ms"))
                 .unwrap_or_else(|| "-".into());
             lines.push(format!(

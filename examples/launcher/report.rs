@@ -1,6 +1,7 @@
 //! The end of a run: the six invariants checked on the records, a human summary
 //! (`report.txt`, also printed), `report.json` and an SVG timeline (`timeline.svg`).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use plotters::prelude::*;
@@ -121,17 +122,33 @@ pub struct Detection {
 /// A node must be up this long before a fault to count as an observer: time to have joined.
 const OBSERVER_SETTLE_MS: u64 = 2000;
 
+/// The node a crash, restart or pause that was applied hit, and the pause's length.
+fn victim(applied: &Applied) -> Option<(usize, Option<u64>)> {
+    match &applied.fault {
+        _ if applied.skipped.is_some() => None,
+        Fault::Crash { node } | Fault::Restart { node } => Some((*node - 1, None)),
+        Fault::Pause { node, ms } => Some((*node - 1, Some(*ms))),
+        _ => None,
+    }
+}
+
 /// Every crash, restart and pause of at least `bound_ms` (or, with `all`, every pause), as each
-/// healthy observer saw it.
-fn detections(launcher: &Launcher, bound_ms: u64, all: bool) -> Vec<Detection> {
+/// healthy observer saw it; with `latest`, only the latest such fault of each node.
+fn detections(launcher: &Launcher, bound_ms: u64, all: bool, latest: bool) -> Vec<Detection> {
     let mut found = Vec::new();
-    for applied in &launcher.applied {
-        let (victim, window) = match &applied.fault {
-            _ if applied.skipped.is_some() => continue,
-            Fault::Crash { node } | Fault::Restart { node } => (*node - 1, bound_ms),
-            Fault::Pause { node, ms } if all || *ms >= bound_ms => (*node - 1, *ms),
+    for (k, applied) in launcher.applied.iter().enumerate() {
+        let (victim, window) = match victim(applied) {
+            Some((node, None)) => (node, bound_ms),
+            Some((node, Some(ms))) if all || ms >= bound_ms => (node, ms),
             _ => continue,
         };
+        if latest
+            && launcher.applied[k + 1..]
+                .iter()
+                .any(|later| self::victim(later).is_some_and(|(n, _)| n == victim))
+        {
+            continue;
+        }
         let Some(Some(generation)) = applied.generations.first().copied() else {
             continue;
         };
@@ -176,19 +193,17 @@ fn detections(launcher: &Launcher, bound_ms: u64, all: bool) -> Vec<Detection> {
     found
 }
 
-/// For the status table: the longest time any healthy node took to see the last crash, restart
-/// or pause of `slot`, once at least one saw it.
-pub fn last_detection(launcher: &Launcher, slot: usize) -> Option<u64> {
-    let name = &launcher.slots[slot].name;
-    let seen: Vec<Detection> = detections(launcher, 0, true)
-        .into_iter()
-        .filter(|d| &d.victim == name)
-        .collect();
-    let last = seen.iter().map(|d| d.fault_at_ms).max()?;
-    seen.iter()
-        .filter(|d| d.fault_at_ms == last)
-        .filter_map(|d| d.after_ms)
-        .max()
+/// For the status table, per node: the longest time any healthy node took to see its latest
+/// crash, restart or pause, once at least one saw it.
+pub fn last_detections(launcher: &Launcher) -> BTreeMap<String, u64> {
+    let mut longest = BTreeMap::new();
+    for d in detections(launcher, 0, true, true) {
+        if let Some(ms) = d.after_ms {
+            let entry = longest.entry(d.victim).or_insert(ms);
+            *entry = (*entry).max(ms);
+        }
+    }
+    longest
 }
 
 fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
@@ -238,7 +253,7 @@ impl Inputs<'_> {
             .collect();
         let checked = traffic::check(&runs, self.forward_timeout_ms)?;
 
-        let detections = detections(l, self.detection_bound_ms, false);
+        let detections = detections(l, self.detection_bound_ms, false, false);
         // Detection times in milliseconds, sorted: of every fault, of kills, of pauses.
         let times_of = |fault: Option<&str>| {
             let mut times: Vec<u64> = detections
