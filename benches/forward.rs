@@ -595,6 +595,26 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    // For profilers: only the 128-byte acked throughput, for this many messages.
+    if let Some(count) = args
+        .iter()
+        .position(|a| a == "--throughput-only")
+        .and_then(|i| args.get(i + 1)?.parse::<u64>().ok())
+    {
+        let rate = runtime.block_on(async move {
+            tokio::spawn(async move {
+                let pair = cluster(2, &[], &[]).await;
+                let before = ALLOCATIONS.load(Ordering::Relaxed);
+                let rate = forward_throughput(&pair[0], count, 128, 4096).await;
+                let per = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / count as f64;
+                (rate, per)
+            })
+            .await
+            .unwrap()
+        });
+        println!("{:.0} msg/s, {:.2} allocations per message", rate.0, rate.1);
+        return;
+    }
     if args.iter().any(|a| a == "--pinned-child") {
         let samples = if quick { 5_000 } else { 20_000 };
         let value =
