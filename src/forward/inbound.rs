@@ -61,11 +61,16 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct Current(Mutex<HashMap<NodeId, Arc<Mutex<u64>>>>);
 
 impl Current {
-    /// Makes `connection` the one that delivers the messages of `from`.
+    /// Makes `connection` the one that delivers the messages of `from`, unless a connection
+    /// accepted after it already does: numbers follow the order of accepts, which is the order
+    /// of the peer's dials, so a stale connection that finishes its handshake late (after a
+    /// pause, from the listen backlog) does not take over from the live one.
     fn take_over(&self, from: &NodeId, connection: u64) -> Arc<Mutex<u64>> {
         let mut peers = lock(&self.0);
         let entry = peers.entry(from.clone()).or_default().clone();
-        *lock(&entry) = connection;
+        let mut current = lock(&entry);
+        *current = (*current).max(connection);
+        drop(current);
         entry
     }
 
@@ -93,8 +98,9 @@ pub(crate) async fn listen(inner: Arc<Inner>, listener: TcpListener, deliver: Ar
                     let inner2 = inner.clone();
                     let deliver = deliver.clone();
                     let current = current.clone();
+                    let number = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
                     inner.tasks.spawn(async move {
-                        connection(inner2, stream, peer, deliver, &current).await;
+                        connection(inner2, stream, peer, number, deliver, &current).await;
                         drop(slot);
                     });
                 }
@@ -162,6 +168,7 @@ async fn connection(
     inner: Arc<Inner>,
     stream: TcpStream,
     peer: SocketAddr,
+    number: u64,
     deliver: Arc<dyn Deliver>,
     current: &Current,
 ) {
@@ -198,15 +205,17 @@ async fn connection(
             return;
         }
     };
+    let from = hello.node_id;
+    // Before the welcome: once the peer may send on this connection, its older one delivers
+    // nothing more.
+    let delivering = current.take_over(&from, number);
     if codec.encode(&Frame::Welcome { version }, &mut out).is_err()
         || !flush(&inner, &mut write, &mut out).await
     {
+        current.end(&from, number);
         return;
     }
     *reader.decoder_mut() = FrameCodec::new(inner.config.max_frame_bytes);
-    let from = hello.node_id;
-    let number = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
-    let delivering = current.take_over(&from, number);
     let ended = serve(
         &inner,
         &mut reader,
@@ -219,22 +228,18 @@ async fn connection(
         deliver.as_ref(),
     )
     .await;
+    // A connection that a newer one took over closes quietly, however it ended: its peer
+    // is not bad.
+    let superseded = *lock(&delivering) != number;
     current.end(&from, number);
     let Some(ended) = ended else { return };
     flush(&inner, &mut write, &mut out).await;
-    debug!(%peer, %from, why = %ended.why, "inbound connection ended");
+    debug!(%peer, %from, why = %ended, "inbound connection ended");
     // The peer's side went away: a crashed node is noticed here at once even by nodes that
     // never sent it anything (a leaving node is not reported; see `report_bad`).
-    if !ended.superseded && !inner.shutdown.is_cancelled() {
-        inner.report_bad(&from, BadReason::ConnectionLost(ended.why));
+    if !superseded && !inner.shutdown.is_cancelled() {
+        inner.report_bad(&from, BadReason::ConnectionLost(ended));
     }
-}
-
-/// Why a connection stopped serving.
-struct Ended {
-    why: String,
-    /// A newer connection from the same node took over.
-    superseded: bool,
 }
 
 /// Serves an accepted connection; `None` when it must end without a word (shutdown, or the
@@ -250,7 +255,7 @@ async fn serve(
     number: u64,
     delivering: &Mutex<u64>,
     deliver: &dyn Deliver,
-) -> Option<Ended> {
+) -> Option<String> {
     reader.get_mut().bytes = Some(metrics::counter!(
         m::BYTES_RECEIVED,
         "node" => inner.self_id.to_string(),
@@ -314,10 +319,7 @@ async fn serve(
                         (*delivering == number).then(|| deliver.deliver(delivery))
                     };
                     let Some(verdict) = verdict else {
-                        return Some(Ended {
-                            why: "a newer connection from the same node took over".into(),
-                            superseded: true,
-                        });
+                        return Some("a newer connection from the same node took over".into());
                     };
                     match verdict {
                         Verdict::Accepted => Some(Ok(())),
@@ -365,8 +367,5 @@ async fn serve(
             return None;
         }
     };
-    Some(Ended {
-        why: ended,
-        superseded: false,
-    })
+    Some(ended)
 }

@@ -583,22 +583,26 @@ async fn probe_unreachable(inner: Arc<Inner>) {
             })
             .collect();
         let timeout = inner.config.connect_timeout();
+        // Each link's signs of life before its probe.
+        let before: Vec<Option<(Arc<Link>, u64)>> = {
+            let links = inner.links();
+            due.iter()
+                .map(|node| links.get(node).map(|l| (l.clone(), l.activity())))
+                .collect()
+        };
         let probes = due.iter().map(|node| inner.probe(node, timeout));
         let results = futures_util::future::join_all(probes).await;
-        for (node, result) in due.into_iter().zip(results) {
+        for ((node, result), before) in due.into_iter().zip(results).zip(before) {
             match result {
                 Ok(_) => {
                     schedule.remove(&node);
                 }
                 Err(err) => {
-                    // The connection that did not carry the pong back within the connect
-                    // timeout is replaced (a probe of the admin API, whose timeout the caller
-                    // picks, does not do this).
-                    if let ForwardError::Timeout { .. } = err {
-                        let link = inner.links().get(&node).cloned();
-                        if let Some(link) = link {
-                            link.reset();
-                        }
+                    // A connection that did not carry the pong back, and read nothing else
+                    // meanwhile, is replaced (a probe of the admin API, whose timeout the
+                    // caller picks, does not do this).
+                    if let (ForwardError::Timeout { .. }, Some((link, before))) = (err, before) {
+                        link.reset_if_silent_since(before);
                     }
                     if let Some((at, backoff)) = schedule.get_mut(&node) {
                         *backoff = (*backoff * 2).min(inner.config.max_redial_backoff());

@@ -9,8 +9,8 @@
 //! A connection can die without closing: a partition, a peer that was paused, a middlebox
 //! that forgot it. TCP then retransmits with a backoff that grows to many seconds, and could
 //! keep the link stalled long after the path is back. So when the background probe of an
-//! unreachable node gets no pong within `forward.connect_timeout_ms`, [`Link::reset`] drops
-//! the connection and the link dials a new one.
+//! unreachable node gets no pong within `forward.connect_timeout_ms` and the connection read
+//! nothing else meanwhile, [`Link::reset_if_silent_since`] drops it and the link dials anew.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,6 +63,8 @@ pub(crate) struct Link {
     budget_bytes: usize,
     /// Wakes the serving connection to drop it.
     reset: Arc<Notify>,
+    /// Frames read from the peer, plus one per connection made: a sign of life.
+    activity: Arc<AtomicU64>,
     /// The peer's counters.
     pub stats: Arc<PeerStats>,
 }
@@ -78,23 +80,33 @@ impl Link {
         let (queue, receiver) = mpsc::channel(inner.config.queue_capacity);
         let budget = Arc::new(Semaphore::new(inner.config.queue_capacity_bytes));
         let reset = Arc::new(Notify::new());
+        let activity = Arc::new(AtomicU64::new(0));
         let link = Arc::new(Link {
             node: node.clone(),
             queue,
             budget,
             budget_bytes: inner.config.queue_capacity_bytes,
             reset: reset.clone(),
+            activity: activity.clone(),
             stats: stats.clone(),
         });
         let tasks = inner.tasks.clone();
-        tasks.spawn(run(inner, node, addr, receiver, stats, reset));
+        tasks.spawn(run(inner, node, addr, receiver, stats, reset, activity));
         link
     }
 
-    /// Drops the connection now being served, if any, for a new one: it did not answer a
-    /// probe in time. Frames written on it fail with `ConnectionLost`.
-    pub fn reset(&self) {
-        self.reset.notify_waiters();
+    /// Signs of life so far: frames read, and connections made.
+    pub fn activity(&self) -> u64 {
+        self.activity.load(Ordering::Relaxed)
+    }
+
+    /// Drops the connection now being served for a new one if there was no sign of life since
+    /// [`Link::activity`] returned `before`: a probe got no answer, and the connection is not
+    /// merely busy, nor new. Frames written on it fail with `ConnectionLost`.
+    pub fn reset_if_silent_since(&self, before: u64) {
+        if self.activity() == before {
+            self.reset.notify_waiters();
+        }
     }
 
     /// Frames waiting in the queue.
@@ -163,6 +175,7 @@ async fn run(
     mut queue: mpsc::Receiver<Queued>,
     stats: Arc<PeerStats>,
     reset: Arc<Notify>,
+    activity: Arc<AtomicU64>,
 ) {
     let mut backoff = FIRST_BACKOFF;
     let mut connected_before = false;
@@ -178,9 +191,10 @@ async fn run(
                 }
                 connected_before = true;
                 inner.report_good(&node);
+                activity.fetch_add(1, Ordering::Relaxed);
                 let connection = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
                 let why = tokio::select! {
-                    why = serve(&inner, &node, connection, reader, writer, &mut queue, &stats) => why,
+                    why = serve(&inner, &node, connection, reader, writer, &mut queue, &stats, &activity) => why,
                     _ = reset.notified() => "no pong to a probe in time: the connection is dead".to_string(),
                 };
                 if inner.shutdown.is_cancelled() {
@@ -279,6 +293,7 @@ async fn connect(
 }
 
 /// Serves one connection until it breaks or the forwarder shuts down; returns why it ended.
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     inner: &Inner,
     node: &NodeId,
@@ -287,9 +302,11 @@ async fn serve(
     mut writer: OwnedWriteHalf,
     queue: &mut mpsc::Receiver<Queued>,
     stats: &PeerStats,
+    activity: &AtomicU64,
 ) -> String {
     let read = async {
         while let Some(frame) = reader.next().await {
+            activity.fetch_add(1, Ordering::Relaxed);
             // Pongs answer probes: they end their entries but are not forwards.
             let (id, outcome, counted) = match frame {
                 Ok(Frame::Ack { id }) => (id, Ok(()), true),
