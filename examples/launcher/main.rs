@@ -310,11 +310,14 @@ fn live_members(members: &Value) -> Vec<(String, String)> {
     live
 }
 
-/// The generation a process start announced in its outcomes record.
+/// The generation a process start announced on the first line of its outcomes record (only
+/// that line is read: the record grows all through the run).
 pub fn generation_of(run: &Run) -> Option<u64> {
-    let lines = wamp_cluster::traffic::complete_lines(&run.dir, "outcomes.log").ok()?;
-    let first = lines.first()?;
-    first.strip_prefix("G ")?.parse().ok()
+    use std::io::BufRead;
+    let file = std::fs::File::open(run.dir.join("outcomes.log")).ok()?;
+    let mut first = String::new();
+    std::io::BufReader::new(file).read_line(&mut first).ok()?;
+    first.strip_suffix('\n')?.strip_prefix("G ")?.parse().ok()
 }
 
 impl Launcher {
@@ -401,11 +404,16 @@ impl Launcher {
         if self.broken.as_deref() == Some(name.as_str()) {
             command.arg("--test-ack-without-delivery");
         }
-        // SAFETY: prctl(2) only, between fork and exec. The node dies with the launcher's main
-        // thread, which starts every node (the runtime runs `run` with `block_on` on it).
+        // SAFETY: prctl(2) and getppid(2) only, between fork and exec. The node dies with the
+        // launcher's main thread, which starts every node (the runtime runs `run` with
+        // `block_on` on it); if the launcher died before the prctl, the node does not start.
+        let launcher = std::process::id();
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if u32::try_from(libc::getppid()).ok() != Some(launcher) {
+                    libc::_exit(1);
+                }
                 Ok(())
             });
         }

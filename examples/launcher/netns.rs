@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 /// The namespaces of one launcher run.
 pub struct Netns {
-    /// Short name prefix, unique to this launcher process.
+    /// Short name prefix: `wc` and the launcher's process id.
     pub prefix: String,
     bridge: String,
     /// The subnet's first two... three octets: `10.a.b.0/24`.
@@ -50,6 +50,39 @@ fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<(), String> 
     }
 }
 
+/// Removes the namespaces and bridges of launchers that are gone (killed with `kill -9`, so
+/// that nothing of theirs could run): names `wc<pid>n<i>` and `wc<pid>br` whose process no
+/// longer exists.
+fn remove_stale() {
+    let gone = |name: &str, suffix: char| {
+        let pid = name
+            .strip_prefix("wc")
+            .and_then(|rest| rest.split(suffix).next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        pid.is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+    };
+    let listed = |args: &[&str]| {
+        Command::new("ip")
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    for line in listed(&["netns", "list"]).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        if name.contains('n') && gone(name, 'n') {
+            let _ = run("ip", &["netns", "del", name], None);
+        }
+    }
+    for line in listed(&["-o", "link", "show", "type", "bridge"]).lines() {
+        // `<index>: <name>: <flags> ...`
+        let name = line.split(": ").nth(1).unwrap_or("");
+        if name.ends_with("br") && gone(name, 'b') {
+            let _ = run("ip", &["link", "del", name], None);
+        }
+    }
+}
+
 /// The nftables table of our rules in a node's namespace.
 const TABLE: &str = "wamp_cluster_chaos";
 
@@ -57,7 +90,8 @@ impl Netns {
     /// Creates the bridge and checks, with a first namespace, that namespaces, veth pairs and
     /// nftables work here; the error says what does not.
     pub fn new() -> Result<Netns, String> {
-        let id = std::process::id() % 100_000;
+        remove_stale();
+        let id = std::process::id();
         let mut netns = Netns {
             prefix: format!("wc{id}"),
             bridge: format!("wc{id}br"),

@@ -107,6 +107,20 @@ fn first_seen(
     })
 }
 
+/// Whether the process `run` recorded that it lost events between `from` and `to`.
+fn lagged(launcher: &Launcher, run: &Run, from: u64, to: u64) -> bool {
+    let lines = complete_lines(&run.dir, "events.log").unwrap_or_default();
+    lines.iter().any(|line| {
+        let Ok(event) = serde_json::from_str::<Value>(line) else {
+            return false;
+        };
+        let t = event["t_ms"]
+            .as_u64()
+            .and_then(|t| t.checked_sub(launcher.start_unix_ms));
+        event["kind"] == "lagged" && t.is_some_and(|t| t >= from && t <= to)
+    })
+}
+
 /// One observer's view of one crash or pause.
 #[derive(Debug, Clone, Serialize)]
 pub struct Detection {
@@ -137,11 +151,23 @@ fn victim(applied: &Applied) -> Option<(usize, Option<u64>)> {
 fn detections(launcher: &Launcher, bound_ms: u64, all: bool, latest: bool) -> Vec<Detection> {
     let mut found = Vec::new();
     for (k, applied) in launcher.applied.iter().enumerate() {
-        let (victim, window) = match victim(applied) {
-            Some((node, None)) => (node, bound_ms),
-            Some((node, Some(ms))) if all || ms >= bound_ms => (node, ms),
-            _ => continue,
+        let Some((victim, pause)) = victim(applied) else {
+            continue;
         };
+        let at = applied.at_ms;
+        // A pause lasts until the node's next change of state (its SIGCONT, or a later fault),
+        // which may come before or after the planned length.
+        let window = match pause {
+            None => bound_ms,
+            Some(_) => launcher
+                .transitions
+                .iter()
+                .find(|(t, s, _)| *s == victim && *t > at)
+                .map_or(u64::MAX, |(t, _, _)| t - at),
+        };
+        if pause.is_some() && !all && window < bound_ms {
+            continue;
+        }
         if latest
             && launcher.applied[k + 1..]
                 .iter()
@@ -152,7 +178,6 @@ fn detections(launcher: &Launcher, bound_ms: u64, all: bool, latest: bool) -> Ve
         let Some(Some(generation)) = applied.generations.first().copied() else {
             continue;
         };
-        let at = applied.at_ms;
         for (i, slot) in launcher.slots.iter().enumerate() {
             if i == victim || !healthy(launcher, i, at.saturating_sub(OBSERVER_SETTLE_MS), at) {
                 continue;
@@ -168,13 +193,12 @@ fn detections(launcher: &Launcher, bound_ms: u64, all: bool, latest: bool) -> Ve
                 .find(|(t, s, _)| *s == i && *t > at)
                 .map_or(u64::MAX, |(t, _, _)| *t);
             let seen = first_seen(launcher, run, &launcher.slots[victim].name, generation, at)
-                .filter(|&t| t <= healthy_until && t - at <= window.max(bound_ms));
-            // A pause counts as seen only while it lasted.
-            let after_ms = match applied.fault {
-                Fault::Pause { ms, .. } => seen.map(|t| t - at).filter(|&a| a <= ms),
-                _ => seen.map(|t| t - at),
-            };
-            if after_ms.is_none() && healthy_until < at + window {
+                .filter(|&t| t <= healthy_until && t - at <= window);
+            let after_ms = seen.map(|t| t - at);
+            // Not asked: it stopped being healthy before the window ended, or it lost events
+            // in the window (its record says so), so its silence proves nothing.
+            let end = at.saturating_add(window);
+            if after_ms.is_none() && (healthy_until < end || lagged(launcher, run, at, end)) {
                 continue;
             }
             found.push(Detection {
@@ -194,10 +218,10 @@ fn detections(launcher: &Launcher, bound_ms: u64, all: bool, latest: bool) -> Ve
 }
 
 /// For the status table, per node: the longest time any healthy node took to see its latest
-/// crash, restart or pause, once at least one saw it.
+/// crash, restart or pause (no bound), once at least one saw it.
 pub fn last_detections(launcher: &Launcher) -> BTreeMap<String, u64> {
     let mut longest = BTreeMap::new();
-    for d in detections(launcher, 0, true, true) {
+    for d in detections(launcher, u64::MAX, true, true) {
         if let Some(ms) = d.after_ms {
             let entry = longest.entry(d.victim).or_insert(ms);
             *entry = (*entry).max(ms);
