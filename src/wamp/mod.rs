@@ -43,8 +43,9 @@ pub enum Value {
     Float(f64),
     /// A string.
     String(String),
-    /// Binary data (in JSON, a string of `\u0000` followed by base64).
-    Bytes(Vec<u8>),
+    /// Binary data (in JSON, a string of `\u0000` followed by base64). Encoded as a byte
+    /// string (a length, then the bytes in one copy), not as a sequence of numbers.
+    Bytes(#[serde(serialize_with = "value_de::byte_string")] Vec<u8>),
     /// A list.
     List(Vec<Value>),
     /// A dictionary.

@@ -65,7 +65,7 @@ impl<'de> Visitor<'de> for ValueSeed {
             3 => Value::Unsigned(variant.newtype_variant()?),
             4 => Value::Float(variant.newtype_variant()?),
             5 => Value::String(variant.newtype_variant()?),
-            6 => Value::Bytes(variant.newtype_variant()?),
+            6 => Value::Bytes(variant.newtype_variant_seed(ByteString)?),
             7 => Value::List(variant.newtype_variant_seed(ListSeed(inner))?),
             8 => Value::Dict(variant.newtype_variant_seed(DictSeed(inner))?),
             other => {
@@ -75,6 +75,42 @@ impl<'de> Visitor<'de> for ValueSeed {
                 ))
             }
         })
+    }
+}
+
+/// Writes `bytes` as a byte string: in bincode the same bytes as a sequence of `u8`, written
+/// in one copy rather than one call per byte.
+pub(super) fn byte_string<S: serde::Serializer>(
+    bytes: &[u8],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_bytes(bytes)
+}
+
+/// Reads what [`byte_string`] wrote.
+struct ByteString;
+
+impl<'de> DeserializeSeed<'de> for ByteString {
+    type Value = Vec<u8>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Vec<u8>, D::Error> {
+        deserializer.deserialize_byte_buf(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ByteString {
+    type Value = Vec<u8>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a byte string")
+    }
+
+    fn visit_bytes<E: de::Error>(self, bytes: &[u8]) -> Result<Vec<u8>, E> {
+        Ok(bytes.to_vec())
+    }
+
+    fn visit_byte_buf<E: de::Error>(self, bytes: Vec<u8>) -> Result<Vec<u8>, E> {
+        Ok(bytes)
     }
 }
 
@@ -161,6 +197,19 @@ mod tests {
         let mut dict = Dict::new();
         dict.insert("k".into(), nested(3));
         let value = Value::Dict(dict);
+        assert_eq!(round_trip(&value).unwrap(), value);
+    }
+
+    #[test]
+    fn bytes_are_a_length_then_the_bytes_and_round_trip() {
+        let data: Vec<u8> = (0..=255).collect();
+        let value = Value::Bytes(data.clone());
+        let config = bincode::config::standard();
+        let encoded = bincode::serde::encode_to_vec(&value, config).unwrap();
+        // Variant 6, the length as a varint (251 = a u16 follows), the bytes as they are.
+        let mut expected = vec![6, 251, 0, 1];
+        expected.extend_from_slice(&data);
+        assert_eq!(encoded, expected);
         assert_eq!(round_trip(&value).unwrap(), value);
     }
 
