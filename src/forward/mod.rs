@@ -22,6 +22,7 @@ pub mod dispatcher;
 pub mod inbound;
 pub mod outbound;
 pub mod pending;
+mod queue;
 pub mod stats;
 
 use std::collections::HashMap;
@@ -49,8 +50,9 @@ use crate::peer_id::PeerId;
 use crate::wamp::WampMessage;
 use crate::wire::{self, Frame, FrameCodec};
 use crate::NodeId;
-use outbound::{Link, Queued};
+use outbound::Link;
 use pending::Pending;
+use queue::Queued;
 
 /// How often the pending-ack and queue-depth gauges are set, and counters of peers that left
 /// are dropped.
@@ -400,7 +402,6 @@ impl Inner {
             id,
             deadline,
             bytes: bytes.freeze(),
-            permit: None,
         };
         let link = self.link(node, addr);
         if let Err(err) = link.enqueue(queued, fail_if_full, deadline).await {

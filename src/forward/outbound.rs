@@ -12,22 +12,23 @@
 //! unreachable node gets no pong within `forward.connect_timeout_ms` and the connection read
 //! nothing else meanwhile, [`Link::reset_if_silent_since`] drops it and the link dials anew.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
+use bytes::BytesMut;
+use futures_util::{FutureExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc::error::TryRecvError;
-use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::codec::{Encoder, FramedRead};
 use tracing::debug;
 
+use super::queue::{Queued, Refused, SendQueue, Taken};
 use super::stats::PeerStats;
 use super::{BadReason, Inner};
 use crate::error::ForwardError;
@@ -40,27 +41,10 @@ const WRITE_BATCH_BYTES: usize = 64 * 1024;
 /// The first pause before a redial; it doubles up to `forward.max_redial_backoff_ms`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Connection numbers, unique in the process, to tell which frames went out on which.
-static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
-
-/// A frame waiting in a link's queue.
-pub(crate) struct Queued {
-    /// Its pending-ack id.
-    pub id: u64,
-    /// Its sender's deadline: not written after it.
-    pub deadline: Instant,
-    /// The encoded frame.
-    pub bytes: Bytes,
-    /// Its share of the queue's byte budget, given back once written.
-    pub permit: Option<OwnedSemaphorePermit>,
-}
-
 /// The sending side of the link to one peer.
 pub(crate) struct Link {
     node: NodeId,
-    queue: mpsc::Sender<Queued>,
-    budget: Arc<Semaphore>,
-    budget_bytes: usize,
+    queue: Arc<SendQueue>,
     /// Wakes the serving connection to drop it.
     reset: Arc<Notify>,
     /// Frames read from the peer, plus one per connection made: a sign of life.
@@ -77,21 +61,21 @@ impl Link {
         addr: SocketAddr,
         stats: Arc<PeerStats>,
     ) -> Arc<Link> {
-        let (queue, receiver) = mpsc::channel(inner.config.queue_capacity);
-        let budget = Arc::new(Semaphore::new(inner.config.queue_capacity_bytes));
+        let queue = Arc::new(SendQueue::new(
+            inner.config.queue_capacity,
+            inner.config.queue_capacity_bytes,
+        ));
         let reset = Arc::new(Notify::new());
         let activity = Arc::new(AtomicU64::new(0));
         let link = Arc::new(Link {
             node: node.clone(),
-            queue,
-            budget,
-            budget_bytes: inner.config.queue_capacity_bytes,
+            queue: queue.clone(),
             reset: reset.clone(),
             activity: activity.clone(),
             stats: stats.clone(),
         });
         let tasks = inner.tasks.clone();
-        tasks.spawn(run(inner, node, addr, receiver, stats, reset, activity));
+        tasks.spawn(run(inner, node, addr, queue, stats, reset, activity));
         link
     }
 
@@ -111,7 +95,7 @@ impl Link {
 
     /// Frames waiting in the queue.
     pub fn queued(&self) -> usize {
-        self.queue.max_capacity() - self.queue.capacity()
+        self.queue.len()
     }
 
     /// Whether the link's task has ended (the peer left the view, or shutdown).
@@ -123,47 +107,19 @@ impl Link {
     /// `deadline` (then `Timeout`).
     pub async fn enqueue(
         &self,
-        mut item: Queued,
+        item: Queued,
         fail_if_full: bool,
         deadline: Instant,
     ) -> Result<(), ForwardError> {
-        let full = || ForwardError::QueueFull {
-            node: self.node.clone(),
-        };
-        let late = || ForwardError::Timeout {
-            node: self.node.clone(),
-        };
-        // A frame takes its size from the budget, or the whole budget if it is larger (a frame
-        // of max_frame_bytes plus its length prefix), so that one frame always fits.
-        let need = item.bytes.len().min(self.budget_bytes);
-        let need = u32::try_from(need).unwrap_or(u32::MAX);
-        let permit = if fail_if_full {
-            self.budget
-                .clone()
-                .try_acquire_many_owned(need)
-                .map_err(|_| full())?
-        } else {
-            tokio::time::timeout_at(deadline, self.budget.clone().acquire_many_owned(need))
-                .await
-                .map_err(|_| late())?
-                .map_err(|_| ForwardError::ShuttingDown)?
-        };
-        item.permit = Some(permit);
-        let closed = || ForwardError::UnknownNode {
-            node: self.node.clone(),
-        };
-        if fail_if_full {
-            self.queue.try_send(item).map_err(|err| match err {
-                mpsc::error::TrySendError::Full(_) => full(),
-                mpsc::error::TrySendError::Closed(_) => closed(),
+        let node = self.node.clone();
+        self.queue
+            .push(item, fail_if_full, deadline)
+            .await
+            .map_err(|refused| match refused {
+                Refused::Full => ForwardError::QueueFull { node },
+                Refused::Late => ForwardError::Timeout { node },
+                Refused::Closed => ForwardError::UnknownNode { node },
             })
-        } else {
-            match tokio::time::timeout_at(deadline, self.queue.send(item)).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) => Err(closed()),
-                Err(_) => Err(late()),
-            }
-        }
     }
 }
 
@@ -172,13 +128,15 @@ async fn run(
     inner: Arc<Inner>,
     node: NodeId,
     mut addr: SocketAddr,
-    mut queue: mpsc::Receiver<Queued>,
+    queue: Arc<SendQueue>,
     stats: Arc<PeerStats>,
     reset: Arc<Notify>,
     activity: Arc<AtomicU64>,
 ) {
     let mut backoff = FIRST_BACKOFF;
     let mut connected_before = false;
+    // Frames taken from the queue and not yet written: they go out on the next connection.
+    let mut unwritten = VecDeque::new();
     loop {
         if inner.shutdown.is_cancelled() {
             break;
@@ -192,16 +150,29 @@ async fn run(
                 connected_before = true;
                 inner.report_good(&node);
                 activity.fetch_add(1, Ordering::Relaxed);
-                let connection = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
+                let written = Mutex::new(VecDeque::new());
+                let connection = Connection {
+                    inner: &inner,
+                    node: &node,
+                    stats: &stats,
+                    activity: &activity,
+                    written: &written,
+                };
                 let why = tokio::select! {
-                    why = serve(&inner, &node, connection, reader, writer, &mut queue, &stats, &activity) => why,
+                    why = connection.serve(reader, writer, &queue, &mut unwritten) => why,
                     _ = reset.notified() => "no pong to a probe in time: the connection is dead".to_string(),
                 };
                 if inner.shutdown.is_cancelled() {
                     break;
                 }
+                // Written and not answered: maybe delivered, maybe not.
                 let lost = ForwardError::ConnectionLost { node: node.clone() };
-                let failed = inner.pending.fail_connection(connection, &lost);
+                let failed = written
+                    .into_inner()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .into_iter()
+                    .filter(|id| inner.pending.complete(*id, Err(lost.clone())).is_some())
+                    .count();
                 stats.failed(&lost, failed as u64);
                 debug!(peer = %node, %why, failed, "connection lost");
                 inner.report_bad(&node, BadReason::ConnectionLost(why));
@@ -235,7 +206,8 @@ async fn run(
     } else {
         ForwardError::UnknownNode { node: node.clone() }
     };
-    while let Ok(item) = queue.try_recv() {
+    queue.take_all(&mut unwritten);
+    for item in unwritten {
         inner.pending.complete(item.id, Err(error.clone()));
     }
 }
@@ -292,25 +264,67 @@ async fn connect(
         .unwrap_or_else(|_| Err("handshake timed out".into()))
 }
 
-/// Serves one connection until it breaks or the forwarder shuts down; returns why it ended.
-#[allow(clippy::too_many_arguments)]
-async fn serve(
-    inner: &Inner,
-    node: &NodeId,
-    connection: u64,
-    mut reader: FramedRead<OwnedReadHalf, FrameCodec>,
-    mut writer: OwnedWriteHalf,
-    queue: &mut mpsc::Receiver<Queued>,
-    stats: &PeerStats,
-    activity: &AtomicU64,
-) -> String {
-    let read = async {
-        while let Some(frame) = reader.next().await {
-            activity.fetch_add(1, Ordering::Relaxed);
+/// One connection of a link, and what its reading and writing halves share.
+struct Connection<'a> {
+    inner: &'a Inner,
+    node: &'a NodeId,
+    stats: &'a PeerStats,
+    activity: &'a AtomicU64,
+    /// Ids of the frames written and not yet answered, in the order written: the listener
+    /// answers in that order (it sends no answer only for a message whose handler did not
+    /// answer in time). Both halves run in the link's task, so the lock is never contended.
+    written: &'a Mutex<VecDeque<u64>>,
+}
+
+impl Connection<'_> {
+    /// Serves the connection until it breaks or the forwarder shuts down; returns why it
+    /// ended.
+    async fn serve(
+        &self,
+        reader: FramedRead<OwnedReadHalf, FrameCodec>,
+        writer: OwnedWriteHalf,
+        queue: &SendQueue,
+        unwritten: &mut VecDeque<Queued>,
+    ) -> String {
+        tokio::select! {
+            why = self.read(reader) => why,
+            why = self.write(writer, queue, unwritten) => why,
+            _ = self.inner.shutdown.cancelled() => "shutting down".to_string(),
+        }
+    }
+
+    /// Reads answers and ends their pending entries.
+    async fn read(&self, mut reader: FramedRead<OwnedReadHalf, FrameCodec>) -> String {
+        let (inner, node) = (self.inner, self.node);
+        let mut answered = false;
+        loop {
+            let next = match reader.next().now_or_never() {
+                Some(next) => next,
+                None => {
+                    // Before waiting: a node that answered is reachable again if it was
+                    // reported (checked once per read, not per answer).
+                    if std::mem::take(&mut answered)
+                        && !inner
+                            .membership
+                            .view()
+                            .member(node.as_str())
+                            .is_none_or(|m| m.reachable)
+                    {
+                        inner.report_good(node);
+                    }
+                    reader.next().await
+                }
+            };
+            let frame = match next {
+                None => return "closed by the peer".to_string(),
+                Some(Err(err)) => return err.to_string(),
+                Some(Ok(frame)) => frame,
+            };
+            self.activity.fetch_add(1, Ordering::Relaxed);
             // Pongs answer probes: they end their entries but are not forwards.
             let (id, outcome, counted) = match frame {
-                Ok(Frame::Ack { id }) => (id, Ok(()), true),
-                Ok(Frame::Nack { id, reason }) => {
+                Frame::Ack { id } => (id, Ok(()), true),
+                Frame::Nack { id, reason } => {
                     let err = match reason {
                         NackReason::Expired => ForwardError::Expired { node: node.clone() },
                         reason => ForwardError::Rejected {
@@ -320,72 +334,78 @@ async fn serve(
                     };
                     (id, Err(err), true)
                 }
-                Ok(Frame::Pong { id }) => (id, Ok(()), false),
-                Ok(other) => return format!("unexpected frame from the listener: {other:?}"),
-                Err(err) => return err.to_string(),
+                Frame::Pong { id } => (id, Ok(()), false),
+                other => return format!("unexpected frame from the listener: {other:?}"),
             };
+            {
+                let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
+                while written.pop_front().is_some_and(|front| front != id) {}
+            }
             let failure = outcome.as_ref().err().cloned();
             if let Some(latency) = inner.pending.complete(id, outcome) {
+                answered = true;
                 match failure {
                     _ if !counted => {}
-                    None => stats.acked(latency),
-                    Some(err) => stats.failed(&err, 1),
-                }
-                if !inner
-                    .membership
-                    .view()
-                    .member(node.as_str())
-                    .is_none_or(|m| m.reachable)
-                {
-                    inner.report_good(node);
+                    None => self.stats.acked(latency),
+                    Some(err) => self.stats.failed(&err, 1),
                 }
             } else if counted {
-                stats.late_ack();
+                self.stats.late_ack();
             }
         }
-        "closed by the peer".to_string()
-    };
-    let write = async {
+    }
+
+    /// Writes queued frames in batches: what the queue holds at once, up to
+    /// [`WRITE_BATCH_BYTES`] per write.
+    async fn write(
+        &self,
+        mut writer: OwnedWriteHalf,
+        queue: &SendQueue,
+        unwritten: &mut VecDeque<Queued>,
+    ) -> String {
         let mut batch = BytesMut::with_capacity(WRITE_BATCH_BYTES);
         loop {
-            let item = match queue.try_recv() {
-                Ok(item) => item,
-                Err(TryRecvError::Empty) => {
-                    if !batch.is_empty() {
-                        if let Err(err) = writer.write_all(&batch).await {
-                            return err.to_string();
-                        }
-                        stats.bytes_sent(batch.len());
-                        batch.clear();
+            if unwritten.is_empty() {
+                if !batch.is_empty() {
+                    if let Err(err) = writer.write_all(&batch).await {
+                        return err.to_string();
                     }
-                    match queue.recv().await {
-                        Some(item) => item,
-                        None => return "queue closed".to_string(),
-                    }
+                    self.stats.bytes_sent(batch.len());
+                    batch.clear();
                 }
-                Err(TryRecvError::Disconnected) => return "queue closed".to_string(),
-            };
-            let now = Instant::now();
-            if item.deadline <= now {
-                // Its sender gave up: the waiter or the sweep ends the entry.
-                continue;
+                match queue.take_all(unwritten) {
+                    Taken::Some => {}
+                    Taken::Empty => {
+                        queue.wait_ready().await;
+                        continue;
+                    }
+                    Taken::Closed => return "queue closed".to_string(),
+                }
             }
-            let start = batch.len();
-            batch.extend_from_slice(&item.bytes);
-            wire::set_ttl(&mut batch[start..], super::ttl_ms(item.deadline - now));
-            inner.pending.written(item.id, connection);
+            let now = Instant::now();
+            {
+                let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
+                while batch.len() < WRITE_BATCH_BYTES {
+                    let Some(item) = unwritten.pop_front() else {
+                        break;
+                    };
+                    if item.deadline <= now {
+                        // Its sender gave up: the waiter or the sweep ends the entry.
+                        continue;
+                    }
+                    let start = batch.len();
+                    batch.extend_from_slice(&item.bytes);
+                    wire::set_ttl(&mut batch[start..], super::ttl_ms(item.deadline - now));
+                    written.push_back(item.id);
+                }
+            }
             if batch.len() >= WRITE_BATCH_BYTES {
                 if let Err(err) = writer.write_all(&batch).await {
                     return err.to_string();
                 }
-                stats.bytes_sent(batch.len());
+                self.stats.bytes_sent(batch.len());
                 batch.clear();
             }
         }
-    };
-    tokio::select! {
-        why = read => why,
-        why = write => why,
-        _ = inner.shutdown.cancelled() => "shutting down".to_string(),
     }
 }
