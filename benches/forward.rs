@@ -137,6 +137,7 @@ async fn forward_throughput(a: &NodeHandle, count: u64, size: usize, window: usi
     let f = a.forwarder();
     let options = ForwardOptions::default();
     let message = publish(0, size);
+    let (from, to) = (from(), to());
     let mut in_flight = VecDeque::with_capacity(window);
     let start = Instant::now();
     for _ in 0..count {
@@ -144,8 +145,9 @@ async fn forward_throughput(a: &NodeHandle, count: u64, size: usize, window: usi
             let id = in_flight.pop_front().unwrap();
             f.receive_ack(id, Duration::from_secs(10)).await.unwrap();
         }
+        // As a router would: the caller's and callee's ids and the message are its own.
         in_flight.push_back(
-            f.async_forward(from(), to(), message.clone(), &options)
+            f.async_forward(from.clone(), to.clone(), message.clone(), &options)
                 .await
                 .unwrap(),
         );

@@ -73,7 +73,22 @@ impl fmt::Debug for NodeId {
 
 impl<'de> Deserialize<'de> for NodeId {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer).map(NodeId::from)
+        deserializer.deserialize_str(NodeIdVisitor)
+    }
+}
+
+/// Builds the shared string straight from the decoder's bytes (one allocation, not two).
+struct NodeIdVisitor;
+
+impl serde::de::Visitor<'_> for NodeIdVisitor {
+    type Value = NodeId;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a node id")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<NodeId, E> {
+        Ok(NodeId::from(s))
     }
 }
 

@@ -15,7 +15,7 @@ use std::fmt;
 use std::io;
 
 use bincode::config::Configuration;
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
@@ -51,6 +51,7 @@ const fn wire_config() -> WireConfig {
 
 /// One frame on a node-to-node connection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)] // see `Forward`: a box would cost an allocation per frame
 pub enum Frame {
     /// Dialer → listener, first frame.
     Hello(Hello),
@@ -64,8 +65,9 @@ pub enum Frame {
         /// Why.
         reason: RefuseReason,
     },
-    /// Dialer → listener: a message to deliver (boxed: far larger than the other frames).
-    Forward(Box<Forward>),
+    /// Dialer → listener: a message to deliver. Not boxed: decoding it is the hot path, and a
+    /// frame is moved once or twice, never stored.
+    Forward(Forward),
     /// Listener → dialer: the handler accepted message `id`.
     Ack {
         /// The `Forward` frame's id.
@@ -187,6 +189,67 @@ pub struct Forward {
     pub to: PeerId,
     /// The message.
     pub message: WampMessage,
+}
+
+/// A `Forward` frame's fields by reference, encoded exactly as [`Forward`] is: the sender
+/// encodes without moving or copying the message into a frame.
+#[derive(Serialize)]
+struct ForwardRef<'a> {
+    #[serde(with = "fixed_u32")]
+    ttl_ms: u32,
+    id: u64,
+    from: &'a PeerId,
+    to: &'a PeerId,
+    message: &'a WampMessage,
+}
+
+/// Scratch space kept above this size after an encoding is given back.
+const SCRATCH_KEEP_BYTES: usize = 256 * 1024;
+
+thread_local! {
+    /// Where frames are encoded before they are copied out at their exact size.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Encodes a whole `Forward` frame (length prefix included, as [`FrameCodec`] writes it) into
+/// one allocation of its exact size; its time to live is set later with [`set_ttl`]. Refused
+/// (`TooLarge`) when longer than `max_frame_bytes`.
+pub fn encode_forward(
+    id: u64,
+    from: &PeerId,
+    to: &PeerId,
+    message: &WampMessage,
+    max_frame_bytes: usize,
+) -> Result<Bytes, WireError> {
+    let max = max_frame_bytes.min(FRAME_LIMIT);
+    let forward = ForwardRef {
+        ttl_ms: 0,
+        id,
+        from,
+        to,
+        message,
+    };
+    SCRATCH.with(|scratch| {
+        let mut buf = scratch.borrow_mut();
+        buf.clear();
+        buf.extend_from_slice(&[0; LENGTH_BYTES]);
+        buf.push(FORWARD_VARIANT);
+        let written = bincode::serde::encode_into_std_write(&forward, &mut *buf, wire_config());
+        let len = buf.len() - LENGTH_BYTES;
+        let result = match written {
+            Err(err) => Err(WireError::Malformed(err.to_string())),
+            Ok(_) if len > max => Err(WireError::TooLarge { len, max }),
+            Ok(_) => {
+                let prefix = u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes();
+                buf[..LENGTH_BYTES].copy_from_slice(&prefix);
+                Ok(Bytes::copy_from_slice(&buf))
+            }
+        };
+        if buf.capacity() > SCRATCH_KEEP_BYTES {
+            *buf = Vec::new();
+        }
+        result
+    })
 }
 
 /// Where `ttl_ms` sits in an encoded `Forward` frame: after the length prefix and the one-byte
@@ -409,13 +472,13 @@ mod tests {
             Frame::Pong { id: 1 },
         ];
         for (id, message) in (0..).zip(samples().into_iter().filter(|m| m.is_forwardable())) {
-            frames.push(Frame::Forward(Box::new(Forward {
+            frames.push(Frame::Forward(Forward {
                 id,
                 ttl_ms: 5000,
                 from: PeerId::session("realm1", "a", 1),
                 to: PeerId::node("realm1", "b"),
                 message,
-            })));
+            }));
         }
         frames
     }
@@ -557,6 +620,27 @@ mod tests {
                 (d, f) => assert_eq!(d, f),
             }
         }
+    }
+
+    #[test]
+    fn encode_forward_writes_the_bytes_the_codec_writes_for_the_same_frame() {
+        for frame in every_frame() {
+            let Frame::Forward(f) = &frame else { continue };
+            let mut bytes = BytesMut::from(
+                &encode_forward(f.id, &f.from, &f.to, &f.message, FRAME_LIMIT).unwrap()[..],
+            );
+            set_ttl(&mut bytes, f.ttl_ms);
+            assert_eq!(&bytes[..], &encoded(&frame)[..]);
+        }
+        let big = WampMessage::Publish {
+            request: 1,
+            options: Default::default(),
+            topic: "t".into(),
+            payload: crate::wamp::Payload::Args(vec![crate::wamp::Value::Bytes(vec![0; 1000])]),
+        };
+        let from = PeerId::session("realm1", "a", 1);
+        let err = encode_forward(1, &from, &from, &big, 500).unwrap_err();
+        assert!(matches!(err, WireError::TooLarge { max: 500, .. }), "{err}");
     }
 
     #[test]

@@ -307,7 +307,6 @@ async fn serve(
                         forward.from.node, forward.to.node, inner.self_id
                     ))))
                 } else {
-                    let expiry = Instant::now() + ttl;
                     let delivery = Delivery {
                         from: forward.from,
                         to: forward.to,
@@ -330,6 +329,7 @@ async fn serve(
                                 return None;
                             }
                             let began = Instant::now();
+                            let expiry = began + ttl;
                             let answer = tokio::select! {
                                 _ = inner.shutdown.cancelled() => return None,
                                 answer = tokio::time::timeout_at(expiry, answer) => answer,

@@ -30,7 +30,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
@@ -196,9 +196,9 @@ impl Forwarder {
         message: WampMessage,
         options: &ForwardOptions,
     ) -> Result<AckId, ForwardError> {
-        let deadline = self.inner.deadline(options);
+        let (now, deadline) = self.inner.deadline(options);
         self.inner
-            .send(from, to, message, deadline, options.fail_if_full)
+            .send(&from, &to, &message, now, deadline, options.fail_if_full)
             .await
     }
 
@@ -217,18 +217,18 @@ impl Forwarder {
         message: WampMessage,
         options: &ForwardOptions,
     ) -> Result<(), ForwardError> {
-        let deadline = self.inner.deadline(options);
+        let (now, deadline) = self.inner.deadline(options);
         let id = self
             .inner
-            .send(from, to, message, deadline, options.fail_if_full)
+            .send(&from, &to, &message, now, deadline, options.fail_if_full)
             .await?;
         self.inner.receive(id.0, deadline, true).await
     }
 
     /// Sends `message` to every node of `nodes` at once and waits for all acks under one shared
     /// deadline (waiting for room in a full queue counts against it too). `good` and `bad` keep
-    /// the order of `nodes`; this node, if listed, is bad with `LocalDestination`. `from` and
-    /// `message` are copied for each node; `to` addresses the node as a whole (realm of `from`,
+    /// the order of `nodes`; this node, if listed, is bad with `LocalDestination`. The message is
+    /// encoded once per node; `to` addresses the node as a whole (realm of `from`,
     /// no session).
     pub async fn broadcast(
         &self,
@@ -237,18 +237,12 @@ impl Forwarder {
         message: &WampMessage,
         options: &ForwardOptions,
     ) -> Broadcast {
-        let deadline = self.inner.deadline(options);
+        let (now, deadline) = self.inner.deadline(options);
         let calls = nodes.iter().map(|node| async move {
             let to = PeerId::node(from.realm.clone(), node.clone());
             let id = self
                 .inner
-                .send(
-                    from.clone(),
-                    to,
-                    message.clone(),
-                    deadline,
-                    options.fail_if_full,
-                )
+                .send(from, &to, message, now, deadline, options.fail_if_full)
                 .await?;
             self.inner.receive(id.0, deadline, true).await
         });
@@ -329,9 +323,10 @@ impl Inner {
 
     async fn send(
         self: &Arc<Self>,
-        from: PeerId,
-        to: PeerId,
-        message: WampMessage,
+        from: &PeerId,
+        to: &PeerId,
+        message: &WampMessage,
+        now: Instant,
         deadline: Instant,
         fail_if_full: bool,
     ) -> Result<AckId, ForwardError> {
@@ -348,18 +343,11 @@ impl Inner {
             return Err(ForwardError::LocalDestination);
         }
         let addr = self.live_forward_addr(&node)?;
-        let frame = |id| {
-            Frame::Forward(Box::new(wire::Forward {
-                // Set again as the frame is written.
-                ttl_ms: ttl_ms(deadline.saturating_duration_since(Instant::now())),
-                id,
-                from,
-                to,
-                message,
-            }))
-        };
+        let max = self.config.max_frame_bytes;
+        // The time to live is set as the frame is written.
+        let encode = |id| wire::encode_forward(id, from, to, message, max);
         match self
-            .enqueue(&node, addr, deadline, fail_if_full, frame)
+            .enqueue(&node, addr, now, deadline, fail_if_full, encode)
             .await
         {
             Ok((id, link)) => {
@@ -373,35 +361,40 @@ impl Inner {
         }
     }
 
-    /// Registers a pending entry, encodes the frame `frame(id)` and queues it on the link to
-    /// `node`. On any failure the entry is removed again.
+    /// Registers a pending entry (sent at `now`), encodes its frame with `encode(id)` and
+    /// queues it on the link to `node`. On any failure the entry is removed again.
     async fn enqueue(
         self: &Arc<Self>,
         node: &NodeId,
         addr: SocketAddr,
+        now: Instant,
         deadline: Instant,
         fail_if_full: bool,
-        frame: impl FnOnce(u64) -> Frame,
+        encode: impl FnOnce(u64) -> Result<Bytes, wire::WireError>,
     ) -> Result<(u64, Arc<Link>), ForwardError> {
         // An outcome nobody takes is kept for as long again as the call's timeout.
-        let retain_until = deadline + deadline.saturating_duration_since(Instant::now());
-        let id = self.pending.register(node.clone(), deadline, retain_until);
-        let mut bytes = BytesMut::new();
-        let max = self.config.max_frame_bytes;
-        if let Err(err) = FrameCodec::new(max).encode(&frame(id), &mut bytes) {
-            self.pending.cancel(id);
-            return Err(match err {
-                wire::WireError::TooLarge { len, max } => ForwardError::TooLarge { len, max },
-                other => {
-                    warn!(error = %other, "a message could not be encoded");
-                    ForwardError::TooLarge { len: 0, max }
-                }
-            });
-        }
+        let retain_until = deadline + deadline.saturating_duration_since(now);
+        let id = self
+            .pending
+            .register(node.clone(), now, deadline, retain_until);
+        let bytes = match encode(id) {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                self.pending.cancel(id);
+                let max = self.config.max_frame_bytes;
+                return Err(match err {
+                    wire::WireError::TooLarge { len, max } => ForwardError::TooLarge { len, max },
+                    other => {
+                        warn!(error = %other, "a message could not be encoded");
+                        ForwardError::TooLarge { len: 0, max }
+                    }
+                });
+            }
+        };
         let queued = Queued {
             id,
             deadline,
-            bytes: bytes.freeze(),
+            bytes,
         };
         let link = self.link(node, addr);
         if let Err(err) = link.enqueue(queued, fail_if_full, deadline).await {
@@ -424,8 +417,15 @@ impl Inner {
         let addr = self.live_forward_addr(node)?;
         let start = Instant::now();
         let deadline = start + timeout.min(MAX_TIMEOUT);
+        let max = self.config.max_frame_bytes;
+        let ping = |id| {
+            let mut bytes = BytesMut::new();
+            FrameCodec::new(max)
+                .encode(&Frame::Ping { id }, &mut bytes)
+                .map(|()| bytes.freeze())
+        };
         let (id, _) = self
-            .enqueue(node, addr, deadline, false, |id| Frame::Ping { id })
+            .enqueue(node, addr, start, deadline, false, ping)
             .await?;
         // A probe's timeout is reported, but not counted as a failed forward.
         self.receive(id, deadline, false).await?;
@@ -456,10 +456,11 @@ impl Inner {
         outcome
     }
 
-    /// The deadline of a call with these options.
-    fn deadline(&self, options: &ForwardOptions) -> Instant {
+    /// The time now, and the deadline of a call with these options made now.
+    fn deadline(&self, options: &ForwardOptions) -> (Instant, Instant) {
         let timeout = options.timeout.unwrap_or(self.config.ack_timeout());
-        Instant::now() + timeout.min(MAX_TIMEOUT)
+        let now = Instant::now();
+        (now, now + timeout.min(MAX_TIMEOUT))
     }
 
     /// Counts `count` timeouts of messages to `node` and reports it bad.

@@ -5,10 +5,16 @@
 //! id. It ends in one of these ways: an ack or a nack arrives; the connection it was written on
 //! breaks; its deadline passes (found by the waiter, or by [`Pending::sweep`]); the forwarder
 //! shuts down. An outcome nobody waits for yet is kept until [`Pending::sweep`] drops it one
-//! timeout after the deadline, so memory stays bounded however the API is used. Deadlines sit
-//! in one ordered set swept periodically, not one timer per entry.
+//! timeout after the deadline, so memory stays bounded however the API is used.
+//!
+//! Layout, for millions of entries a second: entries live in a slab (a vector of slots reused
+//! through a free list), and an id is the slot's index with the slot's generation, so a lookup
+//! is an index and a stale id (a late ack) is told apart from the slot's new entry. Deadlines
+//! sit in a timing wheel of [`TICK`]-wide buckets swept periodically, not one timer per entry:
+//! each entry is in the bucket of its next sweep action and knows its place there, so adding
+//! and removing it is constant time. A deadline more than one turn of the wheel away waits in
+//! its bucket and is passed over until its turn comes.
 
-use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -21,15 +27,30 @@ use crate::NodeId;
 /// The outcome of one forward.
 pub type Outcome = Result<(), ForwardError>;
 
+/// The width of a wheel bucket: how late past its deadline [`Pending::sweep`] may find an
+/// entry, beyond the sweep's own interval.
+pub const TICK: Duration = Duration::from_millis(10);
+
+/// Buckets in the wheel: one turn is 4096 × 10 ms, about 41 s.
+const BUCKETS: usize = 4096;
+
 struct Entry {
     node: NodeId,
     registered: Instant,
     deadline: Instant,
     /// When a finished outcome nobody took is dropped.
     retain_until: Instant,
-    /// The connection the frame was written on, once written.
-    written_on: Option<u64>,
     state: State,
+}
+
+impl Entry {
+    /// When the sweep next has something to do with the entry.
+    fn due(&self) -> Instant {
+        match self.state {
+            State::Waiting(_) => self.deadline,
+            State::Done(_) => self.retain_until,
+        }
+    }
 }
 
 enum State {
@@ -39,13 +60,28 @@ enum State {
     Done(Outcome),
 }
 
-#[derive(Default)]
+struct Slot {
+    /// Bumped each time the slot is freed, so that old ids no longer match.
+    generation: u32,
+    /// The entry's wheel bucket, and its index there.
+    bucket: u32,
+    position: u32,
+    entry: Option<Entry>,
+}
+
 struct Table {
-    entries: HashMap<u64, Entry>,
-    /// (time of the entry's next sweep action, id): its deadline while waiting, its
-    /// `retain_until` once done.
-    timeline: BTreeSet<(Instant, u64)>,
-    next_id: u64,
+    slots: Vec<Slot>,
+    /// Indexes of the empty slots.
+    free: Vec<u32>,
+    /// Per bucket, the slots whose next sweep action falls in it (or a whole number of turns
+    /// later).
+    wheel: Vec<Vec<u32>>,
+    /// Tick 0 of the wheel.
+    origin: Instant,
+    /// The first tick not wholly swept yet (the last sweep's tick: entries due later in it
+    /// wait in its bucket).
+    next_tick: u64,
+    len: usize,
 }
 
 /// What [`Pending::sweep`] did.
@@ -58,9 +94,99 @@ pub struct Swept {
 }
 
 /// The pending-ack table of one forwarder.
-#[derive(Default)]
 pub struct Pending {
     table: Mutex<Table>,
+}
+
+impl Default for Pending {
+    fn default() -> Self {
+        Pending {
+            table: Mutex::new(Table {
+                slots: Vec::new(),
+                free: Vec::new(),
+                wheel: vec![Vec::new(); BUCKETS],
+                origin: Instant::now(),
+                next_tick: 0,
+                len: 0,
+            }),
+        }
+    }
+}
+
+fn id_of(index: u32, generation: u32) -> u64 {
+    (u64::from(generation) << 32) | u64::from(index)
+}
+
+impl Table {
+    /// The tick `at` falls in (an instant before the origin is tick 0).
+    fn tick(&self, at: Instant) -> u64 {
+        let since = at.saturating_duration_since(self.origin);
+        (since.as_nanos() / TICK.as_nanos()) as u64
+    }
+
+    fn bucket(tick: u64) -> usize {
+        (tick % BUCKETS as u64) as usize
+    }
+
+    /// The slot index of `id` if it holds that entry.
+    fn index(&self, id: u64) -> Option<usize> {
+        let index = (id & u64::from(u32::MAX)) as usize;
+        let slot = self.slots.get(index)?;
+        (u64::from(slot.generation) == id >> 32 && slot.entry.is_some()).then_some(index)
+    }
+
+    fn entry(&mut self, id: u64) -> Option<(usize, &mut Entry)> {
+        let index = self.index(id)?;
+        self.slots[index].entry.as_mut().map(|e| (index, e))
+    }
+
+    /// Puts slot `index` in the bucket of its entry's due time.
+    fn schedule(&mut self, index: usize) {
+        let Some(due) = self.slots[index].entry.as_ref().map(Entry::due) else {
+            return;
+        };
+        // Never into a bucket already swept this turn: it would wait a whole turn.
+        let tick = self.tick(due).max(self.next_tick);
+        let bucket = Self::bucket(tick);
+        let slot = &mut self.slots[index];
+        slot.bucket = bucket as u32;
+        slot.position = self.wheel[bucket].len() as u32;
+        self.wheel[bucket].push(index as u32);
+    }
+
+    /// Takes slot `index` out of its bucket (the one of its entry's current due time).
+    fn unschedule(&mut self, index: usize) {
+        let slot = &self.slots[index];
+        if slot.entry.is_none() {
+            return;
+        }
+        let position = slot.position as usize;
+        let slots = &mut self.wheel[slot.bucket as usize];
+        slots.swap_remove(position);
+        if let Some(&moved) = slots.get(position) {
+            self.slots[moved as usize].position = position as u32;
+        }
+    }
+
+    /// Removes the entry of slot `index` and frees the slot.
+    fn remove(&mut self, index: usize) -> Option<Entry> {
+        self.unschedule(index);
+        let slot = &mut self.slots[index];
+        let entry = slot.entry.take()?;
+        slot.generation = slot.generation.wrapping_add(1);
+        self.free.push(index as u32);
+        self.len -= 1;
+        Some(entry)
+    }
+
+    /// Changes the state of slot `index`, moving it to the bucket of its new due time.
+    fn set_state(&mut self, index: usize, state: State) {
+        self.unschedule(index);
+        if let Some(entry) = self.slots[index].entry.as_mut() {
+            entry.state = state;
+        }
+        self.schedule(index);
+    }
 }
 
 impl Pending {
@@ -68,30 +194,44 @@ impl Pending {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Registers a message to `node` that must be acked by `deadline`; its outcome is kept
-    /// until `retain_until` if nobody takes it. Returns its id.
-    pub fn register(&self, node: NodeId, deadline: Instant, retain_until: Instant) -> u64 {
+    /// Registers a message to `node`, sent at `now`, that must be acked by `deadline`; its
+    /// outcome is kept until `retain_until` if nobody takes it. Returns its id.
+    pub fn register(
+        &self,
+        node: NodeId,
+        now: Instant,
+        deadline: Instant,
+        retain_until: Instant,
+    ) -> u64 {
         let mut t = self.lock();
-        t.next_id += 1;
-        let id = t.next_id;
-        t.entries.insert(
-            id,
-            Entry {
-                node,
-                registered: Instant::now(),
-                deadline,
-                retain_until: retain_until.max(deadline),
-                written_on: None,
-                state: State::Waiting(None),
-            },
-        );
-        t.timeline.insert((deadline, id));
-        id
+        let entry = Entry {
+            node,
+            registered: now,
+            deadline,
+            retain_until: retain_until.max(deadline),
+            state: State::Waiting(None),
+        };
+        let index = match t.free.pop() {
+            Some(index) => index as usize,
+            None => {
+                t.slots.push(Slot {
+                    generation: 1,
+                    bucket: 0,
+                    position: 0,
+                    entry: None,
+                });
+                t.slots.len() - 1
+            }
+        };
+        t.slots[index].entry = Some(entry);
+        t.len += 1;
+        t.schedule(index);
+        id_of(index as u32, t.slots[index].generation)
     }
 
     /// Number of entries, finished or not.
     pub fn len(&self) -> usize {
-        self.lock().entries.len()
+        self.lock().len
     }
 
     /// Whether the table is empty.
@@ -99,28 +239,11 @@ impl Pending {
         self.len() == 0
     }
 
-    /// The deadline of entry `id`, if it is still waiting.
-    pub fn deadline(&self, id: u64) -> Option<Instant> {
-        let t = self.lock();
-        t.entries
-            .get(&id)
-            .filter(|e| matches!(e.state, State::Waiting(_)))
-            .map(|e| e.deadline)
-    }
-
-    /// Notes that entry `id`'s frame was written on connection `connection`.
-    pub fn written(&self, id: u64, connection: u64) {
-        if let Some(entry) = self.lock().entries.get_mut(&id) {
-            entry.written_on = Some(connection);
-        }
-    }
-
     /// Removes entry `id` without an outcome (its frame was never queued).
     pub fn cancel(&self, id: u64) {
         let mut t = self.lock();
-        if let Some(entry) = t.entries.remove(&id) {
-            t.timeline.remove(&(entry.deadline, id));
-            t.timeline.remove(&(entry.retain_until, id));
+        if let Some(index) = t.index(id) {
+            t.remove(index);
         }
     }
 
@@ -128,51 +251,35 @@ impl Pending {
     /// when the entry is unknown or already finished: a late ack, which the caller counts and
     /// drops.
     pub fn complete(&self, id: u64, outcome: Outcome) -> Option<Duration> {
-        let mut guard = self.lock();
-        let t = &mut *guard;
-        let entry = t.entries.get_mut(&id)?;
-        let elapsed = entry.registered.elapsed();
+        let mut t = self.lock();
+        let (index, entry) = t.entry(id)?;
         let State::Waiting(waiter) = &mut entry.state else {
             return None;
         };
-        let deadline = entry.deadline;
+        let elapsed = entry.registered.elapsed();
         match waiter.take() {
             Some(waiter) => {
-                t.entries.remove(&id);
-                t.timeline.remove(&(deadline, id));
+                t.remove(index);
+                drop(t);
                 // The waiter may have given up meanwhile: nothing to do then.
                 let _ = waiter.send(outcome);
             }
-            None => {
-                entry.state = State::Done(outcome);
-                let retain_until = entry.retain_until;
-                t.timeline.remove(&(deadline, id));
-                t.timeline.insert((retain_until, id));
-            }
+            None => t.set_state(index, State::Done(outcome)),
         }
         Some(elapsed)
     }
 
-    /// Fails every entry written on `connection` with `error` (the frames still queued are
-    /// not touched: they go out on the next connection). Returns how many.
-    pub fn fail_connection(&self, connection: u64, error: &ForwardError) -> usize {
-        let ids: Vec<u64> = self
-            .lock()
-            .entries
-            .iter()
-            .filter(|(_, e)| {
-                e.written_on == Some(connection) && matches!(e.state, State::Waiting(_))
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        ids.iter()
-            .filter(|id| self.complete(**id, Err(error.clone())).is_some())
-            .count()
-    }
-
     /// Fails every waiting entry with `error` (shutdown).
     pub fn fail_all(&self, error: &ForwardError) {
-        let ids: Vec<u64> = self.lock().entries.keys().copied().collect();
+        let ids: Vec<u64> = {
+            let t = self.lock();
+            t.slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.entry.is_some())
+                .map(|(i, s)| id_of(i as u32, s.generation))
+                .collect()
+        };
         for id in ids {
             self.complete(id, Err(error.clone()));
         }
@@ -184,22 +291,19 @@ impl Pending {
     /// the node is returned beside it for a bad-node report when its deadline had passed.
     pub async fn wait(&self, id: u64, until: Instant) -> (Outcome, Option<NodeId>) {
         let (receiver, deadline, node) = {
-            let mut guard = self.lock();
-            let t = &mut *guard;
-            let Some(entry) = t.entries.get_mut(&id) else {
+            let mut t = self.lock();
+            let Some((index, entry)) = t.entry(id) else {
                 return (Err(ForwardError::UnknownAck { id }), None);
             };
             match &mut entry.state {
                 State::Done(_) => {
-                    let retain_until = entry.retain_until;
                     let Some(Entry {
                         state: State::Done(outcome),
                         ..
-                    }) = t.entries.remove(&id)
+                    }) = t.remove(index)
                     else {
                         unreachable!("the entry was just seen done");
                     };
-                    t.timeline.remove(&(retain_until, id));
                     return (outcome, None);
                 }
                 State::Waiting(Some(_)) => {
@@ -221,8 +325,7 @@ impl Pending {
             Err(_) => {
                 // Our time is up; take the entry out unless an outcome raced in.
                 let mut t = self.lock();
-                if let Some(entry) = t.entries.remove(&id) {
-                    t.timeline.remove(&(entry.deadline, id));
+                if let Some(entry) = t.index(id).and_then(|index| t.remove(index)) {
                     let past_deadline = Instant::now() >= entry.deadline;
                     let timeout = Err(ForwardError::Timeout { node: node.clone() });
                     return (timeout, past_deadline.then_some(node));
@@ -243,37 +346,50 @@ impl Pending {
         let mut swept = Swept::default();
         let mut guard = self.lock();
         let t = &mut *guard;
-        while let Some(&(at, id)) = t.timeline.first() {
-            if at > now {
-                break;
-            }
-            t.timeline.pop_first();
-            let Some(entry) = t.entries.get_mut(&id) else {
-                continue;
-            };
-            match &mut entry.state {
-                State::Waiting(waiter) => {
-                    let timeout = Err(ForwardError::Timeout {
-                        node: entry.node.clone(),
-                    });
-                    swept.timed_out.push(entry.node.clone());
-                    match waiter.take() {
-                        Some(waiter) => {
-                            t.entries.remove(&id);
-                            let _ = waiter.send(timeout);
-                        }
-                        None => {
-                            entry.state = State::Done(timeout);
-                            t.timeline.insert((entry.retain_until, id));
+        let now_tick = t.tick(now);
+        if now_tick < t.next_tick {
+            return swept;
+        }
+        // After a long pause every bucket is looked at once, not once per tick missed.
+        let first = t
+            .next_tick
+            .max((now_tick + 1).saturating_sub(BUCKETS as u64));
+        let mut due = Vec::new();
+        for tick in first..=now_tick {
+            let bucket = Table::bucket(tick);
+            due.clear();
+            due.extend(t.wheel[bucket].iter().copied().filter(|&index| {
+                t.slots[index as usize]
+                    .entry
+                    .as_ref()
+                    .is_some_and(|e| e.due() <= now)
+            }));
+            for &index in &due {
+                let index = index as usize;
+                let Some(entry) = t.slots[index].entry.as_mut() else {
+                    continue;
+                };
+                match &mut entry.state {
+                    State::Waiting(waiter) => {
+                        let node = entry.node.clone();
+                        let timeout = Err(ForwardError::Timeout { node: node.clone() });
+                        swept.timed_out.push(node);
+                        match waiter.take() {
+                            Some(waiter) => {
+                                t.remove(index);
+                                let _ = waiter.send(timeout);
+                            }
+                            None => t.set_state(index, State::Done(timeout)),
                         }
                     }
-                }
-                State::Done(_) => {
-                    t.entries.remove(&id);
-                    swept.dropped += 1;
+                    State::Done(_) => {
+                        t.remove(index);
+                        swept.dropped += 1;
+                    }
                 }
             }
         }
+        t.next_tick = now_tick;
         swept
     }
 }
@@ -292,7 +408,7 @@ mod tests {
 
     fn register(p: &Pending, timeout: Duration) -> u64 {
         let now = Instant::now();
-        p.register(node(), now + timeout, now + 2 * timeout)
+        p.register(node(), now, now + timeout, now + 2 * timeout)
     }
 
     #[tokio::test(start_paused = true)]
@@ -374,24 +490,65 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_broken_connection_fails_only_what_was_written_on_it() {
+    async fn shutdown_fails_every_waiting_entry_and_cancel_removes_one() {
         let p = Pending::default();
-        let written = register(&p, SECOND);
-        let queued = register(&p, SECOND);
-        let other = register(&p, SECOND);
-        p.written(written, 1);
-        p.written(other, 2);
-        let lost = ForwardError::ConnectionLost { node: node() };
-        assert_eq!(p.fail_connection(1, &lost), 1);
-        assert_eq!(p.wait(written, Instant::now() + SECOND).await.0, Err(lost));
-        assert!(p.deadline(queued).is_some() && p.deadline(other).is_some());
+        let done = register(&p, SECOND);
+        let waiting = register(&p, SECOND);
+        let cancelled = register(&p, SECOND);
+        p.complete(done, Ok(()));
+        p.cancel(cancelled);
         p.fail_all(&ForwardError::ShuttingDown);
+        assert_eq!(p.wait(done, Instant::now() + SECOND).await.0, Ok(()));
         assert_eq!(
-            p.wait(queued, Instant::now() + SECOND).await.0,
+            p.wait(waiting, Instant::now() + SECOND).await.0,
             Err(ForwardError::ShuttingDown)
         );
-        p.cancel(other);
+        assert_eq!(
+            p.wait(cancelled, Instant::now() + SECOND).await.0,
+            Err(ForwardError::UnknownAck { id: cancelled })
+        );
         assert!(p.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reused_slot_does_not_answer_to_its_old_id() {
+        let p = Pending::default();
+        let old = register(&p, SECOND);
+        p.cancel(old);
+        let new = register(&p, SECOND);
+        assert_ne!(old, new);
+        assert!(
+            p.complete(old, Ok(())).is_none(),
+            "a stale id is a late ack"
+        );
+        assert_eq!(p.len(), 1);
+        assert!(p.complete(new, Ok(())).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadlines_beyond_a_turn_of_the_wheel_and_mixed_timeouts_expire_on_time() {
+        let p = Pending::default();
+        let start = Instant::now();
+        // Registered out of deadline order; one is more than a turn of the wheel away.
+        let timeouts = [3 * SECOND, SECOND / 2, 100 * SECOND, SECOND, TICK / 2];
+        let ids: Vec<u64> = timeouts.iter().map(|t| register(&p, *t)).collect();
+        let mut expired = Vec::new();
+        while expired.len() < ids.len() && start.elapsed() < 200 * SECOND {
+            tokio::time::advance(TICK).await;
+            let now = Instant::now();
+            for _ in 0..p.sweep(now).timed_out.len() {
+                expired.push(now - start);
+            }
+        }
+        let mut expected: Vec<Duration> = timeouts.to_vec();
+        expected.sort();
+        assert_eq!(expired.len(), expected.len());
+        for (seen, due) in expired.iter().zip(&expected) {
+            assert!(
+                *seen >= *due && *seen <= *due + 2 * TICK,
+                "{seen:?} for {due:?}"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -411,6 +568,6 @@ mod tests {
         tokio::time::advance(2 * SECOND).await;
         p.sweep(Instant::now());
         assert!(p.is_empty());
-        assert!(p.lock().timeline.is_empty());
+        assert!(p.lock().wheel.iter().all(Vec::is_empty));
     }
 }
