@@ -831,13 +831,13 @@ async fn a_newer_connection_from_the_same_node_takes_over_from_the_older() {
         framed
     };
     let forward = |id: u64| {
-        Frame::Forward(Forward {
+        Frame::Forward(Box::new(Forward {
             ttl_ms: 5000,
             id,
             from: PeerId::session("realm1", "peer-x", 1),
             to: to("node-1"),
             message: publish(id),
-        })
+        }))
     };
     let mut old = connect().await;
     old.send(&forward(1)).await.unwrap();
