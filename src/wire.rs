@@ -36,6 +36,9 @@ pub const MAX_VERSION: u16 = 1;
 /// limit: `forward.max_frame_bytes` is capped here.
 pub const FRAME_LIMIT: usize = 64 * 1024 * 1024;
 
+/// The read buffer of a connection: frames are decoded from reads of up to this many bytes.
+pub const READ_BUFFER_BYTES: usize = 64 * 1024;
+
 /// Bytes of the length prefix.
 const LENGTH_BYTES: usize = 4;
 

@@ -176,7 +176,11 @@ async fn connection(
     let (read, mut write) = stream.into_split();
     let mut codec = FrameCodec::new(inner.config.max_frame_bytes);
     let read = Counted { read, bytes: None };
-    let mut reader = FramedRead::new(read, FrameCodec::new(HANDSHAKE_FRAME_LIMIT));
+    let mut reader = FramedRead::with_capacity(
+        read,
+        FrameCodec::new(HANDSHAKE_FRAME_LIMIT),
+        wire::READ_BUFFER_BYTES,
+    );
     let mut out = BytesMut::new();
 
     let first = tokio::time::timeout(inner.config.connect_timeout(), reader.next()).await;

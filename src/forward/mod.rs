@@ -205,6 +205,10 @@ impl Forwarder {
     /// Waits at most `timeout` for the outcome of an [`Forwarder::async_forward`]. An id that
     /// was never issued, was already received or expired is `UnknownAck`.
     pub async fn receive_ack(&self, id: AckId, timeout: Duration) -> Result<(), ForwardError> {
+        // An outcome already in: no clock, no wait.
+        if let Some(outcome) = self.inner.pending.take_done(id.0) {
+            return outcome;
+        }
         let until = Instant::now() + timeout.min(MAX_TIMEOUT);
         self.inner.receive(id.0, until, true).await
     }
@@ -330,6 +334,9 @@ impl Inner {
         deadline: Instant,
         fail_if_full: bool,
     ) -> Result<AckId, ForwardError> {
+        // Like tokio's own channels: a caller that queues message after message without ever
+        // waiting yields now and then, so that the link's writer (woken on this worker) runs.
+        tokio::task::consume_budget().await;
         if self.shutdown.is_cancelled() {
             return Err(ForwardError::ShuttingDown);
         }

@@ -38,6 +38,9 @@ use crate::NodeId;
 /// Bytes gathered before a batch is written even if more frames are queued.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
 
+/// Answers read between two readings of the clock when they come in a burst.
+const CLOCK_EVERY: u32 = 64;
+
 /// The first pause before a redial; it doubles up to `forward.max_redial_backoff_ms`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -167,11 +170,17 @@ async fn run(
                 }
                 // Written and not answered: maybe delivered, maybe not.
                 let lost = ForwardError::ConnectionLost { node: node.clone() };
+                let now = Instant::now();
                 let failed = written
                     .into_inner()
                     .unwrap_or_else(PoisonError::into_inner)
                     .into_iter()
-                    .filter(|id| inner.pending.complete(*id, Err(lost.clone())).is_some())
+                    .filter(|id| {
+                        inner
+                            .pending
+                            .complete(*id, Err(lost.clone()), now)
+                            .is_some()
+                    })
                     .count();
                 stats.failed(&lost, failed as u64);
                 debug!(peer = %node, %why, failed, "connection lost");
@@ -207,8 +216,9 @@ async fn run(
         ForwardError::UnknownNode { node: node.clone() }
     };
     queue.take_all(&mut unwritten);
+    let now = Instant::now();
     for item in unwritten {
-        inner.pending.complete(item.id, Err(error.clone()));
+        inner.pending.complete(item.id, Err(error.clone()), now);
     }
 }
 
@@ -243,7 +253,7 @@ async fn connect(
         let mut buf = BytesMut::new();
         codec.encode(&hello, &mut buf).map_err(|e| e.to_string())?;
         write.write_all(&buf).await.map_err(|e| e.to_string())?;
-        let mut reader = FramedRead::new(read, codec);
+        let mut reader = FramedRead::with_capacity(read, codec, wire::READ_BUFFER_BYTES);
         match reader.next().await {
             Some(Ok(Frame::Welcome { version }))
                 if (wire::MIN_VERSION..=wire::MAX_VERSION).contains(&version) =>
@@ -297,6 +307,10 @@ impl Connection<'_> {
     async fn read(&self, mut reader: FramedRead<OwnedReadHalf, FrameCodec>) -> String {
         let (inner, node) = (self.inner, self.node);
         let mut answered = false;
+        // The time answers are stamped with: read again after each wait for the socket and
+        // every `CLOCK_EVERY` answers, not for each one.
+        let mut now = Instant::now();
+        let mut unstamped = 0;
         loop {
             let next = match reader.next().now_or_never() {
                 Some(next) => next,
@@ -312,9 +326,15 @@ impl Connection<'_> {
                     {
                         inner.report_good(node);
                     }
-                    reader.next().await
+                    let next = reader.next().await;
+                    (now, unstamped) = (Instant::now(), 0);
+                    next
                 }
             };
+            unstamped += 1;
+            if unstamped == CLOCK_EVERY {
+                (now, unstamped) = (Instant::now(), 0);
+            }
             let frame = match next {
                 None => return "closed by the peer".to_string(),
                 Some(Err(err)) => return err.to_string(),
@@ -342,7 +362,7 @@ impl Connection<'_> {
                 while written.pop_front().is_some_and(|front| front != id) {}
             }
             let failure = outcome.as_ref().err().cloned();
-            if let Some(latency) = inner.pending.complete(id, outcome) {
+            if let Some(latency) = inner.pending.complete(id, outcome, now) {
                 answered = true;
                 match failure {
                     _ if !counted => {}

@@ -247,16 +247,16 @@ impl Pending {
         }
     }
 
-    /// Records the outcome of entry `id` and returns the time since it was registered; `None`
-    /// when the entry is unknown or already finished: a late ack, which the caller counts and
-    /// drops.
-    pub fn complete(&self, id: u64, outcome: Outcome) -> Option<Duration> {
+    /// Records the outcome of entry `id`, known at `now`, and returns the time since it was
+    /// registered; `None` when the entry is unknown or already finished: a late ack, which the
+    /// caller counts and drops.
+    pub fn complete(&self, id: u64, outcome: Outcome, now: Instant) -> Option<Duration> {
         let mut t = self.lock();
         let (index, entry) = t.entry(id)?;
         let State::Waiting(waiter) = &mut entry.state else {
             return None;
         };
-        let elapsed = entry.registered.elapsed();
+        let elapsed = now.saturating_duration_since(entry.registered);
         match waiter.take() {
             Some(waiter) => {
                 t.remove(index);
@@ -280,8 +280,26 @@ impl Pending {
                 .map(|(i, s)| id_of(i as u32, s.generation))
                 .collect()
         };
+        let now = Instant::now();
         for id in ids {
-            self.complete(id, Err(error.clone()));
+            self.complete(id, Err(error.clone()), now);
+        }
+    }
+
+    /// Takes the outcome of entry `id` if it has one, removing the entry; `None` when it is
+    /// still waiting or unknown (then [`Pending::wait`] tells which).
+    pub fn take_done(&self, id: u64) -> Option<Outcome> {
+        let mut t = self.lock();
+        let (index, entry) = t.entry(id)?;
+        if !matches!(entry.state, State::Done(_)) {
+            return None;
+        }
+        match t.remove(index) {
+            Some(Entry {
+                state: State::Done(outcome),
+                ..
+            }) => Some(outcome),
+            _ => None,
         }
     }
 
@@ -420,12 +438,15 @@ mod tests {
             tokio::spawn(async move { p.wait(id, Instant::now() + SECOND).await })
         };
         tokio::task::yield_now().await;
-        assert!(p.complete(id, Ok(())).is_some());
+        assert!(p.complete(id, Ok(()), Instant::now()).is_some());
         assert_eq!(waiter.await.unwrap(), (Ok(()), None));
         assert!(p.is_empty());
         let (outcome, _) = p.wait(id, Instant::now() + SECOND).await;
         assert_eq!(outcome, Err(ForwardError::UnknownAck { id }));
-        assert!(p.complete(id, Ok(())).is_none(), "a late ack is refused");
+        assert!(
+            p.complete(id, Ok(()), Instant::now()).is_none(),
+            "a late ack is refused"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -433,10 +454,14 @@ mod tests {
         let p = Pending::default();
         let id = register(&p, SECOND);
         assert!(p
-            .complete(id, Err(ForwardError::Expired { node: node() }))
+            .complete(
+                id,
+                Err(ForwardError::Expired { node: node() }),
+                Instant::now()
+            )
             .is_some());
         assert!(
-            p.complete(id, Ok(())).is_none(),
+            p.complete(id, Ok(()), Instant::now()).is_none(),
             "only the first outcome counts"
         );
         let (outcome, _) = p.wait(id, Instant::now() + SECOND).await;
@@ -455,7 +480,7 @@ mod tests {
         assert_eq!(start.elapsed(), SECOND);
         assert!(p.is_empty());
         assert!(
-            p.complete(id, Ok(())).is_none(),
+            p.complete(id, Ok(()), Instant::now()).is_none(),
             "the ack after the timeout is late"
         );
     }
@@ -475,7 +500,7 @@ mod tests {
         let p = Pending::default();
         let acked = register(&p, SECOND);
         let silent = register(&p, SECOND);
-        p.complete(acked, Ok(()));
+        p.complete(acked, Ok(()), Instant::now());
         assert_eq!(p.sweep(Instant::now()), Swept::default());
         tokio::time::advance(SECOND).await;
         let swept = p.sweep(Instant::now());
@@ -495,7 +520,7 @@ mod tests {
         let done = register(&p, SECOND);
         let waiting = register(&p, SECOND);
         let cancelled = register(&p, SECOND);
-        p.complete(done, Ok(()));
+        p.complete(done, Ok(()), Instant::now());
         p.cancel(cancelled);
         p.fail_all(&ForwardError::ShuttingDown);
         assert_eq!(p.wait(done, Instant::now() + SECOND).await.0, Ok(()));
@@ -518,11 +543,11 @@ mod tests {
         let new = register(&p, SECOND);
         assert_ne!(old, new);
         assert!(
-            p.complete(old, Ok(())).is_none(),
+            p.complete(old, Ok(()), Instant::now()).is_none(),
             "a stale id is a late ack"
         );
         assert_eq!(p.len(), 1);
-        assert!(p.complete(new, Ok(())).is_some());
+        assert!(p.complete(new, Ok(()), Instant::now()).is_some());
     }
 
     #[tokio::test(start_paused = true)]
@@ -558,7 +583,7 @@ mod tests {
             for _ in 0..1000 {
                 let id = register(&p, SECOND);
                 if round % 2 == 0 {
-                    p.complete(id, Ok(()));
+                    p.complete(id, Ok(()), Instant::now());
                 }
             }
             tokio::time::advance(SECOND).await;
