@@ -77,7 +77,31 @@ impl<'de> Deserialize<'de> for NodeId {
     }
 }
 
-/// Builds the shared string straight from the decoder's bytes (one allocation, not two).
+/// Node ids decoded lately on this thread, reused rather than allocated again: a cluster has
+/// few nodes, and every forwarded frame names two of them.
+const RECENT_IDS: usize = 8;
+
+thread_local! {
+    static RECENT: std::cell::RefCell<([Option<NodeId>; RECENT_IDS], usize)> =
+        const { std::cell::RefCell::new(([const { None }; RECENT_IDS], 0)) };
+}
+
+/// The node id `s`, shared with one decoded lately on this thread when there is one.
+fn decoded(s: &str) -> NodeId {
+    RECENT.with(|recent| {
+        let mut recent = recent.borrow_mut();
+        let (ids, next) = &mut *recent;
+        if let Some(id) = ids.iter().flatten().find(|id| id.as_str() == s) {
+            return id.clone();
+        }
+        let id = NodeId::from(s);
+        ids[*next] = Some(id.clone());
+        *next = (*next + 1) % RECENT_IDS;
+        id
+    })
+}
+
+/// Builds the id from the decoder's bytes without an intermediate `String`.
 struct NodeIdVisitor;
 
 impl serde::de::Visitor<'_> for NodeIdVisitor {
@@ -88,12 +112,37 @@ impl serde::de::Visitor<'_> for NodeIdVisitor {
     }
 
     fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<NodeId, E> {
-        Ok(NodeId::from(s))
+        Ok(decoded(s))
     }
 }
 
 impl Serialize for NodeId {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(id: &NodeId) -> NodeId {
+        let config = bincode::config::standard();
+        let bytes = bincode::serde::encode_to_vec(id, config).unwrap();
+        bincode::serde::decode_from_slice(&bytes, config).unwrap().0
+    }
+
+    #[test]
+    fn a_node_id_decoded_again_shares_the_first_ones_string() {
+        let first = decode(&NodeId::from("node-a"));
+        let again = decode(&NodeId::from("node-a"));
+        assert_eq!(first, again);
+        assert!(Arc::ptr_eq(&first.0, &again.0));
+        // More distinct ids than the cache holds still decode right.
+        for i in 0..3 * RECENT_IDS {
+            let id = NodeId::from(format!("node-{i}"));
+            assert_eq!(decode(&id), id);
+        }
+        assert_eq!(decode(&NodeId::from("node-a")), first);
     }
 }
