@@ -15,9 +15,9 @@ use std::fmt;
 use std::io;
 
 use bincode::config::Configuration;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
-use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+use tokio_util::codec::{Decoder, Encoder};
 
 use crate::peer_id::PeerId;
 use crate::wamp::WampMessage;
@@ -206,6 +206,16 @@ struct ForwardRef<'a> {
     message: &'a WampMessage,
 }
 
+/// Appends to a vector: bincode's writer without `std::io::Write`'s per-call overhead.
+struct VecWriter<'a>(&'a mut Vec<u8>);
+
+impl bincode::enc::write::Writer for VecWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
 /// Scratch space kept above this size after an encoding is given back.
 const SCRATCH_KEEP_BYTES: usize = 256 * 1024;
 
@@ -237,7 +247,8 @@ pub fn encode_forward(
         buf.clear();
         buf.extend_from_slice(&[0; LENGTH_BYTES]);
         buf.push(FORWARD_VARIANT);
-        let written = bincode::serde::encode_into_std_write(&forward, &mut *buf, wire_config());
+        let written =
+            bincode::serde::encode_into_writer(&forward, VecWriter(&mut buf), wire_config());
         let len = buf.len() - LENGTH_BYTES;
         let result = match written {
             Err(err) => Err(WireError::Malformed(err.to_string())),
@@ -362,25 +373,50 @@ pub enum WireError {
 }
 
 /// Encodes and decodes length-prefixed frames for `tokio_util::codec::Framed`.
+///
+/// Frames are decoded in place from the read buffer. The answers (`Ack`, `Pong`), one per
+/// forwarded message, are encoded and decoded by hand, byte for byte as bincode does (a test
+/// holds them to it), without the general path's cost.
 #[derive(Debug)]
 pub struct FrameCodec {
-    lengths: LengthDelimitedCodec,
     max_frame_bytes: usize,
 }
+
+/// The variant indexes of the frames with a hand-written path.
+const ACK_VARIANT: u8 = 4;
+const PONG_VARIANT: u8 = 7;
 
 impl FrameCodec {
     /// A codec refusing frames longer than `max_frame_bytes` (capped at [`FRAME_LIMIT`]).
     pub fn new(max_frame_bytes: usize) -> FrameCodec {
-        let max_frame_bytes = max_frame_bytes.min(FRAME_LIMIT);
         FrameCodec {
-            lengths: LengthDelimitedCodec::builder()
-                .length_field_length(LENGTH_BYTES)
-                .big_endian()
-                .max_frame_length(max_frame_bytes)
-                .new_codec(),
-            max_frame_bytes,
+            max_frame_bytes: max_frame_bytes.min(FRAME_LIMIT),
         }
     }
+}
+
+/// Decodes one frame's bytes (without the length prefix).
+fn decode_body(body: &[u8]) -> Result<Frame, WireError> {
+    if let [variant @ (ACK_VARIANT | PONG_VARIANT), rest @ ..] = body {
+        if let Ok((id, read)) = bincode::decode_from_slice::<u64, _>(rest, wire_config()) {
+            if read == rest.len() {
+                return Ok(if *variant == ACK_VARIANT {
+                    Frame::Ack { id }
+                } else {
+                    Frame::Pong { id }
+                });
+            }
+        }
+    }
+    let (frame, read) = bincode::serde::decode_from_slice(body, wire_config())
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    if read != body.len() {
+        return Err(WireError::Malformed(format!(
+            "{} bytes left over after the frame",
+            body.len() - read
+        )));
+    }
+    Ok(frame)
 }
 
 impl Decoder for FrameCodec {
@@ -388,27 +424,23 @@ impl Decoder for FrameCodec {
     type Error = WireError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, WireError> {
-        let announced = (src.len() >= LENGTH_BYTES)
-            .then(|| u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize);
-        let bytes = match self.lengths.decode(src) {
-            Ok(Some(bytes)) => bytes,
-            Ok(None) => return Ok(None),
-            Err(err) if err.kind() == io::ErrorKind::InvalidData => {
-                return Err(WireError::TooLarge {
-                    len: announced.unwrap_or(0),
-                    max: self.max_frame_bytes,
-                })
-            }
-            Err(err) => return Err(err.into()),
+        let Some(prefix) = src.get(..LENGTH_BYTES) else {
+            return Ok(None);
         };
-        let (frame, read) = bincode::serde::decode_from_slice(&bytes, wire_config())
-            .map_err(|e| WireError::Malformed(e.to_string()))?;
-        if read != bytes.len() {
-            return Err(WireError::Malformed(format!(
-                "{} bytes left over after the frame",
-                bytes.len() - read
-            )));
+        let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+        if len > self.max_frame_bytes {
+            return Err(WireError::TooLarge {
+                len,
+                max: self.max_frame_bytes,
+            });
         }
+        let total = LENGTH_BYTES + len;
+        if src.len() < total {
+            src.reserve(total - src.len());
+            return Ok(None);
+        }
+        let frame = decode_body(&src[LENGTH_BYTES..total])?;
+        src.advance(total);
         Ok(Some(frame))
     }
 }
@@ -418,6 +450,20 @@ impl Encoder<&Frame> for FrameCodec {
 
     /// Appends the frame to `dst`; on error `dst` is left as it was.
     fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), WireError> {
+        if let Frame::Ack { id } | Frame::Pong { id } = frame {
+            let variant = if matches!(frame, Frame::Ack { .. }) {
+                ACK_VARIANT
+            } else {
+                PONG_VARIANT
+            };
+            let mut body = [0u8; 10];
+            body[0] = variant;
+            if let Ok(n) = bincode::encode_into_slice(id, &mut body[1..], wire_config()) {
+                dst.put_u32(1 + n as u32);
+                dst.extend_from_slice(&body[..1 + n]);
+                return Ok(());
+            }
+        }
         let start = dst.len();
         dst.put_u32(0);
         let written =
@@ -623,6 +669,35 @@ mod tests {
                 (d, f) => assert_eq!(d, f),
             }
         }
+    }
+
+    #[test]
+    fn answers_are_encoded_and_decoded_by_hand_exactly_as_bincode_does() {
+        let mut codec = FrameCodec::new(FRAME_LIMIT);
+        for id in [
+            0,
+            1,
+            250,
+            251,
+            65_535,
+            65_536,
+            u64::from(u32::MAX),
+            1 << 40,
+            u64::MAX,
+        ] {
+            for frame in [Frame::Ack { id }, Frame::Pong { id }] {
+                let mut by_hand = BytesMut::new();
+                codec.encode(&frame, &mut by_hand).unwrap();
+                let body = bincode::serde::encode_to_vec(&frame, wire_config()).unwrap();
+                assert_eq!(&by_hand[LENGTH_BYTES..], &body[..], "{frame:?}");
+                assert_eq!(decode_body(&body).unwrap(), frame);
+                assert_eq!(codec.decode(&mut by_hand).unwrap(), Some(frame));
+            }
+        }
+        // A trailing byte after an answer is refused, as the general path refuses it.
+        let mut body = bincode::serde::encode_to_vec(Frame::Ack { id: 9 }, wire_config()).unwrap();
+        body.push(0);
+        assert!(decode_body(&body).is_err());
     }
 
     #[test]
