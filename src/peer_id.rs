@@ -16,6 +16,7 @@ pub type SessionId = Id;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PeerId {
     /// The realm URI.
+    #[serde(deserialize_with = "crate::wamp::string")]
     pub realm: String,
     /// The node the session is connected to.
     pub node: NodeId,

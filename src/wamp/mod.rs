@@ -12,6 +12,7 @@
 pub mod json;
 mod value_de;
 
+pub(crate) use value_de::string;
 pub use value_de::MAX_DEPTH;
 
 use indexmap::IndexMap;
@@ -62,7 +63,10 @@ pub enum Payload {
     /// `Arguments` only.
     Args(Vec<Value>),
     /// `Arguments` and `ArgumentsKw`.
-    ArgsKw(Vec<Value>, Dict),
+    ArgsKw(
+        Vec<Value>,
+        #[serde(deserialize_with = "value_de::dict")] Dict,
+    ),
     /// Payload passthrough mode (the options or details carry `enc_algo`): one value in place
     /// of the arguments, carried untouched.
     Transparent(Value),
@@ -73,29 +77,60 @@ pub enum Payload {
 #[allow(missing_docs)] // the fields are the spec's, named as it names them
 pub enum WampMessage {
     /// `[1, Realm|uri, Details|dict]`
-    Hello { realm: String, details: Dict },
+    Hello {
+        #[serde(deserialize_with = "value_de::string")]
+        realm: String,
+        #[serde(deserialize_with = "value_de::dict")]
+        details: Dict,
+    },
     /// `[2, Session|id, Details|dict]`
-    Welcome { session: Id, details: Dict },
+    Welcome {
+        session: Id,
+        #[serde(deserialize_with = "value_de::dict")]
+        details: Dict,
+    },
     /// `[3, Details|dict, Reason|uri]`
-    Abort { details: Dict, reason: String },
+    Abort {
+        #[serde(deserialize_with = "value_de::dict")]
+        details: Dict,
+        reason: String,
+    },
     /// `[4, AuthMethod|string, Extra|dict]`
-    Challenge { auth_method: String, extra: Dict },
+    Challenge {
+        #[serde(deserialize_with = "value_de::string")]
+        auth_method: String,
+        #[serde(deserialize_with = "value_de::dict")]
+        extra: Dict,
+    },
     /// `[5, Signature|string, Extra|dict]`
-    Authenticate { signature: String, extra: Dict },
+    Authenticate {
+        #[serde(deserialize_with = "value_de::string")]
+        signature: String,
+        #[serde(deserialize_with = "value_de::dict")]
+        extra: Dict,
+    },
     /// `[6, Details|dict, Reason|uri]`
-    Goodbye { details: Dict, reason: String },
+    Goodbye {
+        #[serde(deserialize_with = "value_de::dict")]
+        details: Dict,
+        reason: String,
+    },
     /// `[8, REQUEST.Type|int, REQUEST.Request|id, Details|dict, Error|uri, Arguments?, ArgumentsKw?]`
     Error {
         request_type: u64,
         request: Id,
+        #[serde(deserialize_with = "value_de::dict")]
         details: Dict,
+        #[serde(deserialize_with = "value_de::string")]
         error: String,
         payload: Payload,
     },
     /// `[16, Request|id, Options|dict, Topic|uri, Arguments?, ArgumentsKw?]`
     Publish {
         request: Id,
+        #[serde(deserialize_with = "value_de::dict")]
         options: Dict,
+        #[serde(deserialize_with = "value_de::string")]
         topic: String,
         payload: Payload,
     },
@@ -104,7 +139,9 @@ pub enum WampMessage {
     /// `[32, Request|id, Options|dict, Topic|uri]`
     Subscribe {
         request: Id,
+        #[serde(deserialize_with = "value_de::dict")]
         options: Dict,
+        #[serde(deserialize_with = "value_de::string")]
         topic: String,
     },
     /// `[33, SUBSCRIBE.Request|id, Subscription|id]`
@@ -117,28 +154,38 @@ pub enum WampMessage {
     Event {
         subscription: Id,
         publication: Id,
+        #[serde(deserialize_with = "value_de::dict")]
         details: Dict,
         payload: Payload,
     },
     /// `[48, Request|id, Options|dict, Procedure|uri, Arguments?, ArgumentsKw?]`
     Call {
         request: Id,
+        #[serde(deserialize_with = "value_de::dict")]
         options: Dict,
+        #[serde(deserialize_with = "value_de::string")]
         procedure: String,
         payload: Payload,
     },
     /// `[49, CALL.Request|id, Options|dict]`
-    Cancel { request: Id, options: Dict },
+    Cancel {
+        request: Id,
+        #[serde(deserialize_with = "value_de::dict")]
+        options: Dict,
+    },
     /// `[50, CALL.Request|id, Details|dict, Arguments?, ArgumentsKw?]`
     Result {
         request: Id,
+        #[serde(deserialize_with = "value_de::dict")]
         details: Dict,
         payload: Payload,
     },
     /// `[64, Request|id, Options|dict, Procedure|uri]`
     Register {
         request: Id,
+        #[serde(deserialize_with = "value_de::dict")]
         options: Dict,
+        #[serde(deserialize_with = "value_de::string")]
         procedure: String,
     },
     /// `[65, REGISTER.Request|id, Registration|id]`
@@ -151,14 +198,20 @@ pub enum WampMessage {
     Invocation {
         request: Id,
         registration: Id,
+        #[serde(deserialize_with = "value_de::dict")]
         details: Dict,
         payload: Payload,
     },
     /// `[69, INVOCATION.Request|id, Options|dict]`
-    Interrupt { request: Id, options: Dict },
+    Interrupt {
+        request: Id,
+        #[serde(deserialize_with = "value_de::dict")]
+        options: Dict,
+    },
     /// `[70, INVOCATION.Request|id, Options|dict, Arguments?, ArgumentsKw?]`
     Yield {
         request: Id,
+        #[serde(deserialize_with = "value_de::dict")]
         options: Dict,
         payload: Payload,
     },

@@ -64,7 +64,7 @@ impl<'de> Visitor<'de> for ValueSeed {
             2 => Value::Integer(variant.newtype_variant()?),
             3 => Value::Unsigned(variant.newtype_variant()?),
             4 => Value::Float(variant.newtype_variant()?),
-            5 => Value::String(variant.newtype_variant()?),
+            5 => Value::String(variant.newtype_variant_seed(Str)?),
             6 => Value::Bytes(variant.newtype_variant_seed(ByteString)?),
             7 => Value::List(variant.newtype_variant_seed(ListSeed(inner))?),
             8 => Value::Dict(variant.newtype_variant_seed(DictSeed(inner))?),
@@ -87,14 +87,53 @@ pub(super) fn byte_string<S: serde::Serializer>(
     serializer.serialize_bytes(bytes)
 }
 
-/// Reads what [`byte_string`] wrote.
+/// Reads a string from the decoder's bytes when it lends them (bincode decoding from a slice
+/// does): one allocation of the exact size, where serde's `String` has bincode fill a zeroed
+/// buffer first.
+pub(crate) fn string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    deserializer.deserialize_str(Str)
+}
+
+/// Reads a dict (of a message's fields, at nesting depth 1) with the same string handling.
+pub(crate) fn dict<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Dict, D::Error> {
+    DictSeed(ValueSeed { depth: 1 }).deserialize(deserializer)
+}
+
+/// See [`string`].
+struct Str;
+
+impl<'de> DeserializeSeed<'de> for Str {
+    type Value = String;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<String, D::Error> {
+        string(deserializer)
+    }
+}
+
+impl Visitor<'_> for Str {
+    type Value = String;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<String, E> {
+        Ok(s.to_owned())
+    }
+
+    fn visit_string<E: de::Error>(self, s: String) -> Result<String, E> {
+        Ok(s)
+    }
+}
+
+/// Reads what [`byte_string`] wrote, from the decoder's bytes when it lends them.
 struct ByteString;
 
 impl<'de> DeserializeSeed<'de> for ByteString {
     type Value = Vec<u8>;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Vec<u8>, D::Error> {
-        deserializer.deserialize_byte_buf(self)
+        deserializer.deserialize_bytes(self)
     }
 }
 
@@ -162,7 +201,7 @@ impl<'de> Visitor<'de> for DictSeed {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Dict, A::Error> {
         let mut dict = Dict::with_capacity(map.size_hint().unwrap_or(0).min(1024));
-        while let Some(key) = map.next_key::<String>()? {
+        while let Some(key) = map.next_key_seed(Str)? {
             let value = map.next_value_seed(self.0)?;
             dict.insert(key, value);
         }
