@@ -9,6 +9,7 @@
 //! outcome.
 //!
 //! - [`pending`]: the table of pending acks.
+//! - `queue`: a link's send queue, bounded in frames and bytes.
 //! - [`deliver`]: the receiving side's handler trait.
 //! - [`dispatcher`]: a worker pool behind that trait, ordered per session.
 //! - [`delivery_log`]: a handler that counts deliveries, duplicates and reordering.
