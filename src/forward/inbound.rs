@@ -328,11 +328,12 @@ async fn serve(
                         Verdict::Accepted => Some(Ok(())),
                         Verdict::Refused(reason) => Some(Err(reason)),
                         Verdict::Later(answer) => {
-                            // The acks of what came before go out first.
+                            // The acks of what came before go out first; that counts against
+                            // the time to live too.
+                            let began = Instant::now();
                             if !flush(inner, write, out).await {
                                 return None;
                             }
-                            let began = Instant::now();
                             let expiry = began + ttl;
                             let answer = tokio::select! {
                                 _ = inner.shutdown.cancelled() => return None,

@@ -335,9 +335,6 @@ impl Inner {
         deadline: Instant,
         fail_if_full: bool,
     ) -> Result<AckId, ForwardError> {
-        // Like tokio's own channels: a caller that queues message after message without ever
-        // waiting yields now and then, so that the link's writer (woken on this worker) runs.
-        tokio::task::consume_budget().await;
         if self.shutdown.is_cancelled() {
             return Err(ForwardError::ShuttingDown);
         }
@@ -360,6 +357,11 @@ impl Inner {
         {
             Ok((id, link)) => {
                 link.stats.sent();
+                // Like tokio's own channels: a caller that queues message after message without
+                // ever waiting yields now and then, so that the link's writer (woken on this
+                // worker) runs. Only once queued: a yield before would let an overlapping call
+                // of the same caller take its place in the queue.
+                tokio::task::consume_budget().await;
                 Ok(AckId(id))
             }
             Err(err) => {

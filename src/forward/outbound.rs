@@ -358,8 +358,12 @@ impl Connection<'_> {
                 other => return format!("unexpected frame from the listener: {other:?}"),
             };
             {
+                // Frames before the answered one got no answer and never will (their handler
+                // did not answer in time); an id not in the list (a duplicate) changes nothing.
                 let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
-                while written.pop_front().is_some_and(|front| front != id) {}
+                if let Some(at) = written.iter().position(|w| *w == id) {
+                    written.drain(..=at);
+                }
             }
             let failure = outcome.as_ref().err().cloned();
             if let Some(latency) = inner.pending.complete(id, outcome, now) {

@@ -15,6 +15,7 @@
 //! and removing it is constant time. A deadline more than one turn of the wheel away waits in
 //! its bucket and is passed over until its turn comes.
 
+use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -71,8 +72,10 @@ struct Slot {
 
 struct Table {
     slots: Vec<Slot>,
-    /// Indexes of the empty slots.
-    free: Vec<u32>,
+    /// Indexes of the empty slots, oldest freed first: slots take turns, so a slot's
+    /// generation wraps only after 2^32 uses of every slot (years at millions a second),
+    /// where reusing the last freed one would wrap a hot slot's in about an hour.
+    free: VecDeque<u32>,
     /// Per bucket, the slots whose next sweep action falls in it (or a whole number of turns
     /// later).
     wheel: Vec<Vec<u32>>,
@@ -103,7 +106,7 @@ impl Default for Pending {
         Pending {
             table: Mutex::new(Table {
                 slots: Vec::new(),
-                free: Vec::new(),
+                free: VecDeque::new(),
                 wheel: vec![Vec::new(); BUCKETS],
                 origin: Instant::now(),
                 next_tick: 0,
@@ -174,7 +177,7 @@ impl Table {
         let slot = &mut self.slots[index];
         let entry = slot.entry.take()?;
         slot.generation = slot.generation.wrapping_add(1);
-        self.free.push(index as u32);
+        self.free.push_back(index as u32);
         self.len -= 1;
         Some(entry)
     }
@@ -211,7 +214,7 @@ impl Pending {
             retain_until: retain_until.max(deadline),
             state: State::Waiting(None),
         };
-        let index = match t.free.pop() {
+        let index = match t.free.pop_front() {
             Some(index) => index as usize,
             None => {
                 t.slots.push(Slot {
@@ -374,6 +377,9 @@ impl Pending {
             .max((now_tick + 1).saturating_sub(BUCKETS as u64));
         let mut due = Vec::new();
         for tick in first..=now_tick {
+            // Entries moved while this bucket is handled (a timeout kept for its retention)
+            // go to a later bucket, never back into one already handled this turn.
+            t.next_tick = tick + 1;
             let bucket = Table::bucket(tick);
             due.clear();
             due.extend(t.wheel[bucket].iter().copied().filter(|&index| {
@@ -407,6 +413,7 @@ impl Pending {
                 }
             }
         }
+        // Entries due later within the current tick wait in its bucket for the next sweep.
         t.next_tick = now_tick;
         swept
     }
@@ -532,6 +539,23 @@ mod tests {
             p.wait(cancelled, Instant::now() + SECOND).await.0,
             Err(ForwardError::UnknownAck { id: cancelled })
         );
+        assert!(p.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_sweep_drops_an_outcome_whose_retention_it_passed_too() {
+        let p = Pending::default();
+        let now = Instant::now();
+        // Times out at 3 ms, its outcome is kept until 6 ms; the sweep comes late, at 26 ms:
+        // both are due, in buckets it has to come back to.
+        p.register(node(), now, now + TICK * 3 / 10, now + TICK * 6 / 10);
+        // Kept until 30 ms: dropped by the first sweep after that.
+        p.register(node(), now, now + TICK * 3 / 10, now + TICK * 3);
+        tokio::time::advance(TICK * 26 / 10).await;
+        let swept = p.sweep(Instant::now());
+        assert_eq!((swept.timed_out.len(), swept.dropped), (2, 1));
+        tokio::time::advance(TICK).await;
+        assert_eq!(p.sweep(Instant::now()).dropped, 1);
         assert!(p.is_empty());
     }
 

@@ -94,9 +94,10 @@ pub(crate) fn string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Strin
     deserializer.deserialize_str(Str)
 }
 
-/// Reads a dict (of a message's fields, at nesting depth 1) with the same string handling.
+/// Reads a dict of a message's fields with the same string handling; its values count their
+/// depth from 0, as the arguments' do.
 pub(crate) fn dict<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Dict, D::Error> {
-    DictSeed(ValueSeed { depth: 1 }).deserialize(deserializer)
+    DictSeed(ValueSeed { depth: 0 }).deserialize(deserializer)
 }
 
 /// See [`string`].
@@ -237,6 +238,34 @@ mod tests {
         dict.insert("k".into(), nested(3));
         let value = Value::Dict(dict);
         assert_eq!(round_trip(&value).unwrap(), value);
+    }
+
+    #[test]
+    fn a_message_takes_the_same_depth_in_its_dicts_as_in_its_arguments() {
+        let config = bincode::config::standard();
+        for depth in [MAX_DEPTH, MAX_DEPTH + 1] {
+            let mut options = Dict::new();
+            options.insert("k".into(), nested(depth));
+            let in_dict = super::super::WampMessage::Publish {
+                request: 1,
+                options,
+                topic: "t".into(),
+                payload: super::super::Payload::Empty,
+            };
+            let in_args = super::super::WampMessage::Publish {
+                request: 1,
+                options: Dict::new(),
+                topic: "t".into(),
+                payload: super::super::Payload::Args(vec![nested(depth)]),
+            };
+            for message in [in_dict, in_args] {
+                let bytes = bincode::serde::encode_to_vec(&message, config).unwrap();
+                let decoded = bincode::serde::decode_from_slice::<super::super::WampMessage, _>(
+                    &bytes, config,
+                );
+                assert_eq!(decoded.is_ok(), depth == MAX_DEPTH, "{message:?}");
+            }
+        }
     }
 
     #[test]
