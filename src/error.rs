@@ -174,6 +174,13 @@ pub enum ForwardError {
         /// The limit.
         max: usize,
     },
+    /// A value in the message is nested deeper than [`crate::wamp::MAX_DEPTH`] levels, which no
+    /// node decodes. Nothing was sent.
+    #[error("a value is nested deeper than {max} levels")]
+    TooDeep {
+        /// The deepest nesting a node decodes.
+        max: usize,
+    },
     /// No pending ack has this id: never issued, already received, or expired.
     #[error("no pending ack {id}")]
     UnknownAck {
@@ -199,6 +206,7 @@ impl ForwardError {
             ForwardError::Expired { .. } => "expired",
             ForwardError::QueueFull { .. } => "queue_full",
             ForwardError::TooLarge { .. } => "too_large",
+            ForwardError::TooDeep { .. } => "too_deep",
             ForwardError::UnknownAck { .. } => "unknown_ack",
             ForwardError::ShuttingDown => "shutting_down",
         }

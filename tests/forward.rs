@@ -201,6 +201,25 @@ async fn bad_requests_fail_at_once_and_send_nothing() {
             Err(ForwardError::NotForwardable { message_type: name })
         );
     }
+    // A value nested deeper than any node decodes: refused here, not by the receiver (which
+    // would end the connection and every message in flight on it).
+    let mut deep = Value::Null;
+    for _ in 0..=wamp_cluster::wamp::MAX_DEPTH {
+        deep = Value::List(vec![deep]);
+    }
+    let too_deep = WampMessage::Publish {
+        request: 1,
+        options: Dict::new(),
+        topic: "t".into(),
+        payload: Payload::Args(vec![deep]),
+    };
+    assert_eq!(
+        f.forward(from(a), to("node-1"), too_deep, &options(5000))
+            .await,
+        Err(ForwardError::TooDeep {
+            max: wamp_cluster::wamp::MAX_DEPTH
+        })
+    );
     assert!(start.elapsed() < Duration::from_secs(1), "failed at once");
     assert!(c.recorders[1].seen.lock().unwrap().is_empty());
     assert_eq!(f.pending_acks(), 0);

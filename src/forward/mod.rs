@@ -347,6 +347,11 @@ impl Inner {
         if node == self.self_id {
             return Err(ForwardError::LocalDestination);
         }
+        if !message.within_depth() {
+            return Err(ForwardError::TooDeep {
+                max: crate::wamp::MAX_DEPTH,
+            });
+        }
         let addr = self.live_forward_addr(&node)?;
         let max = self.config.max_frame_bytes;
         // The time to live is set as the frame is written.

@@ -328,6 +328,54 @@ impl WampMessage {
     }
 }
 
+impl WampMessage {
+    /// Whether every value of a forwardable message is nested at most [`MAX_DEPTH`] levels,
+    /// as a receiving node requires (a frame it cannot decode ends its connection). Other
+    /// messages are never sent: `true`.
+    pub fn within_depth(&self) -> bool {
+        use WampMessage::*;
+        let (dict, payload) = match self {
+            Publish {
+                options, payload, ..
+            } => (options, Some(payload)),
+            Error {
+                details, payload, ..
+            }
+            | Invocation {
+                details, payload, ..
+            }
+            | Result {
+                details, payload, ..
+            } => (details, Some(payload)),
+            Interrupt { options, .. } => (options, None),
+            _ => return true,
+        };
+        let fits = |v: &Value| v.within_depth(0);
+        dict.values().all(fits)
+            && match payload {
+                None | Some(Payload::Empty) => true,
+                Some(Payload::Args(args)) => args.iter().all(fits),
+                Some(Payload::ArgsKw(args, kw)) => args.iter().all(fits) && kw.values().all(fits),
+                Some(Payload::Transparent(value)) => fits(value),
+            }
+    }
+}
+
+impl Value {
+    /// Whether this value, at nesting `depth`, nests at most [`MAX_DEPTH`] levels (recursing
+    /// at most that deep).
+    fn within_depth(&self, depth: usize) -> bool {
+        if depth > MAX_DEPTH {
+            return false;
+        }
+        match self {
+            Value::List(items) => items.iter().all(|v| v.within_depth(depth + 1)),
+            Value::Dict(dict) => dict.values().all(|v| v.within_depth(depth + 1)),
+            _ => true,
+        }
+    }
+}
+
 /// The name of a message type code, for the codes this crate models.
 pub fn name_of(code: u64) -> Option<&'static str> {
     Some(match code {
