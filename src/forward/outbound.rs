@@ -2,9 +2,10 @@
 //! handshake, writes queued frames in batches, reads acks, and redials with capped exponential
 //! backoff and jitter while the peer is live.
 //!
-//! Frames still queued when a connection breaks stay in the queue and go out on the next
-//! connection if their deadline allows. Frames taken from the queue for a write on the broken
-//! connection fail with `ConnectionLost`: they may or may not have been delivered.
+//! Frames not yet written when a connection breaks (still queued, or taken from the queue but
+//! not yet put in a write) go out on the next connection if their deadline allows. Frames put
+//! in a write on the broken connection and not answered fail with `ConnectionLost`: they may or
+//! may not have been delivered.
 //!
 //! A connection can die without closing: a partition, a peer that was paused, a middlebox
 //! that forgot it. TCP then retransmits with a backoff that grows to many seconds, and could
@@ -114,14 +115,16 @@ impl Link {
         fail_if_full: bool,
         deadline: Instant,
     ) -> Result<(), ForwardError> {
-        let node = self.node.clone();
         self.queue
             .push(item, fail_if_full, deadline)
             .await
-            .map_err(|refused| match refused {
-                Refused::Full => ForwardError::QueueFull { node },
-                Refused::Late => ForwardError::Timeout { node },
-                Refused::Closed => ForwardError::UnknownNode { node },
+            .map_err(|refused| {
+                let node = self.node.clone();
+                match refused {
+                    Refused::Full => ForwardError::QueueFull { node },
+                    Refused::Late => ForwardError::Timeout { node },
+                    Refused::Closed => ForwardError::UnknownNode { node },
+                }
             })
     }
 }
