@@ -166,9 +166,9 @@ async fn forward_throughput(a: &NodeHandle, count: u64, size: usize, window: usi
             let id = in_flight.pop_front().unwrap();
             f.receive_ack(id, Duration::from_secs(10)).await.unwrap();
         }
-        // As a router would: the caller's and callee's ids and the message are its own.
+        // The caller keeps its ids and message and lends them.
         in_flight.push_back(
-            f.async_forward(from.clone(), to.clone(), message.clone(), &options)
+            f.async_forward(&from, &to, &message, &options)
                 .await
                 .unwrap(),
         );

@@ -112,18 +112,31 @@ async fn forward_to_a_live_node_is_acked_after_the_handler_saw_exactly_that_mess
     let _serial = SERIAL.lock().await;
     let c = Cluster::start(2).await;
     let a = &c.nodes[0];
+    // Lent, as a caller that keeps them does; then owned.
+    let (sender, receiver, message) = (from(a), to("node-1"), publish(42));
     a.forwarder()
-        .forward(from(a), to("node-1"), publish(42), &options(5000))
+        .forward(&sender, &receiver, &message, &options(5000))
+        .await
+        .unwrap();
+    a.forwarder()
+        .forward(from(a), to("node-1"), publish(43), &options(5000))
         .await
         .unwrap();
     let seen = c.recorders[1].seen.lock().unwrap().clone();
     assert_eq!(
         seen,
-        [Delivery {
-            from: from(a),
-            to: to("node-1"),
-            message: publish(42)
-        }]
+        [
+            Delivery {
+                from: sender,
+                to: receiver,
+                message
+            },
+            Delivery {
+                from: from(a),
+                to: to("node-1"),
+                message: publish(43)
+            }
+        ]
     );
     c.stop().await;
 }

@@ -26,6 +26,7 @@ pub mod pending;
 mod queue;
 pub mod stats;
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -190,16 +191,20 @@ impl Forwarder {
 
     /// Sends `message` to `to.node` and returns once it is queued, with the id to pass to
     /// [`Forwarder::receive_ack`]. The pending ack is registered before the frame is queued.
+    ///
+    /// The peer ids and the message are taken by value or by reference: they are encoded as
+    /// the call queues the frame, never kept, so a caller that keeps its own need not clone.
     pub async fn async_forward(
         &self,
-        from: PeerId,
-        to: PeerId,
-        message: WampMessage,
+        from: impl Borrow<PeerId>,
+        to: impl Borrow<PeerId>,
+        message: impl Borrow<WampMessage>,
         options: &ForwardOptions,
     ) -> Result<AckId, ForwardError> {
         let (now, deadline) = self.inner.deadline(options);
+        let (from, to, message) = (from.borrow(), to.borrow(), message.borrow());
         self.inner
-            .send(&from, &to, &message, now, deadline, options.fail_if_full)
+            .send(from, to, message, now, deadline, options.fail_if_full)
             .await
     }
 
@@ -214,18 +219,20 @@ impl Forwarder {
         self.inner.receive(id.0, until, true).await
     }
 
-    /// Sends `message` and waits for its ack (at most the timeout of `options`).
+    /// Sends `message` and waits for its ack (at most the timeout of `options`). Takes its
+    /// arguments by value or by reference, as [`Forwarder::async_forward`] does.
     pub async fn forward(
         &self,
-        from: PeerId,
-        to: PeerId,
-        message: WampMessage,
+        from: impl Borrow<PeerId>,
+        to: impl Borrow<PeerId>,
+        message: impl Borrow<WampMessage>,
         options: &ForwardOptions,
     ) -> Result<(), ForwardError> {
         let (now, deadline) = self.inner.deadline(options);
+        let (from, to, message) = (from.borrow(), to.borrow(), message.borrow());
         let id = self
             .inner
-            .send(&from, &to, &message, now, deadline, options.fail_if_full)
+            .send(from, to, message, now, deadline, options.fail_if_full)
             .await?;
         self.inner.receive(id.0, deadline, true).await
     }
