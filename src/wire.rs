@@ -247,8 +247,12 @@ pub fn encode_forward(
         buf.clear();
         buf.extend_from_slice(&[0; LENGTH_BYTES]);
         buf.push(FORWARD_VARIANT);
-        let written =
-            bincode::serde::encode_into_writer(&forward, VecWriter(&mut buf), wire_config());
+        let written = if by_hand::forward(&mut buf, &forward) {
+            Ok(())
+        } else {
+            buf.truncate(LENGTH_BYTES + 1);
+            bincode::serde::encode_into_writer(&forward, VecWriter(&mut buf), wire_config())
+        };
         let len = buf.len() - LENGTH_BYTES;
         let result = match written {
             Err(err) => Err(WireError::Malformed(err.to_string())),
@@ -264,6 +268,183 @@ pub fn encode_forward(
         }
         result
     })
+}
+
+/// The `Forward` frame of a forwardable message written by hand, byte for byte as bincode's
+/// serde path writes it (`config::standard()`: varints, little endian, enum variants as their
+/// index, sequences and maps after their length), without serde's calls per field. Tests hold
+/// it to bincode's output for every message type and kind of value.
+mod by_hand {
+    use super::ForwardRef;
+    use crate::peer_id::PeerId;
+    use crate::wamp::{Dict, Payload, Value, WampMessage};
+
+    /// bincode's varint: one byte below 251, else a marker and the value in 2, 4 or 8 bytes.
+    fn varint(buf: &mut Vec<u8>, n: u64) {
+        if n < 251 {
+            buf.push(n as u8);
+        } else if n <= u64::from(u16::MAX) {
+            buf.push(251);
+            buf.extend_from_slice(&(n as u16).to_le_bytes());
+        } else if n <= u64::from(u32::MAX) {
+            buf.push(252);
+            buf.extend_from_slice(&(n as u32).to_le_bytes());
+        } else {
+            buf.push(253);
+            buf.extend_from_slice(&n.to_le_bytes());
+        }
+    }
+
+    fn bytes(buf: &mut Vec<u8>, b: &[u8]) {
+        varint(buf, b.len() as u64);
+        buf.extend_from_slice(b);
+    }
+
+    fn value(buf: &mut Vec<u8>, v: &Value) {
+        match v {
+            Value::Null => buf.push(0),
+            Value::Bool(b) => buf.extend_from_slice(&[1, u8::from(*b)]),
+            Value::Integer(i) => {
+                buf.push(2);
+                varint(buf, ((*i << 1) ^ (*i >> 63)) as u64);
+            }
+            Value::Unsigned(u) => {
+                buf.push(3);
+                varint(buf, *u);
+            }
+            Value::Float(f) => {
+                buf.push(4);
+                buf.extend_from_slice(&f.to_le_bytes());
+            }
+            Value::String(s) => {
+                buf.push(5);
+                bytes(buf, s.as_bytes());
+            }
+            Value::Bytes(b) => {
+                buf.push(6);
+                bytes(buf, b);
+            }
+            Value::List(items) => {
+                buf.push(7);
+                varint(buf, items.len() as u64);
+                for item in items {
+                    value(buf, item);
+                }
+            }
+            Value::Dict(d) => {
+                buf.push(8);
+                dict(buf, d);
+            }
+        }
+    }
+
+    fn dict(buf: &mut Vec<u8>, d: &Dict) {
+        varint(buf, d.len() as u64);
+        for (k, v) in d {
+            bytes(buf, k.as_bytes());
+            value(buf, v);
+        }
+    }
+
+    fn payload(buf: &mut Vec<u8>, p: &Payload) {
+        match p {
+            Payload::Empty => buf.push(0),
+            Payload::Args(args) => {
+                buf.push(1);
+                varint(buf, args.len() as u64);
+                args.iter().for_each(|v| value(buf, v));
+            }
+            Payload::ArgsKw(args, kw) => {
+                buf.push(2);
+                varint(buf, args.len() as u64);
+                args.iter().for_each(|v| value(buf, v));
+                dict(buf, kw);
+            }
+            Payload::Transparent(v) => {
+                buf.push(3);
+                value(buf, v);
+            }
+        }
+    }
+
+    fn peer(buf: &mut Vec<u8>, p: &PeerId) {
+        bytes(buf, p.realm.as_bytes());
+        bytes(buf, p.node.as_str().as_bytes());
+        match p.session {
+            None => buf.push(0),
+            Some(s) => {
+                buf.push(1);
+                varint(buf, s);
+            }
+        }
+    }
+
+    /// Appends the frame's fields after its variant index; `false` (with `buf` to be cut back
+    /// by the caller) for a message type not written by hand.
+    pub(super) fn forward(buf: &mut Vec<u8>, f: &ForwardRef<'_>) -> bool {
+        buf.extend_from_slice(&f.ttl_ms.to_be_bytes());
+        varint(buf, f.id);
+        peer(buf, f.from);
+        peer(buf, f.to);
+        // The variant indexes follow the declaration order of `WampMessage`.
+        match f.message {
+            WampMessage::Error {
+                request_type,
+                request,
+                details,
+                error,
+                payload: p,
+            } => {
+                buf.push(6);
+                varint(buf, *request_type);
+                varint(buf, *request);
+                dict(buf, details);
+                bytes(buf, error.as_bytes());
+                payload(buf, p);
+            }
+            WampMessage::Publish {
+                request,
+                options,
+                topic,
+                payload: p,
+            } => {
+                buf.push(7);
+                varint(buf, *request);
+                dict(buf, options);
+                bytes(buf, topic.as_bytes());
+                payload(buf, p);
+            }
+            WampMessage::Result {
+                request,
+                details,
+                payload: p,
+            } => {
+                buf.push(16);
+                varint(buf, *request);
+                dict(buf, details);
+                payload(buf, p);
+            }
+            WampMessage::Invocation {
+                request,
+                registration,
+                details,
+                payload: p,
+            } => {
+                buf.push(21);
+                varint(buf, *request);
+                varint(buf, *registration);
+                dict(buf, details);
+                payload(buf, p);
+            }
+            WampMessage::Interrupt { request, options } => {
+                buf.push(22);
+                varint(buf, *request);
+                dict(buf, options);
+            }
+            _ => return false,
+        }
+        true
+    }
 }
 
 /// Where `ttl_ms` sits in an encoded `Forward` frame: after the length prefix and the one-byte
@@ -719,6 +900,96 @@ mod tests {
         let from = PeerId::session("realm1", "a", 1);
         let err = encode_forward(1, &from, &from, &big, 500).unwrap_err();
         assert!(matches!(err, WireError::TooLarge { max: 500, .. }), "{err}");
+    }
+
+    #[test]
+    fn frames_written_by_hand_equal_bincodes_for_every_kind_of_value_and_payload() {
+        use crate::wamp::{Dict, Payload, Value};
+        let mut dict = Dict::new();
+        dict.insert("k".into(), Value::Integer(-1));
+        dict.insert(
+            "é".repeat(200),
+            Value::List(vec![Value::Null, Value::Bool(true)]),
+        );
+        let mut values = vec![
+            Value::Null,
+            Value::Bool(false),
+            Value::Float(-1.5e300),
+            Value::String("x".repeat(70_000)),
+            Value::Bytes(vec![7; 300]),
+            Value::List(vec![Value::Dict(dict.clone()), Value::List(Vec::new())]),
+            Value::Dict(dict.clone()),
+        ];
+        for n in [
+            0,
+            1,
+            250,
+            251,
+            65_535,
+            65_536,
+            i64::from(u32::MAX) + 1,
+            i64::MAX,
+        ] {
+            values.push(Value::Integer(n));
+            values.push(Value::Integer(-n - 1));
+            values.push(Value::Unsigned(n as u64 * 2 + 1));
+        }
+        let payloads = [
+            Payload::Empty,
+            Payload::Args(values.clone()),
+            Payload::ArgsKw(values.clone(), dict.clone()),
+            Payload::Transparent(Value::List(values)),
+        ];
+        let peers = [
+            PeerId::session("realm1", "a", u64::MAX),
+            PeerId::node("r".repeat(300), "b"),
+        ];
+        for payload in payloads {
+            let messages = [
+                WampMessage::Publish {
+                    request: 1 << 53,
+                    options: dict.clone(),
+                    topic: "com.example.topic".into(),
+                    payload: payload.clone(),
+                },
+                WampMessage::Error {
+                    request_type: 68,
+                    request: 300,
+                    details: Dict::new(),
+                    error: "wamp.error.x".into(),
+                    payload: payload.clone(),
+                },
+                WampMessage::Result {
+                    request: 70_000,
+                    details: dict.clone(),
+                    payload: payload.clone(),
+                },
+                WampMessage::Invocation {
+                    request: 5,
+                    registration: u64::from(u32::MAX) + 7,
+                    details: dict.clone(),
+                    payload: payload.clone(),
+                },
+                WampMessage::Interrupt {
+                    request: 9,
+                    options: dict.clone(),
+                },
+            ];
+            for message in messages {
+                for (from, to) in [(&peers[0], &peers[1]), (&peers[1], &peers[0])] {
+                    let frame = Frame::Forward(Box::new(Forward {
+                        ttl_ms: 0,
+                        id: u64::MAX - 3,
+                        from: from.clone(),
+                        to: to.clone(),
+                        message: message.clone(),
+                    }));
+                    let by_hand =
+                        encode_forward(u64::MAX - 3, from, to, &message, FRAME_LIMIT).unwrap();
+                    assert_eq!(&by_hand[..], &encoded(&frame)[..], "{}", message.name());
+                }
+            }
+        }
     }
 
     #[test]
