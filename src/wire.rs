@@ -326,16 +326,18 @@ mod by_hand {
             }
             Value::List(items) => {
                 buf.push(7);
-                varint(buf, items.len() as u64);
-                for item in items {
-                    value(buf, item);
-                }
+                list(buf, items);
             }
             Value::Dict(d) => {
                 buf.push(8);
                 dict(buf, d);
             }
         }
+    }
+
+    fn list(buf: &mut Vec<u8>, items: &[Value]) {
+        varint(buf, items.len() as u64);
+        items.iter().for_each(|v| value(buf, v));
     }
 
     fn dict(buf: &mut Vec<u8>, d: &Dict) {
@@ -351,13 +353,11 @@ mod by_hand {
             Payload::Empty => buf.push(0),
             Payload::Args(args) => {
                 buf.push(1);
-                varint(buf, args.len() as u64);
-                args.iter().for_each(|v| value(buf, v));
+                list(buf, args);
             }
             Payload::ArgsKw(args, kw) => {
                 buf.push(2);
-                varint(buf, args.len() as u64);
-                args.iter().for_each(|v| value(buf, v));
+                list(buf, args);
                 dict(buf, kw);
             }
             Payload::Transparent(v) => {

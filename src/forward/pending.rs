@@ -84,7 +84,6 @@ struct Table {
     /// The first tick not wholly swept yet (the last sweep's tick: entries due later in it
     /// wait in its bucket).
     next_tick: u64,
-    len: usize,
 }
 
 /// What [`Pending::sweep`] did.
@@ -110,7 +109,6 @@ impl Default for Pending {
                 wheel: vec![Vec::new(); BUCKETS],
                 origin: Instant::now(),
                 next_tick: 0,
-                len: 0,
             }),
         }
     }
@@ -178,7 +176,6 @@ impl Table {
         let entry = slot.entry.take()?;
         slot.generation = slot.generation.wrapping_add(1);
         self.free.push_back(index as u32);
-        self.len -= 1;
         Some(entry)
     }
 
@@ -227,14 +224,14 @@ impl Pending {
             }
         };
         t.slots[index].entry = Some(entry);
-        t.len += 1;
         t.schedule(index);
         id_of(index as u32, t.slots[index].generation)
     }
 
     /// Number of entries, finished or not.
     pub fn len(&self) -> usize {
-        self.lock().len
+        let t = self.lock();
+        t.slots.len() - t.free.len()
     }
 
     /// Whether the table is empty.
