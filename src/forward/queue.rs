@@ -112,7 +112,7 @@ impl SendQueue {
             queue: self,
             ticket: None,
         };
-        let mut item = Some(item);
+        let len = item.bytes.len();
         loop {
             // Registered before the check, so that room made after it is not missed; only
             // once the queue was found full.
@@ -129,15 +129,12 @@ impl SendQueue {
                     None => state.waiting.is_empty(),
                     Some(ticket) => state.waiting.front() == Some(&ticket),
                 };
-                let len = item.as_ref().map_or(0, |i| i.bytes.len());
                 let fits = state.items.is_empty()
                     || (state.items.len() < self.capacity
                         && state.bytes + len <= self.capacity_bytes);
                 if first && fits {
-                    if let Some(item) = item.take() {
-                        state.bytes += len;
-                        state.items.push_back(item);
-                    }
+                    state.bytes += len;
+                    state.items.push_back(item);
                     self.len.store(state.items.len(), Ordering::Relaxed);
                     let was_empty = state.items.len() == 1;
                     let others_wait = turn.ticket.take().is_some() && {
