@@ -84,13 +84,22 @@ fn frames(c: &mut Criterion) {
     for (name, message) in messages() {
         encode.throughput(Throughput::Elements(1));
         encode.bench_function(name, |b| {
-            b.iter(|| wire::encode_forward(black_box(42), &from, &to, black_box(&message), max))
+            b.iter(|| {
+                wire::encode_forward(
+                    black_box(42),
+                    &from,
+                    &to,
+                    black_box(&message),
+                    max,
+                    <[u8]>::len,
+                )
+            })
         });
     }
     encode.finish();
     let mut decode = c.benchmark_group("decode");
     for (name, message) in messages() {
-        let bytes = wire::encode_forward(42, &from, &to, &message, max).unwrap();
+        let bytes = wire::encode_forward(42, &from, &to, &message, max, <[u8]>::to_vec).unwrap();
         let mut codec = FrameCodec::new(max);
         decode.throughput(Throughput::Elements(1));
         decode.bench_function(name, |b| {

@@ -15,7 +15,7 @@ use std::fmt;
 use std::io;
 
 use bincode::config::Configuration;
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use serde::{Deserialize, Serialize};
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -225,15 +225,17 @@ thread_local! {
 }
 
 /// Encodes a whole `Forward` frame (length prefix included, as [`FrameCodec`] writes it) into
-/// one allocation of its exact size; its time to live is set later with [`set_ttl`]. Refused
-/// (`TooLarge`) when longer than `max_frame_bytes`.
-pub fn encode_forward(
+/// a buffer of the thread's and hands it to `use_frame`, which copies it where it must go (a
+/// link's send queue); its time to live is set later with [`set_ttl`]. Refused (`TooLarge`)
+/// when longer than `max_frame_bytes`.
+pub fn encode_forward<R>(
     id: u64,
     from: &PeerId,
     to: &PeerId,
     message: &WampMessage,
     max_frame_bytes: usize,
-) -> Result<Bytes, WireError> {
+    use_frame: impl FnOnce(&[u8]) -> R,
+) -> Result<R, WireError> {
     let max = max_frame_bytes.min(FRAME_LIMIT);
     let forward = ForwardRef {
         ttl_ms: 0,
@@ -260,7 +262,7 @@ pub fn encode_forward(
             Ok(_) => {
                 let prefix = u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes();
                 buf[..LENGTH_BYTES].copy_from_slice(&prefix);
-                Ok(Bytes::copy_from_slice(&buf))
+                Ok(use_frame(&buf))
             }
         };
         if buf.capacity() > SCRATCH_KEEP_BYTES {
@@ -886,7 +888,15 @@ mod tests {
         for frame in every_frame() {
             let Frame::Forward(f) = &frame else { continue };
             let mut bytes = BytesMut::from(
-                &encode_forward(f.id, &f.from, &f.to, &f.message, FRAME_LIMIT).unwrap()[..],
+                &encode_forward(
+                    f.id,
+                    &f.from,
+                    &f.to,
+                    &f.message,
+                    FRAME_LIMIT,
+                    <[u8]>::to_vec,
+                )
+                .unwrap()[..],
             );
             set_ttl(&mut bytes, f.ttl_ms);
             assert_eq!(&bytes[..], &encoded(&frame)[..]);
@@ -898,7 +908,7 @@ mod tests {
             payload: crate::wamp::Payload::Args(vec![crate::wamp::Value::Bytes(vec![0; 1000])]),
         };
         let from = PeerId::session("realm1", "a", 1);
-        let err = encode_forward(1, &from, &from, &big, 500).unwrap_err();
+        let err = encode_forward(1, &from, &from, &big, 500, <[u8]>::to_vec).unwrap_err();
         assert!(matches!(err, WireError::TooLarge { max: 500, .. }), "{err}");
     }
 
@@ -984,8 +994,15 @@ mod tests {
                         to: to.clone(),
                         message: message.clone(),
                     }));
-                    let by_hand =
-                        encode_forward(u64::MAX - 3, from, to, &message, FRAME_LIMIT).unwrap();
+                    let by_hand = encode_forward(
+                        u64::MAX - 3,
+                        from,
+                        to,
+                        &message,
+                        FRAME_LIMIT,
+                        <[u8]>::to_vec,
+                    )
+                    .unwrap();
                     assert_eq!(&by_hand[..], &encoded(&frame)[..], "{}", message.name());
                 }
             }

@@ -32,7 +32,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
@@ -53,8 +53,8 @@ use crate::wamp::WampMessage;
 use crate::wire::{self, Frame, FrameCodec};
 use crate::NodeId;
 use outbound::Link;
+use outbound::Offered;
 use pending::Pending;
-use queue::Queued;
 
 /// How often the pending-ack and queue-depth gauges are set, and counters of peers that left
 /// are dropped.
@@ -362,7 +362,9 @@ impl Inner {
         let addr = self.live_forward_addr(&node)?;
         let max = self.config.max_frame_bytes;
         // The time to live is set as the frame is written.
-        let encode = |id| wire::encode_forward(id, from, to, message, max);
+        let encode = |id, offer: &mut dyn FnMut(&[u8]) -> Offered| {
+            wire::encode_forward(id, from, to, message, max, offer)
+        };
         match self
             .enqueue(&node, addr, now, deadline, fail_if_full, encode)
             .await
@@ -392,15 +394,17 @@ impl Inner {
         now: Instant,
         deadline: Instant,
         fail_if_full: bool,
-        encode: impl FnOnce(u64) -> Result<Bytes, wire::WireError>,
+        encode: impl FnOnce(u64, &mut dyn FnMut(&[u8]) -> Offered) -> Result<Offered, wire::WireError>,
     ) -> Result<(u64, Arc<Link>), ForwardError> {
         // An outcome nobody takes is kept for as long again as the call's timeout.
         let retain_until = deadline + deadline.saturating_duration_since(now);
         let id = self
             .pending
             .register(node.clone(), now, deadline, retain_until);
-        let bytes = match encode(id) {
-            Ok(bytes) => bytes,
+        let link = self.link(node, addr);
+        let mut offer = |frame: &[u8]| link.offer(id, deadline, fail_if_full, frame);
+        let offered = match encode(id, &mut offer) {
+            Ok(offered) => offered,
             Err(err) => {
                 self.pending.cancel(id);
                 let max = self.config.max_frame_bytes;
@@ -413,13 +417,12 @@ impl Inner {
                 });
             }
         };
-        let queued = Queued {
-            id,
-            deadline,
-            bytes,
+        let queued = match offered {
+            Offered::Queued => Ok(()),
+            Offered::Wait(item) => link.enqueue(item, deadline).await,
+            Offered::Refused(err) => Err(err),
         };
-        let link = self.link(node, addr);
-        if let Err(err) = link.enqueue(queued, fail_if_full, deadline).await {
+        if let Err(err) = queued {
             self.pending.cancel(id);
             return Err(err);
         }
@@ -440,11 +443,11 @@ impl Inner {
         let start = Instant::now();
         let deadline = start + timeout.min(MAX_TIMEOUT);
         let max = self.config.max_frame_bytes;
-        let ping = |id| {
+        let ping = |id, offer: &mut dyn FnMut(&[u8]) -> Offered| {
             let mut bytes = BytesMut::new();
             FrameCodec::new(max)
                 .encode(&Frame::Ping { id }, &mut bytes)
-                .map(|()| bytes.freeze())
+                .map(|()| offer(&bytes))
         };
         let (id, _) = self
             .enqueue(node, addr, start, deadline, false, ping)

@@ -2,10 +2,9 @@
 //! handshake, writes queued frames in batches, reads acks, and redials with capped exponential
 //! backoff and jitter while the peer is live.
 //!
-//! Frames not yet written when a connection breaks (still queued, or taken from the queue but
-//! not yet put in a write) go out on the next connection if their deadline allows. Frames put
-//! in a write on the broken connection and not answered fail with `ConnectionLost`: they may or
-//! may not have been delivered.
+//! Frames still queued when a connection breaks go out on the next connection if their deadline
+//! allows. Frames put in a write on the broken connection and not answered fail with
+//! `ConnectionLost`: they may or may not have been delivered.
 //!
 //! A connection can die without closing: a partition, a peer that was paused, a middlebox
 //! that forgot it. TCP then retransmits with a backoff that grows to many seconds, and could
@@ -29,15 +28,15 @@ use tokio::time::Instant;
 use tokio_util::codec::{Encoder, FramedRead};
 use tracing::debug;
 
-use super::queue::{Queued, Refused, SendQueue, Taken};
+use super::queue::{Batch, Queued, Refused, SendQueue, Taken};
 use super::stats::PeerStats;
 use super::{BadReason, Inner};
 use crate::error::ForwardError;
 use crate::wire::{self, Frame, FrameCodec, Hello, NackReason};
 use crate::NodeId;
 
-/// Bytes gathered before a batch is written even if more frames are queued.
-const WRITE_BATCH_BYTES: usize = 64 * 1024;
+/// A writer's buffer that grew larger than this for a burst is given back after the write.
+const WRITE_KEEP_BYTES: usize = 256 * 1024;
 
 /// Answers read between two readings of the clock when they come in a burst.
 const CLOCK_EVERY: u32 = 64;
@@ -107,26 +106,47 @@ impl Link {
         self.queue.is_closed()
     }
 
-    /// Queues a frame: at once or `QueueFull` when `fail_if_full`, else waiting for room until
-    /// `deadline` (then `Timeout`).
-    pub async fn enqueue(
-        &self,
-        item: Queued,
-        fail_if_full: bool,
-        deadline: Instant,
-    ) -> Result<(), ForwardError> {
-        self.queue
-            .push(item, fail_if_full, deadline)
-            .await
-            .map_err(|refused| {
-                let node = self.node.clone();
-                match refused {
-                    Refused::Full => ForwardError::QueueFull { node },
-                    Refused::Late => ForwardError::Timeout { node },
-                    Refused::Closed => ForwardError::UnknownNode { node },
-                }
-            })
+    /// Offers an encoded frame to the queue: it goes in at once if there is room; else, unless
+    /// `fail_if_full`, the caller gets it back owned, to wait for room with
+    /// [`Link::enqueue`].
+    pub fn offer(&self, id: u64, deadline: Instant, fail_if_full: bool, frame: &[u8]) -> Offered {
+        match self.queue.try_push(id, deadline, frame) {
+            Ok(()) => Offered::Queued,
+            Err(Refused::Full) if !fail_if_full => Offered::Wait(Queued {
+                id,
+                deadline,
+                bytes: frame.to_vec(),
+            }),
+            Err(refused) => Offered::Refused(self.refusal(refused)),
+        }
     }
+
+    /// Queues a frame once there is room, waiting until `deadline` (then `Timeout`).
+    pub async fn enqueue(&self, item: Queued, deadline: Instant) -> Result<(), ForwardError> {
+        self.queue
+            .push(item, false, deadline)
+            .await
+            .map_err(|refused| self.refusal(refused))
+    }
+
+    fn refusal(&self, refused: Refused) -> ForwardError {
+        let node = self.node.clone();
+        match refused {
+            Refused::Full => ForwardError::QueueFull { node },
+            Refused::Late => ForwardError::Timeout { node },
+            Refused::Closed => ForwardError::UnknownNode { node },
+        }
+    }
+}
+
+/// What became of a frame offered to a link's queue.
+pub(crate) enum Offered {
+    /// It is in the queue.
+    Queued,
+    /// The queue has no room now: here it is, owned, to wait for room.
+    Wait(Queued),
+    /// It cannot go in.
+    Refused(ForwardError),
 }
 
 /// The link's task: dial, serve, redial while the peer is live.
@@ -141,8 +161,6 @@ async fn run(
 ) {
     let mut backoff = FIRST_BACKOFF;
     let mut connected_before = false;
-    // Frames taken from the queue and not yet written: they go out on the next connection.
-    let mut unwritten = VecDeque::new();
     loop {
         if inner.shutdown.is_cancelled() {
             break;
@@ -165,7 +183,7 @@ async fn run(
                     written: &written,
                 };
                 let why = tokio::select! {
-                    why = connection.serve(reader, writer, &queue, &mut unwritten) => why,
+                    why = connection.serve(reader, writer, &queue) => why,
                     _ = reset.notified() => "no pong to a probe in time: the connection is dead".to_string(),
                 };
                 if inner.shutdown.is_cancelled() {
@@ -218,10 +236,11 @@ async fn run(
     } else {
         ForwardError::UnknownNode { node: node.clone() }
     };
-    queue.take_all(&mut unwritten);
+    let mut left = Batch::default();
+    queue.take_all(&mut left);
     let now = Instant::now();
-    for item in unwritten {
-        inner.pending.complete(item.id, Err(error.clone()), now);
+    for frame in left.frames {
+        inner.pending.complete(frame.id, Err(error.clone()), now);
     }
 }
 
@@ -297,11 +316,10 @@ impl Connection<'_> {
         reader: FramedRead<OwnedReadHalf, FrameCodec>,
         writer: OwnedWriteHalf,
         queue: &SendQueue,
-        unwritten: &mut VecDeque<Queued>,
     ) -> String {
         tokio::select! {
             why = self.read(reader) => why,
-            why = self.write(writer, queue, unwritten) => why,
+            why = self.write(writer, queue) => why,
             _ = self.inner.shutdown.cancelled() => "shutting down".to_string(),
         }
     }
@@ -382,57 +400,50 @@ impl Connection<'_> {
         }
     }
 
-    /// Writes queued frames in batches: what the queue holds at once, up to
-    /// [`WRITE_BATCH_BYTES`] per write.
-    async fn write(
-        &self,
-        mut writer: OwnedWriteHalf,
-        queue: &SendQueue,
-        unwritten: &mut VecDeque<Queued>,
-    ) -> String {
-        let mut batch = BytesMut::with_capacity(WRITE_BATCH_BYTES);
+    /// Writes what the queue holds, all of it in one write, again and again.
+    async fn write(&self, mut writer: OwnedWriteHalf, queue: &SendQueue) -> String {
+        let mut batch = Batch::default();
         loop {
-            if unwritten.is_empty() {
-                if !batch.is_empty() {
-                    if let Err(err) = writer.write_all(&batch).await {
-                        return err.to_string();
-                    }
-                    self.stats.bytes_sent(batch.len());
-                    batch.clear();
+            match queue.take_all(&mut batch) {
+                Taken::Some => {}
+                Taken::Empty => {
+                    queue.wait_ready().await;
+                    continue;
                 }
-                match queue.take_all(unwritten) {
-                    Taken::Some => {}
-                    Taken::Empty => {
-                        queue.wait_ready().await;
-                        continue;
-                    }
-                    Taken::Closed => return "queue closed".to_string(),
-                }
+                Taken::Closed => return "queue closed".to_string(),
             }
-            let now = Instant::now();
-            {
-                let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
-                while batch.len() < WRITE_BATCH_BYTES {
-                    let Some(item) = unwritten.pop_front() else {
-                        break;
-                    };
-                    if item.deadline <= now {
-                        // Its sender gave up: the waiter or the sweep ends the entry.
-                        continue;
-                    }
-                    let start = batch.len();
-                    batch.extend_from_slice(&item.bytes);
-                    wire::set_ttl(&mut batch[start..], super::ttl_ms(item.deadline - now));
-                    written.push_back(item.id);
-                }
-            }
-            if batch.len() >= WRITE_BATCH_BYTES {
-                if let Err(err) = writer.write_all(&batch).await {
+            self.prepare(&mut batch);
+            if !batch.bytes.is_empty() {
+                if let Err(err) = writer.write_all(&batch.bytes).await {
                     return err.to_string();
                 }
-                self.stats.bytes_sent(batch.len());
-                batch.clear();
+                self.stats.bytes_sent(batch.bytes.len());
             }
+            batch.clear(WRITE_KEEP_BYTES);
         }
+    }
+
+    /// Readies a batch for its write: sets each frame's time to live, leaves out the frames
+    /// whose sender gave up (the waiter or the sweep ends their entries), and notes the others
+    /// as written.
+    fn prepare(&self, batch: &mut Batch) {
+        let now = Instant::now();
+        let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
+        let (mut at, mut kept) = (0, 0);
+        for frame in &batch.frames {
+            let from = at;
+            at += frame.len;
+            if frame.deadline <= now {
+                continue;
+            }
+            if kept != from {
+                batch.bytes.copy_within(from..at, kept);
+            }
+            let ttl = super::ttl_ms(frame.deadline - now);
+            wire::set_ttl(&mut batch.bytes[kept..kept + frame.len], ttl);
+            kept += frame.len;
+            written.push_back(frame.id);
+        }
+        batch.bytes.truncate(kept);
     }
 }

@@ -1,8 +1,11 @@
 //! A link's send queue: bounded in frames and in bytes, first come first served, drained whole
 //! by the link's writer.
 //!
-//! Senders push encoded frames one at a time; the writer takes everything queued in one step
-//! (one lock per batch, not per frame), which frees the queue's room at once. A sender that
+//! The frames are kept back to back in one buffer, as they will be written, beside a list of
+//! what each is (id, deadline, length): a frame costs no allocation of its own, and the writer
+//! swaps the whole buffer for its empty one. Senders copy encoded frames in one at a time; the
+//! writer takes everything queued in one step (one lock per batch, not per frame), which frees
+//! the queue's room at once. A sender that
 //! finds the queue full waits its turn: senders are let in in the order they first found the
 //! queue full, and a newcomer does not overtake one that waits, so the frames of one caller
 //! keep their order even when its calls overlap.
@@ -12,18 +15,72 @@ use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-/// A frame waiting in a link's queue.
+/// What the queue knows of a frame it holds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Meta {
+    /// Its pending-ack id.
+    pub id: u64,
+    /// Its sender's deadline: not written after it.
+    pub deadline: Instant,
+    /// Its length in the buffer.
+    pub len: usize,
+}
+
+/// Frames back to back in `bytes`, described in order by `frames`.
+#[derive(Default)]
+pub(crate) struct Batch {
+    pub frames: VecDeque<Meta>,
+    pub bytes: Vec<u8>,
+}
+
+impl Batch {
+    fn push(&mut self, id: u64, deadline: Instant, frame: &[u8]) {
+        self.bytes.extend_from_slice(frame);
+        self.frames.push_back(Meta {
+            id,
+            deadline,
+            len: frame.len(),
+        });
+    }
+
+    /// Moves `other`'s frames to the back of this batch.
+    fn append(&mut self, other: &mut Batch) {
+        if self.frames.is_empty() {
+            // Swapping hands the other side this batch's empty buffers: no allocation.
+            self.bytes.clear();
+            std::mem::swap(self, other);
+        } else {
+            self.bytes.extend_from_slice(&other.bytes);
+            self.frames.append(&mut other.frames);
+            other.bytes.clear();
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Empties the batch, and gives back a buffer grown past `keep_bytes`.
+    pub fn clear(&mut self, keep_bytes: usize) {
+        self.frames.clear();
+        self.bytes.clear();
+        if self.bytes.capacity() > keep_bytes {
+            self.bytes = Vec::new();
+        }
+    }
+}
+
+/// A frame to queue, owned: one that waits for room.
 pub(crate) struct Queued {
     /// Its pending-ack id.
     pub id: u64,
     /// Its sender's deadline: not written after it.
     pub deadline: Instant,
     /// The encoded frame.
-    pub bytes: Bytes,
+    pub bytes: Vec<u8>,
 }
 
 /// Why a frame was not queued.
@@ -50,8 +107,7 @@ pub(crate) enum Taken {
 
 #[derive(Default)]
 struct State {
-    items: VecDeque<Queued>,
-    bytes: usize,
+    items: Batch,
     /// Tickets of the senders waiting for room, oldest first.
     waiting: VecDeque<u64>,
     next_ticket: u64,
@@ -100,6 +156,34 @@ impl SendQueue {
         self.closed.load(Ordering::Acquire)
     }
 
+    /// Whether a frame of `len` bytes has room now.
+    fn fits(&self, state: &State, len: usize) -> bool {
+        let items = &state.items;
+        items.is_empty()
+            || (items.frames.len() < self.capacity
+                && items.bytes.len() + len <= self.capacity_bytes)
+    }
+
+    /// Copies `frame` in, if it has room now and no sender waits for room before it: else
+    /// `Full`, or `Closed`.
+    pub fn try_push(&self, id: u64, deadline: Instant, frame: &[u8]) -> Result<(), Refused> {
+        let mut state = self.lock();
+        if self.is_closed() {
+            return Err(Refused::Closed);
+        }
+        if !state.waiting.is_empty() || !self.fits(&state, frame.len()) {
+            return Err(Refused::Full);
+        }
+        let was_empty = state.items.is_empty();
+        state.items.push(id, deadline, frame);
+        self.len.store(state.items.frames.len(), Ordering::Relaxed);
+        drop(state);
+        if was_empty {
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
     /// Queues `item`: at once, or `Full` when there is no room and `fail_if_full`, else after
     /// waiting for room and for the senders that waited before it, until `deadline` (`Late`).
     pub async fn push(
@@ -129,14 +213,10 @@ impl SendQueue {
                     None => state.waiting.is_empty(),
                     Some(ticket) => state.waiting.front() == Some(&ticket),
                 };
-                let fits = state.items.is_empty()
-                    || (state.items.len() < self.capacity
-                        && state.bytes + len <= self.capacity_bytes);
-                if first && fits {
-                    state.bytes += len;
-                    state.items.push_back(item);
-                    self.len.store(state.items.len(), Ordering::Relaxed);
-                    let was_empty = state.items.len() == 1;
+                if first && self.fits(&state, len) {
+                    let was_empty = state.items.is_empty();
+                    state.items.push(item.id, item.deadline, &item.bytes);
+                    self.len.store(state.items.frames.len(), Ordering::Relaxed);
                     let others_wait = turn.ticket.take().is_some() && {
                         state.waiting.pop_front();
                         !state.waiting.is_empty()
@@ -169,7 +249,7 @@ impl SendQueue {
     }
 
     /// Moves every queued frame to the back of `into`, freeing the queue's room.
-    pub fn take_all(&self, into: &mut VecDeque<Queued>) -> Taken {
+    pub fn take_all(&self, into: &mut Batch) -> Taken {
         let mut state = self.lock();
         if state.items.is_empty() {
             return if self.is_closed() {
@@ -178,12 +258,7 @@ impl SendQueue {
                 Taken::Empty
             };
         }
-        if into.is_empty() {
-            std::mem::swap(into, &mut state.items);
-        } else {
-            into.append(&mut state.items);
-        }
-        state.bytes = 0;
+        into.append(&mut state.items);
         self.len.store(0, Ordering::Relaxed);
         let waiting = !state.waiting.is_empty();
         drop(state);
@@ -242,12 +317,12 @@ mod tests {
         Queued {
             id,
             deadline: Instant::now() + Duration::from_secs(60),
-            bytes: Bytes::from(vec![0; len]),
+            bytes: vec![id as u8; len],
         }
     }
 
-    fn ids(items: &VecDeque<Queued>) -> Vec<u64> {
-        items.iter().map(|i| i.id).collect()
+    fn ids(items: &Batch) -> Vec<u64> {
+        items.frames.iter().map(|i| i.id).collect()
     }
 
     #[tokio::test(start_paused = true)]
@@ -268,7 +343,7 @@ mod tests {
         let later = Instant::now() + Duration::from_secs(1);
         q.push(item(1, 500), true, later).await.unwrap();
         assert_eq!(q.push(item(2, 1), true, later).await, Err(Refused::Full));
-        let mut out = VecDeque::new();
+        let mut out = Batch::default();
         assert_eq!(q.take_all(&mut out), Taken::Some);
         q.push(item(2, 60), true, later).await.unwrap();
         assert_eq!(q.push(item(3, 60), true, later).await, Err(Refused::Full));
@@ -291,7 +366,7 @@ mod tests {
             }));
             tokio::task::yield_now().await;
         }
-        let mut out = VecDeque::new();
+        let mut out = Batch::default();
         for _ in 0..3 {
             assert_eq!(q.take_all(&mut out), Taken::Some);
             // A newcomer that finds room must still queue behind the waiters.
@@ -325,7 +400,7 @@ mod tests {
         tokio::task::yield_now().await;
         first.abort();
         let _ = first.await;
-        let mut out = VecDeque::new();
+        let mut out = Batch::default();
         q.take_all(&mut out);
         assert_eq!(second.await.unwrap(), Ok(()));
         q.take_all(&mut out);
@@ -344,9 +419,53 @@ mod tests {
         tokio::task::yield_now().await;
         q.close();
         assert_eq!(waiter.await.unwrap(), Err(Refused::Closed));
-        let mut out = VecDeque::new();
+        let mut out = Batch::default();
         assert_eq!(q.take_all(&mut out), Taken::Some);
         assert_eq!(q.take_all(&mut out), Taken::Closed);
         assert_eq!(ids(&out), [1]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn frames_lie_back_to_back_in_the_order_queued_across_takes() {
+        let q = SendQueue::new(100, 1000);
+        let later = Instant::now() + Duration::from_secs(1);
+        q.try_push(1, later, &[1; 3]).unwrap();
+        q.push(item(2, 2), true, later).await.unwrap();
+        let mut out = Batch::default();
+        assert_eq!(q.take_all(&mut out), Taken::Some);
+        q.try_push(3, later, &[3; 1]).unwrap();
+        // Taken into a batch that still holds frames: appended behind them.
+        assert_eq!(q.take_all(&mut out), Taken::Some);
+        assert_eq!(ids(&out), [1, 2, 3]);
+        assert_eq!(out.bytes, [1, 1, 1, 2, 2, 3]);
+        let lens: Vec<usize> = out.frames.iter().map(|m| m.len).collect();
+        assert_eq!(lens, [3, 2, 1]);
+        assert_eq!(q.len(), 0);
+        // The queue's room is free again, and the writer's emptied buffers are reused.
+        out.clear(1 << 20);
+        q.try_push(4, later, &[4; 2]).unwrap();
+        assert_eq!(q.take_all(&mut out), Taken::Some);
+        assert_eq!((ids(&out), &out.bytes[..]), (vec![4], &[4, 4][..]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn try_push_does_not_overtake_a_waiting_sender() {
+        let q = Arc::new(SendQueue::new(1, 1000));
+        let later = Instant::now() + Duration::from_secs(10);
+        q.try_push(1, later, &[1]).unwrap();
+        assert_eq!(q.try_push(2, later, &[2]), Err(Refused::Full));
+        let waiter = {
+            let q = q.clone();
+            tokio::spawn(async move { q.push(item(2, 1), false, later).await })
+        };
+        tokio::task::yield_now().await;
+        let mut out = Batch::default();
+        q.take_all(&mut out);
+        assert_eq!(q.try_push(9, later, &[9]), Err(Refused::Full));
+        assert_eq!(waiter.await.unwrap(), Ok(()));
+        q.take_all(&mut out);
+        assert_eq!(ids(&out), [1, 2]);
+        q.close();
+        assert_eq!(q.try_push(9, later, &[9]), Err(Refused::Closed));
     }
 }
