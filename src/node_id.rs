@@ -7,8 +7,23 @@ use std::sync::Arc;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A node id (`node_id` in the configuration). Clones share one allocation.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Eq, PartialOrd, Ord)]
 pub struct NodeId(Arc<str>);
+
+impl std::hash::Hash for NodeId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As the string: equal ids hash alike however they are shared.
+        self.0.hash(state);
+    }
+}
+
+impl PartialEq for NodeId {
+    fn eq(&self, other: &Self) -> bool {
+        // Ids decoded from the wire share the allocation of one decoded before, so the
+        // pointers are often equal and the bytes need not be compared.
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
 
 impl NodeId {
     /// The id as a string.
@@ -73,7 +88,13 @@ impl fmt::Debug for NodeId {
 
 impl<'de> Deserialize<'de> for NodeId {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_str(NodeIdVisitor)
+        if deserializer.is_human_readable() {
+            deserializer.deserialize_str(NodeIdVisitor)
+        } else {
+            // The wire's binary encoding (bincode) writes a string as its bytes after their
+            // length: taking them as bytes skips the UTF-8 check for an id met before.
+            deserializer.deserialize_bytes(NodeIdVisitor)
+        }
     }
 }
 
@@ -86,18 +107,18 @@ thread_local! {
         const { std::cell::RefCell::new(([const { None }; RECENT_IDS], 0)) };
 }
 
-/// The node id `s`, shared with one decoded lately on this thread when there is one.
-fn decoded(s: &str) -> NodeId {
+/// The node id of bytes `s`, shared with one decoded lately on this thread when there is one.
+fn decoded(s: &[u8]) -> Result<NodeId, std::str::Utf8Error> {
     RECENT.with(|recent| {
         let mut recent = recent.borrow_mut();
         let (ids, next) = &mut *recent;
-        if let Some(id) = ids.iter().flatten().find(|id| id.as_str() == s) {
-            return id.clone();
+        if let Some(id) = ids.iter().flatten().find(|id| id.as_str().as_bytes() == s) {
+            return Ok(id.clone());
         }
-        let id = NodeId::from(s);
+        let id = NodeId::from(std::str::from_utf8(s)?);
         ids[*next] = Some(id.clone());
         *next = (*next + 1) % RECENT_IDS;
-        id
+        Ok(id)
     })
 }
 
@@ -112,7 +133,11 @@ impl serde::de::Visitor<'_> for NodeIdVisitor {
     }
 
     fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<NodeId, E> {
-        Ok(decoded(s))
+        decoded(s.as_bytes()).map_err(E::custom)
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, s: &[u8]) -> Result<NodeId, E> {
+        decoded(s).map_err(|_| E::invalid_value(serde::de::Unexpected::Bytes(s), &self))
     }
 }
 
@@ -144,5 +169,28 @@ mod tests {
             assert_eq!(decode(&id), id);
         }
         assert_eq!(decode(&NodeId::from("node-a")), first);
+    }
+
+    #[test]
+    fn an_id_that_is_not_utf8_is_refused() {
+        let config = bincode::config::standard();
+        let bytes = bincode::serde::encode_to_vec(serde_bytes_of(&[b'n', 0xff]), config).unwrap();
+        let decoded = bincode::serde::decode_from_slice::<NodeId, _>(&bytes, config);
+        assert!(decoded.is_err(), "{decoded:?}");
+        // The same bytes as a str are an id.
+        let bytes = bincode::serde::encode_to_vec("n-1", config).unwrap();
+        let (id, _): (NodeId, _) = bincode::serde::decode_from_slice(&bytes, config).unwrap();
+        assert_eq!(id, NodeId::from("n-1"));
+    }
+
+    /// Bytes serialized as serde bytes (length, then the bytes), as a str is on the wire.
+    fn serde_bytes_of(bytes: &[u8]) -> impl Serialize + '_ {
+        struct B<'a>(&'a [u8]);
+        impl Serialize for B<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_bytes(self.0)
+            }
+        }
+        B(bytes)
     }
 }

@@ -56,6 +56,11 @@ use outbound::Link;
 use outbound::Offered;
 use pending::Pending;
 
+/// The links by peer, looked up on every send: hashed with foldhash, several times cheaper
+/// than the standard library's SipHash for short keys (the keys are member ids, not chosen by
+/// whoever sends us frames).
+type Links = HashMap<NodeId, Arc<Link>, foldhash::fast::RandomState>;
+
 /// How often the pending-ack and queue-depth gauges are set, and counters of peers that left
 /// are dropped.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
@@ -141,7 +146,7 @@ pub(crate) struct Inner {
     pub(crate) config: ForwardConfig,
     pub(crate) membership: Membership,
     pub(crate) pending: Pending,
-    links: Mutex<HashMap<NodeId, Arc<Link>>>,
+    links: Mutex<Links>,
     /// Counters per peer; kept across links, dropped when the peer leaves the view.
     stats: Mutex<HashMap<NodeId, Arc<stats::PeerStats>>>,
     reports: broadcast::Sender<BadNodeReport>,
@@ -168,7 +173,7 @@ impl Forwarder {
             config,
             membership,
             pending: Pending::default(),
-            links: Mutex::new(HashMap::new()),
+            links: Mutex::new(Links::default()),
             stats: Mutex::new(HashMap::new()),
             reports,
             shutdown: CancellationToken::new(),
@@ -329,7 +334,7 @@ impl Forwarder {
 }
 
 impl Inner {
-    fn links(&self) -> MutexGuard<'_, HashMap<NodeId, Arc<Link>>> {
+    fn links(&self) -> MutexGuard<'_, Links> {
         self.links.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -460,7 +465,7 @@ impl Inner {
     /// The forward address of `node` if it is live in the view.
     fn live_forward_addr(&self, node: &NodeId) -> Result<SocketAddr, ForwardError> {
         self.membership
-            .view()
+            .peek_view()
             .member(node.as_str())
             .filter(|m| m.live)
             .and_then(|m| m.forward_addr)

@@ -341,7 +341,7 @@ impl Connection<'_> {
                     if std::mem::take(&mut answered)
                         && !inner
                             .membership
-                            .view()
+                            .peek_view()
                             .member(node.as_str())
                             .is_none_or(|m| m.reachable)
                     {

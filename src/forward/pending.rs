@@ -31,6 +31,7 @@ pub type Outcome = Result<(), ForwardError>;
 /// The width of a wheel bucket: how late past its deadline [`Pending::sweep`] may find an
 /// entry, beyond the sweep's own interval.
 pub const TICK: Duration = Duration::from_millis(10);
+const TICK_NANOS: u64 = TICK.as_nanos() as u64;
 
 /// Buckets in the wheel: one turn is 4096 × 10 ms, about 41 s.
 const BUCKETS: usize = 4096;
@@ -121,8 +122,11 @@ fn id_of(index: u32, generation: u32) -> u64 {
 impl Table {
     /// The tick `at` falls in (an instant before the origin is tick 0).
     fn tick(&self, at: Instant) -> u64 {
+        // In 64-bit integers: a division of `as_nanos`'s u128 is a slow library call, and
+        // 2^64 ns is 584 years.
         let since = at.saturating_duration_since(self.origin);
-        (since.as_nanos() / TICK.as_nanos()) as u64
+        let nanos = since.as_secs() * 1_000_000_000 + u64::from(since.subsec_nanos());
+        nanos / TICK_NANOS
     }
 
     fn bucket(tick: u64) -> usize {

@@ -262,6 +262,12 @@ impl Membership {
         self.shared.view.load_full()
     }
 
+    /// The current view, lent for a short look: cheaper than [`Membership::view`] on a hot
+    /// path (no shared reference count to touch), but not to be held across an `.await`.
+    pub(crate) fn peek_view(&self) -> arc_swap::Guard<Arc<LiveView>> {
+        self.shared.view.load()
+    }
+
     /// A receiver that always holds the latest view and wakes on every new one.
     pub fn watch_view(&self) -> watch::Receiver<Arc<LiveView>> {
         self.shared.view_tx.subscribe()
