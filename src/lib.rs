@@ -59,6 +59,7 @@ pub mod metrics;
 pub mod node;
 mod node_id;
 mod peer_id;
+mod shared_str;
 pub mod traffic;
 pub mod wamp;
 pub mod wire;
@@ -72,7 +73,7 @@ pub use forward::{
 pub use membership::{LiveView, Member, Membership, MembershipEvent, Ring, Status};
 pub use node::{Node, NodeBuilder, NodeHandle};
 pub use node_id::NodeId;
-pub use peer_id::{PeerId, SessionId};
+pub use peer_id::{PeerId, Realm, SessionId};
 pub use wire::NackReason;
 
 /// The version of wamp-cluster, published in gossip as `version`.

@@ -88,57 +88,14 @@ impl fmt::Debug for NodeId {
 
 impl<'de> Deserialize<'de> for NodeId {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        if deserializer.is_human_readable() {
-            deserializer.deserialize_str(NodeIdVisitor)
-        } else {
-            // The wire's binary encoding (bincode) writes a string as its bytes after their
-            // length: taking them as bytes skips the UTF-8 check for an id met before.
-            deserializer.deserialize_bytes(NodeIdVisitor)
-        }
+        crate::shared_str::deserialize(deserializer, &RECENT, "a node id").map(NodeId)
     }
 }
-
-/// Node ids decoded lately on this thread, reused rather than allocated again: a cluster has
-/// few nodes, and every forwarded frame names two of them.
-const RECENT_IDS: usize = 8;
 
 thread_local! {
-    static RECENT: std::cell::RefCell<([Option<NodeId>; RECENT_IDS], usize)> =
-        const { std::cell::RefCell::new(([const { None }; RECENT_IDS], 0)) };
-}
-
-/// The node id of bytes `s`, shared with one decoded lately on this thread when there is one.
-fn decoded(s: &[u8]) -> Result<NodeId, std::str::Utf8Error> {
-    RECENT.with(|recent| {
-        let mut recent = recent.borrow_mut();
-        let (ids, next) = &mut *recent;
-        if let Some(id) = ids.iter().flatten().find(|id| id.as_str().as_bytes() == s) {
-            return Ok(id.clone());
-        }
-        let id = NodeId::from(std::str::from_utf8(s)?);
-        ids[*next] = Some(id.clone());
-        *next = (*next + 1) % RECENT_IDS;
-        Ok(id)
-    })
-}
-
-/// Builds the id from the decoder's bytes without an intermediate `String`.
-struct NodeIdVisitor;
-
-impl serde::de::Visitor<'_> for NodeIdVisitor {
-    type Value = NodeId;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a node id")
-    }
-
-    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<NodeId, E> {
-        decoded(s.as_bytes()).map_err(E::custom)
-    }
-
-    fn visit_bytes<E: serde::de::Error>(self, s: &[u8]) -> Result<NodeId, E> {
-        decoded(s).map_err(|_| E::invalid_value(serde::de::Unexpected::Bytes(s), &self))
-    }
+    /// Node ids decoded lately on this thread: every forwarded frame names two.
+    static RECENT: std::cell::RefCell<crate::shared_str::Recent> =
+        const { std::cell::RefCell::new(crate::shared_str::Recent::new()) };
 }
 
 impl Serialize for NodeId {
@@ -164,7 +121,7 @@ mod tests {
         assert_eq!(first, again);
         assert!(Arc::ptr_eq(&first.0, &again.0));
         // More distinct ids than the cache holds still decode right.
-        for i in 0..3 * RECENT_IDS {
+        for i in 0..3 * crate::shared_str::RECENT {
             let id = NodeId::from(format!("node-{i}"));
             assert_eq!(decode(&id), id);
         }

@@ -12,7 +12,6 @@
 pub mod json;
 mod value_de;
 
-pub(crate) use value_de::string;
 pub use value_de::MAX_DEPTH;
 
 use indexmap::IndexMap;

@@ -1,0 +1,81 @@
+//! Decoding of the strings that every forwarded frame repeats (node ids, realms): each thread
+//! keeps the few it decoded last and hands out a clone of the one it has rather than a new
+//! allocation.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::sync::Arc;
+use std::thread::LocalKey;
+
+use serde::Deserializer;
+
+/// How many strings of one kind a thread remembers: a cluster has few nodes and few realms.
+pub(crate) const RECENT: usize = 8;
+
+/// The strings of one kind decoded lately on a thread.
+pub(crate) struct Recent {
+    strings: [Option<Arc<str>>; RECENT],
+    next: usize,
+}
+
+impl Recent {
+    pub(crate) const fn new() -> Recent {
+        Recent {
+            strings: [const { None }; RECENT],
+            next: 0,
+        }
+    }
+
+    /// The string of bytes `s`, shared with one decoded lately when there is one: only a new
+    /// one is checked as UTF-8 and allocated.
+    fn get(&mut self, s: &[u8]) -> Result<Arc<str>, std::str::Utf8Error> {
+        if let Some(known) = self.strings.iter().flatten().find(|k| k.as_bytes() == s) {
+            return Ok(known.clone());
+        }
+        let new: Arc<str> = std::str::from_utf8(s)?.into();
+        self.strings[self.next] = Some(new.clone());
+        self.next = (self.next + 1) % RECENT;
+        Ok(new)
+    }
+}
+
+/// Deserializes a string through the thread's cache `recent`; `expecting` names it in errors.
+pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+    deserializer: D,
+    recent: &'static LocalKey<RefCell<Recent>>,
+    expecting: &'static str,
+) -> Result<Arc<str>, D::Error> {
+    let visitor = Visitor { recent, expecting };
+    if deserializer.is_human_readable() {
+        deserializer.deserialize_str(visitor)
+    } else {
+        // The wire's binary encoding (bincode) writes a string as its bytes after their
+        // length: taking them as bytes skips the UTF-8 check for a string met before.
+        deserializer.deserialize_bytes(visitor)
+    }
+}
+
+struct Visitor {
+    recent: &'static LocalKey<RefCell<Recent>>,
+    expecting: &'static str,
+}
+
+impl serde::de::Visitor<'_> for Visitor {
+    type Value = Arc<str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.expecting)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Arc<str>, E> {
+        self.recent
+            .with(|recent| recent.borrow_mut().get(s.as_bytes()))
+            .map_err(E::custom)
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, s: &[u8]) -> Result<Arc<str>, E> {
+        self.recent
+            .with(|recent| recent.borrow_mut().get(s))
+            .map_err(|_| E::invalid_value(serde::de::Unexpected::Bytes(s), &self))
+    }
+}
