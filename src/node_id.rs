@@ -30,6 +30,11 @@ impl NodeId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The id of bytes read off the wire, through the thread's cache; `None` if not UTF-8.
+    pub(crate) fn from_wire(bytes: &[u8]) -> Option<NodeId> {
+        crate::shared_str::from_wire(&RECENT, bytes).map(NodeId)
+    }
 }
 
 impl From<&str> for NodeId {

@@ -66,6 +66,11 @@ impl Realm {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The realm of bytes read off the wire, through the thread's cache; `None` if not UTF-8.
+    pub(crate) fn from_wire(bytes: &[u8]) -> Option<Realm> {
+        crate::shared_str::from_wire(&RECENT, bytes).map(Realm)
+    }
 }
 
 impl PartialEq for Realm {

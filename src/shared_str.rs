@@ -39,6 +39,11 @@ impl Recent {
     }
 }
 
+/// The string of bytes `s` through the thread's cache `recent`; `None` when not UTF-8.
+pub(crate) fn from_wire(recent: &'static LocalKey<RefCell<Recent>>, s: &[u8]) -> Option<Arc<str>> {
+    recent.with(|recent| recent.borrow_mut().get(s)).ok()
+}
+
 /// Deserializes a string through the thread's cache `recent`; `expecting` names it in errors.
 pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
     deserializer: D,

@@ -866,9 +866,11 @@ async fn a_newer_connection_from_the_same_node_takes_over_from_the_older() {
         Frame::Forward(Box::new(Forward {
             ttl_ms: 5000,
             id,
-            from: PeerId::session("realm1", "peer-x", 1),
-            to: to("node-1"),
-            message: publish(id),
+            delivery: Delivery {
+                from: PeerId::session("realm1", "peer-x", 1),
+                to: to("node-1"),
+                message: publish(id),
+            },
         }))
     };
     let mut old = connect().await;

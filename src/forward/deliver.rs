@@ -1,6 +1,7 @@
 //! What the receiving node does with a forwarded message: the [`Deliver`] trait a router
 //! implements.
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::peer_id::PeerId;
@@ -8,7 +9,7 @@ use crate::wamp::WampMessage;
 use crate::wire::NackReason;
 
 /// A message that arrived from another node.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Delivery {
     /// The sending peer.
     pub from: PeerId,

@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use tokio_util::codec::{Encoder, FramedRead};
 use tracing::{debug, warn};
 
-use super::deliver::{Deliver, Delivery, Verdict};
+use super::deliver::{Deliver, Verdict};
 use super::{BadReason, Inner};
 use crate::metrics as m;
 use crate::wire::{self, Frame, FrameCodec, NackReason, RefuseReason};
@@ -303,23 +303,24 @@ async fn serve(
                 let ttl = Duration::from_millis(forward.ttl_ms.into()).saturating_sub(stalled);
                 let verdict = if ttl.is_zero() {
                     Some(Err(NackReason::Expired))
-                } else if !forward.message.is_forwardable() {
+                } else if !forward.delivery.message.is_forwardable() {
                     Some(Err(NackReason::NotForwardable))
-                } else if forward.to.node != inner.self_id || forward.from.node != *from {
+                } else if forward.delivery.to.node != inner.self_id
+                    || forward.delivery.from.node != *from
+                {
                     Some(Err(NackReason::Refused(format!(
                         "a message from `{}` to `{}` on a connection from `{from}` to `{}`",
-                        forward.from.node, forward.to.node, inner.self_id
+                        forward.delivery.from.node, forward.delivery.to.node, inner.self_id
                     ))))
                 } else {
-                    let delivery = Delivery {
-                        from: forward.from,
-                        to: forward.to,
-                        message: forward.message,
-                    };
                     // Delivered only while this connection is the peer's newest.
                     let verdict = {
                         let delivering = lock(delivering);
-                        (*delivering == number).then(|| deliver.deliver(delivery))
+                        if *delivering == number {
+                            Some(deliver.deliver(forward.delivery))
+                        } else {
+                            None
+                        }
                     };
                     let Some(verdict) = verdict else {
                         return Some("a newer connection from the same node took over".into());
