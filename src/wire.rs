@@ -280,6 +280,7 @@ mod by_hand {
     use crate::wamp::{Dict, Payload, Value, WampMessage};
 
     /// bincode's varint: one byte below 251, else a marker and the value in 2, 4 or 8 bytes.
+    #[inline]
     fn varint(buf: &mut Vec<u8>, n: u64) {
         if n < 251 {
             buf.push(n as u8);
@@ -295,6 +296,7 @@ mod by_hand {
         }
     }
 
+    #[inline]
     fn bytes(buf: &mut Vec<u8>, b: &[u8]) {
         varint(buf, b.len() as u64);
         buf.extend_from_slice(b);
