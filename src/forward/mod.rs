@@ -364,14 +364,14 @@ impl Inner {
                 max: crate::wamp::MAX_DEPTH,
             });
         }
-        let addr = self.live_forward_addr(&node)?;
+        let link = self.live_link(&node)?;
         let max = self.config.max_frame_bytes;
         // The time to live is set as the frame is written.
         let encode = |id, offer: &mut dyn FnMut(&[u8]) -> Offered| {
             wire::encode_forward(id, from, to, message, max, offer)
         };
         match self
-            .enqueue(&node, addr, now, deadline, fail_if_full, encode)
+            .enqueue(&node, link, now, deadline, fail_if_full, encode)
             .await
         {
             Ok((id, link)) => {
@@ -395,7 +395,7 @@ impl Inner {
     async fn enqueue(
         self: &Arc<Self>,
         node: &NodeId,
-        addr: SocketAddr,
+        link: Arc<Link>,
         now: Instant,
         deadline: Instant,
         fail_if_full: bool,
@@ -406,7 +406,6 @@ impl Inner {
         let id = self
             .pending
             .register(node.clone(), now, deadline, retain_until);
-        let link = self.link(node, addr);
         let mut offer = |frame: &[u8]| link.offer(id, deadline, fail_if_full, frame);
         let offered = match encode(id, &mut offer) {
             Ok(offered) => offered,
@@ -444,7 +443,7 @@ impl Inner {
         if *node == self.self_id {
             return Err(ForwardError::LocalDestination);
         }
-        let addr = self.live_forward_addr(node)?;
+        let link = self.live_link(node)?;
         let start = Instant::now();
         let deadline = start + timeout.min(MAX_TIMEOUT);
         let max = self.config.max_frame_bytes;
@@ -455,21 +454,11 @@ impl Inner {
                 .map(|()| offer(&bytes))
         };
         let (id, _) = self
-            .enqueue(node, addr, start, deadline, false, ping)
+            .enqueue(node, link, start, deadline, false, ping)
             .await?;
         // A probe's timeout is reported, but not counted as a failed forward.
         self.receive(id, deadline, false).await?;
         Ok(start.elapsed())
-    }
-
-    /// The forward address of `node` if it is live in the view.
-    fn live_forward_addr(&self, node: &NodeId) -> Result<SocketAddr, ForwardError> {
-        self.membership
-            .peek_view()
-            .member(node.as_str())
-            .filter(|m| m.live)
-            .and_then(|m| m.forward_addr)
-            .ok_or_else(|| ForwardError::UnknownNode { node: node.clone() })
     }
 
     /// Waits for entry `id` until `until`; a timeout past the entry's deadline reports the
@@ -509,16 +498,31 @@ impl Inner {
             .clone()
     }
 
-    /// The link to `node`, started if there is none.
-    fn link(self: &Arc<Self>, node: &NodeId, addr: SocketAddr) -> Arc<Link> {
+    /// The link to `node` if it is live in the view (with a forward address), started if there
+    /// is none. A link remembers the last view it was found live in, so that sending again
+    /// under the same view does not look the node up again.
+    fn live_link(self: &Arc<Self>, node: &NodeId) -> Result<Arc<Link>, ForwardError> {
+        let view = self.membership.peek_view();
+        let epoch = view.epoch();
         let mut links = self.links();
-        if let Some(link) = links.get(node).filter(|l| !l.is_closed()) {
-            return link.clone();
+        let link = links.get(node).filter(|l| !l.is_closed());
+        if let Some(link) = link.filter(|l| l.live_in() == epoch) {
+            return Ok(link.clone());
+        }
+        let addr = view
+            .member(node.as_str())
+            .filter(|m| m.live)
+            .and_then(|m| m.forward_addr)
+            .ok_or_else(|| ForwardError::UnknownNode { node: node.clone() })?;
+        if let Some(link) = link {
+            link.set_live_in(epoch);
+            return Ok(link.clone());
         }
         let stats = self.peer_stats(node);
         let link = Link::start(self.clone(), node.clone(), addr, stats);
+        link.set_live_in(epoch);
         links.insert(node.clone(), link.clone());
-        link
+        Ok(link)
     }
 
     /// Sets the gauges and drops the counters and closed links of peers no longer in the view.

@@ -52,6 +52,8 @@ pub(crate) struct Link {
     reset: Arc<Notify>,
     /// Frames read from the peer, plus one per connection made: a sign of life.
     activity: Arc<AtomicU64>,
+    /// The epoch of the last view the peer was found live in.
+    live_in: AtomicU64,
     /// The peer's counters.
     pub stats: Arc<PeerStats>,
 }
@@ -75,11 +77,22 @@ impl Link {
             queue: queue.clone(),
             reset: reset.clone(),
             activity: activity.clone(),
+            live_in: AtomicU64::new(u64::MAX),
             stats: stats.clone(),
         });
         let tasks = inner.tasks.clone();
         tasks.spawn(run(inner, node, addr, queue, stats, reset, activity));
         link
+    }
+
+    /// The epoch of the last view the peer was found live in.
+    pub fn live_in(&self) -> u64 {
+        self.live_in.load(Ordering::Relaxed)
+    }
+
+    /// Notes that the peer is live in the view of `epoch`.
+    pub fn set_live_in(&self, epoch: u64) {
+        self.live_in.store(epoch, Ordering::Relaxed);
     }
 
     /// Signs of life so far: frames read, and connections made.
