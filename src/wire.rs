@@ -280,7 +280,7 @@ mod by_hand {
     use crate::wamp::{Dict, Payload, Value, WampMessage};
 
     /// bincode's varint: one byte below 251, else a marker and the value in 2, 4 or 8 bytes.
-    #[inline]
+    #[inline(always)]
     fn varint(buf: &mut Vec<u8>, n: u64) {
         if n < 251 {
             buf.push(n as u8);
@@ -623,19 +623,23 @@ mod by_hand_de {
         }
     }
 
-    /// The frame whose fields (after its variant index) are `body`, if decoded here.
-    pub(super) fn forward(body: &[u8]) -> Option<Forward> {
+    /// The frame whose fields (after its variant index) are `body`, if decoded here. Boxed
+    /// here, where it is built: a `Forward` is large, and each move of it is a copy.
+    pub(super) fn forward(body: &[u8]) -> Option<Box<Forward>> {
         let mut r = Reader(body);
         let ttl_ms = u32::from_be_bytes(r.array()?);
         let id = r.varint()?;
         let from = r.peer()?;
         let to = r.peer()?;
         let message = r.message()?;
-        r.0.is_empty().then_some(Forward {
+        if !r.0.is_empty() {
+            return None;
+        }
+        Some(Box::new(Forward {
             ttl_ms,
             id,
             delivery: Delivery { from, to, message },
-        })
+        }))
     }
 }
 
@@ -783,7 +787,7 @@ fn decode_body(body: &[u8]) -> Result<Frame, WireError> {
     }
     if let [FORWARD_VARIANT, fields @ ..] = body {
         if let Some(forward) = by_hand_de::forward(fields) {
-            return Ok(Frame::Forward(Box::new(forward)));
+            return Ok(Frame::Forward(forward));
         }
     }
     let (frame, read) = bincode::serde::decode_from_slice(body, wire_config())
@@ -1216,7 +1220,7 @@ mod tests {
             let frame = Frame::Forward(Box::new(forward.clone()));
             assert_eq!(&by_hand[..], &encoded(&frame)[..], "{frame:?}");
             let read = by_hand_de::forward(&by_hand[LENGTH_BYTES + 1..]);
-            assert_eq!(read, Some(forward));
+            assert_eq!(read.as_deref(), Some(&forward));
         }
     }
 
@@ -1295,7 +1299,7 @@ mod tests {
                         read += 1;
                         // Compared encoded: a NaN is not equal to itself.
                         let by_serde = by_serde(&v).map(|f| encoded(&f));
-                        let by_hand = encoded(&Frame::Forward(Box::new(forward)));
+                        let by_hand = encoded(&Frame::Forward(forward));
                         assert_eq!(by_serde, Some(by_hand), "{v:?}");
                     }
                     None => left += 1,
