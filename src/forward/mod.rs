@@ -52,8 +52,7 @@ use crate::peer_id::PeerId;
 use crate::wamp::WampMessage;
 use crate::wire::{self, Frame, FrameCodec};
 use crate::NodeId;
-use outbound::Link;
-use outbound::Offered;
+use outbound::{Link, Offered};
 use pending::Pending;
 
 /// The links by peer, looked up on every send: hashed with foldhash, several times cheaper
@@ -390,8 +389,9 @@ impl Inner {
         }
     }
 
-    /// Registers a pending entry (sent at `now`), encodes its frame with `encode(id)` and
-    /// queues it on the link to `node`. On any failure the entry is removed again.
+    /// Registers a pending entry (sent at `now`) and has `encode` encode its frame and offer
+    /// it to `link`'s queue (it goes in at once, or comes back owned to wait for room). On any
+    /// failure the entry is removed again.
     async fn enqueue(
         self: &Arc<Self>,
         node: &NodeId,

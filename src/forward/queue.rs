@@ -5,10 +5,9 @@
 //! what each is (id, deadline, length): a frame costs no allocation of its own, and the writer
 //! swaps the whole buffer for its empty one. Senders copy encoded frames in one at a time; the
 //! writer takes everything queued in one step (one lock per batch, not per frame), which frees
-//! the queue's room at once. A sender that
-//! finds the queue full waits its turn: senders are let in in the order they first found the
-//! queue full, and a newcomer does not overtake one that waits, so the frames of one caller
-//! keep their order even when its calls overlap.
+//! the queue's room at once. A sender that finds the queue full waits its turn: senders are
+//! let in in the order they first found the queue full, and a newcomer does not overtake one
+//! that waits, so the frames of one caller keep their order even when its calls overlap.
 
 use std::collections::VecDeque;
 use std::pin::pin;
