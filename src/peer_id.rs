@@ -129,6 +129,18 @@ impl PartialEq<str> for Realm {
     }
 }
 
+impl PartialEq<String> for Realm {
+    fn eq(&self, other: &String) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl From<Realm> for String {
+    fn from(realm: Realm) -> String {
+        realm.0.to_string()
+    }
+}
+
 impl PartialEq<&str> for Realm {
     fn eq(&self, other: &&str) -> bool {
         &*self.0 == *other

@@ -12,6 +12,9 @@ use serde::Deserializer;
 /// How many strings of one kind a thread remembers: a cluster has few nodes and few realms.
 pub(crate) const RECENT: usize = 8;
 
+/// Longer strings are not remembered: a peer cannot make a thread keep large ones.
+const LONGEST: usize = 256;
+
 /// The strings of one kind decoded lately on a thread.
 pub(crate) struct Recent {
     strings: [Option<Arc<str>>; RECENT],
@@ -33,8 +36,10 @@ impl Recent {
             return Ok(known.clone());
         }
         let new: Arc<str> = std::str::from_utf8(s)?.into();
-        self.strings[self.next] = Some(new.clone());
-        self.next = (self.next + 1) % RECENT;
+        if s.len() <= LONGEST {
+            self.strings[self.next] = Some(new.clone());
+            self.next = (self.next + 1) % RECENT;
+        }
         Ok(new)
     }
 }
@@ -50,14 +55,9 @@ pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
     recent: &'static LocalKey<RefCell<Recent>>,
     expecting: &'static str,
 ) -> Result<Arc<str>, D::Error> {
-    let visitor = Visitor { recent, expecting };
-    if deserializer.is_human_readable() {
-        deserializer.deserialize_str(visitor)
-    } else {
-        // The wire's binary encoding (bincode) writes a string as its bytes after their
-        // length: taking them as bytes skips the UTF-8 check for a string met before.
-        deserializer.deserialize_bytes(visitor)
-    }
+    // As a string in every format (some binary ones tell strings and bytes apart); the hot
+    // path, forwarded frames, reads through `from_wire` without serde.
+    deserializer.deserialize_str(Visitor { recent, expecting })
 }
 
 struct Visitor {
@@ -82,5 +82,22 @@ impl serde::de::Visitor<'_> for Visitor {
         self.recent
             .with(|recent| recent.borrow_mut().get(s))
             .map_err(|_| E::invalid_value(serde::de::Unexpected::Bytes(s), &self))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_strings_are_shared_and_long_ones_never_kept() {
+        let mut recent = Recent::new();
+        let short = recent.get(b"node-1").unwrap();
+        assert!(Arc::ptr_eq(&short, &recent.get(b"node-1").unwrap()));
+        let long = vec![b'x'; LONGEST + 1];
+        let first = recent.get(&long).unwrap();
+        assert!(!Arc::ptr_eq(&first, &recent.get(&long).unwrap()));
+        assert!(recent.strings.iter().flatten().all(|s| s.len() <= LONGEST));
+        assert!(recent.get(&[0xff]).is_err());
     }
 }

@@ -464,6 +464,9 @@ mod by_hand_de {
     /// Nesting of values decoded here; deeper ones go the serde path.
     pub(super) const DEPTH: u32 = 16;
 
+    /// Items of a list or dict allocated before they are read, as serde's own cautious bound.
+    const PREALLOCATE: usize = 1024;
+
     struct Reader<'a>(&'a [u8]);
 
     impl<'a> Reader<'a> {
@@ -541,8 +544,9 @@ mod by_hand_de {
 
         fn list(&mut self, depth: u32) -> Option<Vec<Value>> {
             let n = self.len()?;
-            // Every value takes at least a byte: a length beyond what is left is a lie.
-            let mut items = Vec::with_capacity(n.min(self.0.len()));
+            // A length is the peer's word: room for at most what is left (every value takes a
+            // byte) and at most `PREALLOCATE` values; more grows as they arrive.
+            let mut items = Vec::with_capacity(n.min(self.0.len()).min(PREALLOCATE));
             for _ in 0..n {
                 items.push(self.value(depth)?);
             }
@@ -551,7 +555,7 @@ mod by_hand_de {
 
         fn dict(&mut self, depth: u32) -> Option<Dict> {
             let n = self.len()?;
-            let mut dict = Dict::with_capacity(n.min(self.0.len() / 2));
+            let mut dict = Dict::with_capacity(n.min(self.0.len() / 2).min(PREALLOCATE));
             for _ in 0..n {
                 let key = self.string()?;
                 let value = self.value(depth)?;
