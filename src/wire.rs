@@ -214,11 +214,11 @@ impl bincode::enc::write::Writer for VecWriter<'_> {
     }
 }
 
-/// Scratch space kept above this size after an encoding is given back.
+/// A scratch buffer that grew past this for a large frame is given back after it.
 const SCRATCH_KEEP_BYTES: usize = 256 * 1024;
 
 thread_local! {
-    /// Where frames are encoded before they are copied out at their exact size.
+    /// Where frames are encoded before they are copied into a link's send queue.
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
