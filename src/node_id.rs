@@ -1,116 +1,18 @@
 //! The name of a node: cheap to clone, compared and ordered as a string.
 
-use std::borrow::Borrow;
-use std::fmt;
 use std::sync::Arc;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-/// A node id (`node_id` in the configuration). Clones share one allocation.
+/// A node id (`node_id` in the configuration). Clones share one allocation, and so do the ids
+/// decoded on one thread.
 #[derive(Clone, Eq, PartialOrd, Ord)]
 pub struct NodeId(Arc<str>);
 
-impl std::hash::Hash for NodeId {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        // As the string: equal ids hash alike however they are shared.
-        self.0.hash(state);
-    }
-}
-
-impl PartialEq for NodeId {
-    fn eq(&self, other: &Self) -> bool {
-        // Ids decoded from the wire share the allocation of one decoded before, so the
-        // pointers are often equal and the bytes need not be compared.
-        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
-    }
-}
-
-impl NodeId {
-    /// The id as a string.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// The id of bytes read off the wire, through the thread's cache; `None` if not UTF-8.
-    pub(crate) fn from_wire(bytes: &[u8]) -> Option<NodeId> {
-        crate::shared_str::from_wire(&RECENT, bytes).map(NodeId)
-    }
-}
-
-impl From<&str> for NodeId {
-    fn from(s: &str) -> Self {
-        NodeId(s.into())
-    }
-}
-
-impl From<String> for NodeId {
-    fn from(s: String) -> Self {
-        NodeId(s.into())
-    }
-}
-
-impl From<Arc<str>> for NodeId {
-    fn from(s: Arc<str>) -> Self {
-        NodeId(s)
-    }
-}
-
-impl Borrow<str> for NodeId {
-    fn borrow(&self) -> &str {
-        &self.0
-    }
-}
-
-impl AsRef<str> for NodeId {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl PartialEq<str> for NodeId {
-    fn eq(&self, other: &str) -> bool {
-        &*self.0 == other
-    }
-}
-
-impl PartialEq<&str> for NodeId {
-    fn eq(&self, other: &&str) -> bool {
-        &*self.0 == *other
-    }
-}
-
-impl fmt::Display for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
-    }
-}
-
-impl<'de> Deserialize<'de> for NodeId {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        crate::shared_str::deserialize(deserializer, &RECENT, "a node id").map(NodeId)
-    }
-}
-
-thread_local! {
-    /// Node ids decoded lately on this thread: every forwarded frame names two.
-    static RECENT: std::cell::RefCell<crate::shared_str::Recent> =
-        const { std::cell::RefCell::new(crate::shared_str::Recent::new()) };
-}
-
-impl Serialize for NodeId {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.0)
-    }
-}
+crate::shared_str::shared_string!(NodeId, "a node id");
 
 #[cfg(test)]
 mod tests {
+    use serde::{Serialize, Serializer};
+
     use super::*;
 
     fn decode(id: &NodeId) -> NodeId {

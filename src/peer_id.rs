@@ -1,11 +1,10 @@
 //! The address of a WAMP peer in the cluster: a realm, a node and, optionally, a session.
 
-use std::borrow::Borrow;
 use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 use crate::wamp::Id;
 use crate::NodeId;
@@ -61,29 +60,7 @@ impl fmt::Display for PeerId {
 #[derive(Clone, Eq, PartialOrd, Ord)]
 pub struct Realm(Arc<str>);
 
-impl Realm {
-    /// The realm as a string.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// The realm of bytes read off the wire, through the thread's cache; `None` if not UTF-8.
-    pub(crate) fn from_wire(bytes: &[u8]) -> Option<Realm> {
-        crate::shared_str::from_wire(&RECENT, bytes).map(Realm)
-    }
-}
-
-impl PartialEq for Realm {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
-    }
-}
-
-impl std::hash::Hash for Realm {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.0.hash(state);
-    }
-}
+crate::shared_str::shared_string!(Realm, "a realm URI");
 
 impl Deref for Realm {
     type Target = str;
@@ -93,39 +70,9 @@ impl Deref for Realm {
     }
 }
 
-impl From<&str> for Realm {
-    fn from(s: &str) -> Self {
-        Realm(s.into())
-    }
-}
-
-impl From<String> for Realm {
-    fn from(s: String) -> Self {
-        Realm(s.into())
-    }
-}
-
 impl From<&String> for Realm {
     fn from(s: &String) -> Self {
         Realm(s.as_str().into())
-    }
-}
-
-impl Borrow<str> for Realm {
-    fn borrow(&self) -> &str {
-        &self.0
-    }
-}
-
-impl AsRef<str> for Realm {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl PartialEq<str> for Realm {
-    fn eq(&self, other: &str) -> bool {
-        &*self.0 == other
     }
 }
 
@@ -139,42 +86,6 @@ impl From<Realm> for String {
     fn from(realm: Realm) -> String {
         realm.0.to_string()
     }
-}
-
-impl PartialEq<&str> for Realm {
-    fn eq(&self, other: &&str) -> bool {
-        &*self.0 == *other
-    }
-}
-
-impl fmt::Display for Realm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for Realm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
-    }
-}
-
-impl Serialize for Realm {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for Realm {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        crate::shared_str::deserialize(deserializer, &RECENT, "a realm URI").map(Realm)
-    }
-}
-
-thread_local! {
-    /// Realms decoded lately on this thread.
-    static RECENT: std::cell::RefCell<crate::shared_str::Recent> =
-        const { std::cell::RefCell::new(crate::shared_str::Recent::new()) };
 }
 
 #[cfg(test)]

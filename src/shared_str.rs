@@ -44,6 +44,114 @@ impl Recent {
     }
 }
 
+/// What a string newtype over `Arc<str>` shared through a per-thread cache (`NodeId`, `Realm`)
+/// has: made from `&str`, `String` and `Arc<str>`; seen as a `str`; compared (pointers first:
+/// values decoded on one thread share their string), hashed, shown and serialized as the
+/// string; read through the cache, from the wire (`from_wire`) and with serde. `$what` names
+/// it in decoding errors. The type itself derives `Clone, Eq, PartialOrd, Ord`.
+macro_rules! shared_string {
+    ($name:ident, $what:literal) => {
+        impl $name {
+            /// The string.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            /// The value of bytes read off the wire, through the thread's cache; `None` if
+            /// they are not UTF-8.
+            pub(crate) fn from_wire(bytes: &[u8]) -> Option<$name> {
+                crate::shared_str::from_wire(&RECENT, bytes).map($name)
+            }
+        }
+
+        thread_local! {
+            /// Values decoded lately on this thread.
+            static RECENT: std::cell::RefCell<crate::shared_str::Recent> =
+                const { std::cell::RefCell::new(crate::shared_str::Recent::new()) };
+        }
+
+        impl PartialEq for $name {
+            fn eq(&self, other: &Self) -> bool {
+                std::sync::Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+            }
+        }
+
+        impl std::hash::Hash for $name {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                self.0.hash(state);
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                $name(s.into())
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(s: String) -> Self {
+                $name(s.into())
+            }
+        }
+
+        impl From<std::sync::Arc<str>> for $name {
+            fn from(s: std::sync::Arc<str>) -> Self {
+                $name(s)
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                &*self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                &*self.0 == *other
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                std::fmt::Debug::fmt(&*self.0, f)
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                crate::shared_str::deserialize(deserializer, &RECENT, $what).map($name)
+            }
+        }
+    };
+}
+
+pub(crate) use shared_string;
+
 /// The string of bytes `s` through the thread's cache `recent`; `None` when not UTF-8.
 pub(crate) fn from_wire(recent: &'static LocalKey<RefCell<Recent>>, s: &[u8]) -> Option<Arc<str>> {
     recent.with(|recent| recent.borrow_mut().get(s)).ok()

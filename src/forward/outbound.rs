@@ -10,7 +10,7 @@
 //! that forgot it. TCP then retransmits with a backoff that grows to many seconds, and could
 //! keep the link stalled long after the path is back. So when the background probe of an
 //! unreachable node gets no pong within `forward.connect_timeout_ms` and the connection read
-//! nothing else meanwhile, [`Link::reset_if_silent_since`] drops it and the link dials anew.
+//! nothing else meanwhile, `Link::reset_if_silent_since` drops it and the link dials anew.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
