@@ -7,7 +7,8 @@
 //!   at once; and the ratio;
 //! - `forward` latency, one in flight, against raw ping-pong round trips of the same size, in
 //!   this process as placed by the runtime, and again with the whole process pinned to one CPU
-//!   (`taskset -c 0`, a child run of this program);
+//!   (`taskset -c 0`, a child run of this program); raw and ours are measured in alternating
+//!   slices, so that both meet the same moments of a shared machine;
 //! - broadcast to 8 nodes, all live, and with one that never acks, against the ack timeout;
 //! - memory: bytes per pending ack, and resident memory with 100,000 acks pending;
 //! - allocations per message (both nodes, counted by a counting global allocator);
@@ -16,8 +17,7 @@
 //!
 //! Run: `cargo bench --bench forward` (`-- --quick` for a smoke run under 90 s). Prints a table
 //! and writes `target/bench/forward.json` and `target/bench/forward-sizes.svg` (`--out DIR` for
-//! another folder). Figures of
-//! repeated runs are medians (3 runs; 1 with `--quick`).
+//! another folder). Figures of repeated runs are medians (3 runs; 1 with `--quick`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -271,7 +271,7 @@ fn percentiles(mut samples: Vec<f64>) -> [f64; 3] {
 }
 
 /// `forward` round trips of 128-byte messages, one in flight, in microseconds.
-async fn forward_latency(a: &NodeHandle, count: usize) -> [f64; 3] {
+async fn forward_latency(a: &NodeHandle, count: usize) -> Vec<f64> {
     let f = a.forwarder();
     let options = ForwardOptions::default();
     let mut samples = Vec::with_capacity(count);
@@ -282,13 +282,11 @@ async fn forward_latency(a: &NodeHandle, count: usize) -> [f64; 3] {
             .unwrap();
         samples.push(start.elapsed().as_secs_f64() * 1e6);
     }
-    percentiles(samples)
+    samples
 }
 
 /// Raw ping-pong round trips: a 4 + 128-byte frame out, an 8-byte ack back, one in flight.
-async fn raw_latency(server: SocketAddr, count: usize) -> [f64; 3] {
-    let mut stream = TcpStream::connect(server).await.unwrap();
-    stream.set_nodelay(true).unwrap();
+async fn raw_latency(stream: &mut TcpStream, count: usize) -> Vec<f64> {
     let mut frame = 128u32.to_be_bytes().to_vec();
     frame.resize(4 + 128, 0x5a);
     let mut ack = [0u8; 8];
@@ -299,7 +297,20 @@ async fn raw_latency(server: SocketAddr, count: usize) -> [f64; 3] {
         stream.read_exact(&mut ack).await.unwrap();
         samples.push(start.elapsed().as_secs_f64() * 1e6);
     }
-    percentiles(samples)
+    samples
+}
+
+/// Percentiles of `samples` round trips, raw and ours, measured in alternating slices of a
+/// tenth each, so that both meet the same moments of a shared machine.
+async fn latencies(server: SocketAddr, a: &NodeHandle, samples: usize) -> ([f64; 3], [f64; 3]) {
+    let mut stream = TcpStream::connect(server).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (mut raw, mut ours) = (Vec::new(), Vec::new());
+    for _ in 0..10 {
+        raw.extend(raw_latency(&mut stream, samples / 10).await);
+        ours.extend(forward_latency(a, samples / 10).await);
+    }
+    (percentiles(raw), percentiles(ours))
 }
 
 /// Milliseconds for a broadcast to `targets` with the given timeout, and how many were bad.
@@ -408,8 +419,7 @@ async fn pinned_latencies(samples: usize) -> Value {
     let server = raw_server().await;
     let pair = cluster(2, &[], &[]).await;
     forward_latency(&pair[0], 1000).await;
-    let raw = raw_latency(server, samples).await;
-    let ours = forward_latency(&pair[0], samples).await;
+    let (raw, ours) = latencies(server, &pair[0], samples).await;
     for node in pair {
         node.abort().await.unwrap();
     }
@@ -536,8 +546,7 @@ async fn run(quick: bool) -> Value {
         raw_rates.push(raw_throughput(server, count * 20, 128, window).await);
         rates.push(forward_throughput(&pair[0], count, 128, window).await);
         allocations.push(allocations_per_message(&pair[0], count / 5).await);
-        let raw = raw_latency(server, samples).await;
-        let ours = forward_latency(&pair[0], samples).await;
+        let (raw, ours) = latencies(server, &pair[0], samples).await;
         for k in 0..3 {
             lat[k].push(raw[k]);
             lat[3 + k].push(ours[k]);
