@@ -12,6 +12,7 @@
 //! unreachable node gets no pong within `forward.connect_timeout_ms` and the connection read
 //! nothing else meanwhile, `Link::reset_if_silent_since` drops it and the link dials anew.
 
+use crossbeam_utils::CachePadded;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,13 +46,16 @@ const CLOCK_EVERY: u32 = 64;
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 
 /// The sending side of the link to one peer.
+/// Aligned to its own cache lines: callers read it on every send while the link's task, on the
+/// other CPU, writes the objects allocated around it.
+#[repr(align(128))]
 pub(crate) struct Link {
     node: NodeId,
     queue: Arc<SendQueue>,
     /// Wakes the serving connection to drop it.
     reset: Arc<Notify>,
     /// Frames read from the peer, plus one per connection made: a sign of life.
-    activity: Arc<AtomicU64>,
+    activity: Arc<CachePadded<AtomicU64>>,
     /// The epoch of the last view the peer was found live in.
     live_in: AtomicU64,
     /// The peer's counters.
@@ -71,7 +75,7 @@ impl Link {
             inner.config.queue_capacity_bytes,
         ));
         let reset = Arc::new(Notify::new());
-        let activity = Arc::new(AtomicU64::new(0));
+        let activity = Arc::new(CachePadded::new(AtomicU64::new(0)));
         let link = Arc::new(Link {
             node: node.clone(),
             queue: queue.clone(),
@@ -170,7 +174,7 @@ async fn run(
     queue: Arc<SendQueue>,
     stats: Arc<PeerStats>,
     reset: Arc<Notify>,
-    activity: Arc<AtomicU64>,
+    activity: Arc<CachePadded<AtomicU64>>,
 ) {
     let mut backoff = FIRST_BACKOFF;
     let mut connected_before = false;
