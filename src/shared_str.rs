@@ -1,6 +1,6 @@
 //! Decoding of the strings that every forwarded frame repeats (node ids, realms): each thread
-//! keeps the few it decoded last and hands out a clone of the one it has rather than a new
-//! allocation.
+//! (for serde) and each connection's decoder (for forwarded frames) keeps the few it decoded
+//! last and hands out a clone of the one it has rather than a new allocation.
 
 use std::cell::RefCell;
 use std::fmt;
@@ -15,7 +15,8 @@ pub(crate) const RECENT: usize = 8;
 /// Longer strings are not remembered: a peer cannot make a thread keep large ones.
 const LONGEST: usize = 256;
 
-/// The strings of one kind decoded lately on a thread.
+/// The strings of one kind decoded lately on a thread (or connection).
+#[derive(Debug, Default)]
 pub(crate) struct Recent {
     strings: [Option<Arc<str>>; RECENT],
     next: usize,
@@ -31,7 +32,7 @@ impl Recent {
 
     /// The string of bytes `s`, shared with one decoded lately when there is one: only a new
     /// one is checked as UTF-8 and allocated.
-    fn get(&mut self, s: &[u8]) -> Result<Arc<str>, std::str::Utf8Error> {
+    pub(crate) fn get(&mut self, s: &[u8]) -> Result<Arc<str>, std::str::Utf8Error> {
         if let Some(known) = self.strings.iter().flatten().find(|k| k.as_bytes() == s) {
             return Ok(known.clone());
         }
@@ -46,21 +47,14 @@ impl Recent {
 
 /// What a string newtype over `Arc<str>` shared through a per-thread cache (`NodeId`, `Realm`)
 /// has: made from `&str`, `String` and `Arc<str>`; seen as a `str`; compared (pointers first:
-/// values decoded on one thread share their string), hashed, shown and serialized as the
-/// string; read through the cache, from the wire (`from_wire`) and with serde. `$what` names
-/// it in decoding errors. The type itself derives `Clone, Eq, PartialOrd, Ord`.
+/// values decoded through one cache share their string), hashed, shown and serialized as the
+/// string; read with serde through the thread's cache. `$what` names it in decoding errors. The type itself derives `Clone, Eq, PartialOrd, Ord`.
 macro_rules! shared_string {
     ($name:ident, $what:literal) => {
         impl $name {
             /// The string.
             pub fn as_str(&self) -> &str {
                 &self.0
-            }
-
-            /// The value of bytes read off the wire, through the thread's cache; `None` if
-            /// they are not UTF-8.
-            pub(crate) fn from_wire(bytes: &[u8]) -> Option<$name> {
-                crate::shared_str::from_wire(&RECENT, bytes).map($name)
             }
         }
 
@@ -152,11 +146,6 @@ macro_rules! shared_string {
 
 pub(crate) use shared_string;
 
-/// The string of bytes `s` through the thread's cache `recent`; `None` when not UTF-8.
-pub(crate) fn from_wire(recent: &'static LocalKey<RefCell<Recent>>, s: &[u8]) -> Option<Arc<str>> {
-    recent.with(|recent| recent.borrow_mut().get(s)).ok()
-}
-
 /// Deserializes a string through the thread's cache `recent`; `expecting` names it in errors.
 pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
     deserializer: D,
@@ -164,7 +153,7 @@ pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
     expecting: &'static str,
 ) -> Result<Arc<str>, D::Error> {
     // As a string in every format (some binary ones tell strings and bytes apart); the hot
-    // path, forwarded frames, reads through `from_wire` without serde.
+    // path, forwarded frames, reads through the decoder's own cache without serde.
     deserializer.deserialize_str(Visitor { recent, expecting })
 }
 

@@ -458,8 +458,17 @@ mod by_hand_de {
     use super::Forward;
     use crate::forward::Delivery;
     use crate::peer_id::{PeerId, Realm};
+    use crate::shared_str::Recent;
     use crate::wamp::{Dict, Payload, Value, WampMessage};
     use crate::NodeId;
+
+    /// The node ids and realms one connection decoded lately: each frame repeats the same few,
+    /// and a match here costs less than a look in the thread's caches.
+    #[derive(Debug, Default)]
+    pub(crate) struct Names {
+        nodes: Recent,
+        realms: Recent,
+    }
 
     /// Nesting of values decoded here; deeper ones go the serde path.
     pub(super) const DEPTH: u32 = 16;
@@ -576,9 +585,9 @@ mod by_hand_de {
             })
         }
 
-        fn peer(&mut self) -> Option<PeerId> {
-            let realm = Realm::from_wire(self.bytes()?)?;
-            let node = NodeId::from_wire(self.bytes()?)?;
+        fn peer(&mut self, names: &mut Names) -> Option<PeerId> {
+            let realm = Realm::from(names.realms.get(self.bytes()?).ok()?);
+            let node = NodeId::from(names.nodes.get(self.bytes()?).ok()?);
             let session = match self.byte()? {
                 0 => None,
                 1 => Some(self.varint()?),
@@ -591,9 +600,11 @@ mod by_hand_de {
             })
         }
 
-        fn message(&mut self) -> Option<WampMessage> {
+        /// Decodes the message into `slot`, where it stays: a message is large, and each move
+        /// of one is a copy.
+        fn message(&mut self, slot: &mut WampMessage) -> Option<()> {
             // The variant indexes follow the declaration order of `WampMessage`.
-            Some(match self.byte()? {
+            *slot = match self.byte()? {
                 6 => WampMessage::Error {
                     request_type: self.varint()?,
                     request: self.varint()?,
@@ -623,27 +634,35 @@ mod by_hand_de {
                     options: self.dict(1)?,
                 },
                 _ => return None,
-            })
+            };
+            Some(())
         }
     }
 
-    /// The frame whose fields (after its variant index) are `body`, if decoded here. Boxed
-    /// here, where it is built: a `Forward` is large, and each move of it is a copy.
-    pub(super) fn forward(body: &[u8]) -> Option<Box<Forward>> {
+    /// The frame whose fields (after its variant index) are `body`, if decoded here, with the
+    /// names in it shared with those in `names`. Boxed first and the message decoded into the
+    /// box: a `Forward` is large, and each move of it is a copy.
+    pub(crate) fn forward(body: &[u8], names: &mut Names) -> Option<Box<Forward>> {
         let mut r = Reader(body);
         let ttl_ms = u32::from_be_bytes(r.array()?);
         let id = r.varint()?;
-        let from = r.peer()?;
-        let to = r.peer()?;
-        let message = r.message()?;
+        let from = r.peer(names)?;
+        let to = r.peer(names)?;
+        let mut forward = Box::new(Forward {
+            ttl_ms,
+            id,
+            delivery: Delivery {
+                from,
+                to,
+                // Holds nothing to free: replaced just below.
+                message: WampMessage::Unsubscribed { request: 0 },
+            },
+        });
+        r.message(&mut forward.delivery.message)?;
         if !r.0.is_empty() {
             return None;
         }
-        Some(Box::new(Forward {
-            ttl_ms,
-            id,
-            delivery: Delivery { from, to, message },
-        }))
+        Some(forward)
     }
 }
 
@@ -761,6 +780,7 @@ pub enum WireError {
 #[derive(Debug)]
 pub struct FrameCodec {
     max_frame_bytes: usize,
+    names: by_hand_de::Names,
 }
 
 /// The variant indexes of the frames with a hand-written path.
@@ -772,12 +792,13 @@ impl FrameCodec {
     pub fn new(max_frame_bytes: usize) -> FrameCodec {
         FrameCodec {
             max_frame_bytes: max_frame_bytes.min(FRAME_LIMIT),
+            names: Default::default(),
         }
     }
 }
 
 /// Decodes one frame's bytes (without the length prefix).
-fn decode_body(body: &[u8]) -> Result<Frame, WireError> {
+fn decode_body(body: &[u8], names: &mut by_hand_de::Names) -> Result<Frame, WireError> {
     if let [variant @ (ACK_VARIANT | PONG_VARIANT), rest @ ..] = body {
         if let Ok((id, read)) = bincode::decode_from_slice::<u64, _>(rest, wire_config()) {
             if read == rest.len() {
@@ -790,7 +811,7 @@ fn decode_body(body: &[u8]) -> Result<Frame, WireError> {
         }
     }
     if let [FORWARD_VARIANT, fields @ ..] = body {
-        if let Some(forward) = by_hand_de::forward(fields) {
+        if let Some(forward) = by_hand_de::forward(fields, names) {
             return Ok(Frame::Forward(forward));
         }
     }
@@ -825,7 +846,7 @@ impl Decoder for FrameCodec {
             src.reserve(total - src.len());
             return Ok(None);
         }
-        let frame = decode_body(&src[LENGTH_BYTES..total])?;
+        let frame = decode_body(&src[LENGTH_BYTES..total], &mut self.names)?;
         src.advance(total);
         Ok(Some(frame))
     }
@@ -1078,14 +1099,14 @@ mod tests {
                 codec.encode(&frame, &mut by_hand).unwrap();
                 let body = bincode::serde::encode_to_vec(&frame, wire_config()).unwrap();
                 assert_eq!(&by_hand[LENGTH_BYTES..], &body[..], "{frame:?}");
-                assert_eq!(decode_body(&body).unwrap(), frame);
+                assert_eq!(decode_body(&body, &mut Default::default()).unwrap(), frame);
                 assert_eq!(codec.decode(&mut by_hand).unwrap(), Some(frame));
             }
         }
         // A trailing byte after an answer is refused, as the general path refuses it.
         let mut body = bincode::serde::encode_to_vec(Frame::Ack { id: 9 }, wire_config()).unwrap();
         body.push(0);
-        assert!(decode_body(&body).is_err());
+        assert!(decode_body(&body, &mut Default::default()).is_err());
     }
 
     #[test]
@@ -1223,7 +1244,7 @@ mod tests {
             .unwrap();
             let frame = Frame::Forward(Box::new(forward.clone()));
             assert_eq!(&by_hand[..], &encoded(&frame)[..], "{frame:?}");
-            let read = by_hand_de::forward(&by_hand[LENGTH_BYTES + 1..]);
+            let read = by_hand_de::forward(&by_hand[LENGTH_BYTES + 1..], &mut Default::default());
             assert_eq!(read.as_deref(), Some(&forward));
         }
     }
@@ -1263,7 +1284,7 @@ mod tests {
         };
         let from = PeerId::node("r", "a");
         let body = encode_forward(1, &from, &from, &nested, FRAME_LIMIT, <[u8]>::to_vec).unwrap();
-        assert!(by_hand_de::forward(&body[LENGTH_BYTES + 1..]).is_none());
+        assert!(by_hand_de::forward(&body[LENGTH_BYTES + 1..], &mut Default::default()).is_none());
         assert!(by_serde(&body[LENGTH_BYTES..]).is_some());
         bodies.push(body[LENGTH_BYTES..].to_vec());
         let (mut read, mut left) = (0, 0);
@@ -1298,7 +1319,7 @@ mod tests {
                 let Some(fields) = v.strip_prefix(&[FORWARD_VARIANT]) else {
                     continue;
                 };
-                match by_hand_de::forward(fields) {
+                match by_hand_de::forward(fields, &mut Default::default()) {
                     Some(forward) => {
                         read += 1;
                         // Compared encoded: a NaN is not equal to itself.
