@@ -639,6 +639,12 @@ mod by_hand_de {
         }
     }
 
+    /// The varint that is all of `bytes`, in its shortest form.
+    pub(super) fn exact_varint(bytes: &[u8]) -> Option<u64> {
+        let mut r = Reader(bytes);
+        r.varint().filter(|_| r.0.is_empty())
+    }
+
     /// The frame whose fields (after its variant index) are `body`, if decoded here, with the
     /// names in it shared with those in `names`. Boxed first and the message decoded into the
     /// box: a `Forward` is large, and each move of it is a copy.
@@ -795,6 +801,28 @@ impl FrameCodec {
             names: Default::default(),
         }
     }
+}
+
+/// Takes the `Ack` frames at the start of `buf` (as [`FrameCodec`] writes them), calling
+/// `each` with their ids in order, and stops at the first frame that is not one, is not
+/// complete yet, or is in a form it is not sure of: the codec then decodes it, or refuses it,
+/// as usual. For the sender's reader, which gets an ack per message: without the codec's
+/// work per frame.
+pub fn take_acks(buf: &mut BytesMut, mut each: impl FnMut(u64)) {
+    let mut at = 0;
+    while let Some(prefix) = buf.get(at..at + LENGTH_BYTES) {
+        let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+        let start = at + LENGTH_BYTES;
+        let Some([ACK_VARIANT, id @ ..]) = buf.get(start..start + len) else {
+            break;
+        };
+        let Some(id) = by_hand_de::exact_varint(id) else {
+            break;
+        };
+        each(id);
+        at = start + len;
+    }
+    buf.advance(at);
 }
 
 /// Decodes one frame's bytes (without the length prefix).
@@ -1255,6 +1283,86 @@ mod tests {
             .ok()
             .filter(|(_, read)| *read == body.len())
             .map(|(frame, _)| frame)
+    }
+
+    /// The frames read off `stream` by the codec alone, or with acks taken first by
+    /// `take_acks`; an error ends the list. Also says how many acks `take_acks` took.
+    fn read_stream(stream: &[u8], take: bool) -> (Vec<Result<Frame, String>>, usize) {
+        let mut codec = FrameCodec::new(1024);
+        let mut buf = BytesMut::from(stream);
+        let (mut frames, mut taken) = (Vec::new(), 0);
+        loop {
+            if take {
+                take_acks(&mut buf, |id| {
+                    taken += 1;
+                    frames.push(Ok(Frame::Ack { id }));
+                });
+            }
+            match codec.decode(&mut buf) {
+                Ok(Some(frame)) => frames.push(Ok(frame)),
+                Ok(None) => return (frames, taken),
+                Err(err) => {
+                    frames.push(Err(err.to_string()));
+                    return (frames, taken);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn acks_taken_from_the_buffer_are_the_frames_the_codec_reads() {
+        let ids = [0, 1, 250, 251, 65_535, 65_536, 1 << 40, u64::MAX];
+        let mut stream = Vec::new();
+        let from = PeerId::node("r", "a");
+        let message = samples().into_iter().find(|m| m.is_forwardable()).unwrap();
+        for (i, &id) in ids.iter().enumerate() {
+            stream.extend_from_slice(&encoded(&Frame::Ack { id }));
+            if i % 3 == 0 {
+                stream.extend_from_slice(&encoded(&Frame::Pong { id }));
+            }
+            if i % 4 == 0 {
+                stream.extend_from_slice(&encoded(&Frame::Nack {
+                    id,
+                    reason: NackReason::Overloaded,
+                }));
+                encode_forward(id, &from, &from, &message, 1024, |f| {
+                    stream.extend_from_slice(f)
+                })
+                .unwrap();
+            }
+        }
+        // An ack whose id is not in its shortest form: left to the codec.
+        stream.extend([0, 0, 0, 4, ACK_VARIANT, 251, 5, 0]);
+        stream.extend_from_slice(&encoded(&Frame::Ack { id: 7 }));
+        // And one not complete yet.
+        stream.extend_from_slice(&encoded(&Frame::Ack { id: 8 })[..LENGTH_BYTES + 1]);
+        let (frames, taken) = read_stream(&stream, true);
+        assert_eq!(frames, read_stream(&stream, false).0);
+        assert!(taken >= ids.len(), "{taken}");
+        // 8 acks, 3 pongs, 2 nacks, 2 forwards, then the two last acks (the long form read by
+        // the codec).
+        assert_eq!(frames.len(), 17);
+        assert_eq!(
+            frames[15..],
+            [Ok(Frame::Ack { id: 5 }), Ok(Frame::Ack { id: 7 })]
+        );
+        // Whatever the bytes, the same frames and the same error (compared as text: a NaN is
+        // not equal to itself).
+        let same = |v: &[u8]| {
+            let shown = |take| format!("{:?}", read_stream(v, take).0);
+            assert_eq!(shown(true), shown(false), "{v:?}");
+        };
+        let mut variants = 0;
+        for at in 0..stream.len() {
+            for b in [0, 1, 4, 5, 251, 255] {
+                let mut v = stream.clone();
+                v[at] = b;
+                same(&v);
+                variants += 1;
+            }
+            same(&stream[..at]);
+        }
+        assert!(variants > 1000);
     }
 
     #[test]

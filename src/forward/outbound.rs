@@ -29,6 +29,7 @@ use tokio::time::Instant;
 use tokio_util::codec::{Encoder, FramedRead};
 use tracing::debug;
 
+use super::pending::Outcome;
 use super::queue::{Batch, Queued, Refused, SendQueue, Taken};
 use super::stats::PeerStats;
 use super::{BadReason, Inner};
@@ -350,6 +351,19 @@ impl Connection<'_> {
         let mut now = Instant::now();
         let mut unstamped = 0;
         loop {
+            // Most answers are acks: those already read are taken straight from the buffer.
+            let mut acks = 0;
+            wire::take_acks(reader.read_buffer_mut(), |id| {
+                acks += 1;
+                answered |= self.answer(id, Ok(()), true, now);
+            });
+            if acks > 0 {
+                self.activity.fetch_add(acks.into(), Ordering::Relaxed);
+                unstamped += acks;
+                if unstamped >= CLOCK_EVERY {
+                    (now, unstamped) = (Instant::now(), 0);
+                }
+            }
             let next = match reader.next().now_or_never() {
                 Some(next) => next,
                 None => {
@@ -370,7 +384,7 @@ impl Connection<'_> {
                 }
             };
             unstamped += 1;
-            if unstamped == CLOCK_EVERY {
+            if unstamped >= CLOCK_EVERY {
                 (now, unstamped) = (Instant::now(), 0);
             }
             let frame = match next {
@@ -395,26 +409,36 @@ impl Connection<'_> {
                 Frame::Pong { id } => (id, Ok(()), false),
                 other => return format!("unexpected frame from the listener: {other:?}"),
             };
-            {
-                // Frames before the answered one got no answer and never will (their handler
-                // did not answer in time); an id not in the list (a duplicate) changes nothing.
-                let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
-                if let Some(at) = written.iter().position(|w| *w == id) {
-                    written.drain(..=at);
-                }
-            }
-            let failure = outcome.as_ref().err().cloned();
-            if let Some(latency) = inner.pending.complete(id, outcome, now) {
-                answered = true;
-                match failure {
-                    _ if !counted => {}
-                    None => self.stats.acked(latency),
-                    Some(err) => self.stats.failed(&err, 1),
-                }
-            } else if counted {
-                self.stats.late_ack();
+            answered |= self.answer(id, outcome, counted, now);
+        }
+    }
+
+    /// Ends the pending entry of answer `id` (known at `now`) with `outcome`, counted as a
+    /// forward if `counted` (a pong is not); `false` if the entry had ended already.
+    fn answer(&self, id: u64, outcome: Outcome, counted: bool, now: Instant) -> bool {
+        {
+            // Frames before the answered one got no answer and never will (their handler did
+            // not answer in time); an id not in the list (a duplicate) changes nothing.
+            let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
+            if written.front() == Some(&id) {
+                written.pop_front();
+            } else if let Some(at) = written.iter().position(|w| *w == id) {
+                written.drain(..=at);
             }
         }
+        let failure = outcome.as_ref().err().cloned();
+        let Some(latency) = self.inner.pending.complete(id, outcome, now) else {
+            if counted {
+                self.stats.late_ack();
+            }
+            return false;
+        };
+        match failure {
+            _ if !counted => {}
+            None => self.stats.acked(latency),
+            Some(err) => self.stats.failed(&err, 1),
+        }
+        true
     }
 
     /// Writes what the queue holds, all of it in one write, again and again.
