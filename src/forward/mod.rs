@@ -29,6 +29,7 @@ pub mod stats;
 use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -150,6 +151,9 @@ pub(crate) struct Inner {
     stats: Mutex<HashMap<NodeId, Arc<stats::PeerStats>>>,
     reports: broadcast::Sender<BadNodeReport>,
     pub(crate) shutdown: CancellationToken,
+    /// Set just before `shutdown` is cancelled: read on every send, where the token's own
+    /// check would take its lock, a line the tasks waiting on it share.
+    stopping: AtomicBool,
     pub(crate) tasks: TaskTracker,
     local_addr: SocketAddr,
 }
@@ -176,6 +180,7 @@ impl Forwarder {
             stats: Mutex::new(HashMap::new()),
             reports,
             shutdown: CancellationToken::new(),
+            stopping: AtomicBool::new(false),
             tasks: TaskTracker::new(),
             local_addr,
         });
@@ -314,13 +319,13 @@ impl Forwarder {
 
     /// Asks every task to stop without waiting.
     pub(crate) fn signal_stop(&self) {
-        self.inner.shutdown.cancel();
+        self.inner.stop();
     }
 
     /// Stops: fails every pending ack with `ShuttingDown`, closes the links and the listener,
     /// and waits (at most `timeout`) for its tasks.
     pub async fn shutdown(&self, timeout: Duration) {
-        self.inner.shutdown.cancel();
+        self.inner.stop();
         self.inner.pending.fail_all(&ForwardError::ShuttingDown);
         self.inner.tasks.close();
         if tokio::time::timeout(timeout, self.inner.tasks.wait())
@@ -346,7 +351,7 @@ impl Inner {
         deadline: Instant,
         fail_if_full: bool,
     ) -> Result<AckId, ForwardError> {
-        if self.shutdown.is_cancelled() {
+        if self.stopping.load(Ordering::Acquire) {
             return Err(ForwardError::ShuttingDown);
         }
         if !message.is_forwardable() {
@@ -473,6 +478,12 @@ impl Inner {
             }
         }
         outcome
+    }
+
+    /// Tells every task to stop.
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.shutdown.cancel();
     }
 
     /// The time now, and the deadline of a call with these options made now.
