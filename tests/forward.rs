@@ -330,6 +330,41 @@ async fn a_node_that_never_acks_times_out_and_is_reported_once() {
     c.stop().await;
 }
 
+/// Nobody waits for the ack: the forwarder's own sweep finds the timeout, at its deadline
+/// (the sweep sleeps while nothing is due, and is woken for an entry due before it would
+/// wake), reports the node and keeps the outcome for a later `receive_ack`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_nobody_waits_for_times_out_at_its_deadline() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start(2).await;
+    c.recorders[1].mode.store(HANG, Ordering::SeqCst);
+    let a = &c.nodes[0];
+    let mut reports = a.forwarder().subscribe_reports();
+    // The sweep has been idle: nothing was pending.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let start = Instant::now();
+    let id = a
+        .forwarder()
+        .async_forward(from(a), to("node-1"), publish(1), &options(200))
+        .await
+        .unwrap();
+    let report = within(Duration::from_secs(5), "a report", reports.recv())
+        .await
+        .unwrap();
+    let elapsed = start.elapsed();
+    assert_eq!(report.reason, wamp_cluster::BadReason::AckTimeout);
+    assert!(elapsed >= Duration::from_millis(200), "{elapsed:?}");
+    // Found within a few ticks of the deadline, not at the sweep's longest pause (1 s).
+    assert!(elapsed < Duration::from_millis(700), "{elapsed:?}");
+    assert_eq!(
+        a.forwarder().receive_ack(id, Duration::from_secs(1)).await,
+        Err(ForwardError::Timeout {
+            node: "node-1".into()
+        })
+    );
+    c.stop().await;
+}
+
 /// A node that stops (its sockets close, as with `kill -9`) leaves the broadcast targets of a
 /// node connected to it at once, long before gossip could declare it down (these nodes use
 /// detection settings that take about 10 s).

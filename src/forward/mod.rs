@@ -65,8 +65,9 @@ type Links = HashMap<NodeId, Arc<Link>, foldhash::fast::RandomState>;
 /// are dropped.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// How often expired pending acks are swept.
-const SWEEP_INTERVAL: Duration = Duration::from_millis(10);
+/// The longest pause between two sweeps of the pending acks (they run sooner when an entry
+/// is due sooner).
+const LONGEST_SWEEP_PAUSE: Duration = GAUGE_INTERVAL;
 
 /// How often the nodes reported unreachable are considered for a probe; also the first pause
 /// before one.
@@ -663,15 +664,10 @@ async fn probe_unreachable(inner: Arc<Inner>) {
 
 /// Times out pending acks nobody waits for (reporting their nodes) and drops old outcomes.
 async fn sweep(inner: Arc<Inner>) {
-    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_gauges = Instant::now();
     loop {
-        tokio::select! {
-            _ = inner.shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let swept = inner.pending.sweep(Instant::now());
+        let now = Instant::now();
+        let swept = inner.pending.sweep(now);
         let mut counts: HashMap<&NodeId, u64> = HashMap::new();
         for node in &swept.timed_out {
             *counts.entry(node).or_default() += 1;
@@ -682,6 +678,12 @@ async fn sweep(inner: Arc<Inner>) {
         if last_gauges.elapsed() >= GAUGE_INTERVAL {
             last_gauges = Instant::now();
             inner.update_gauges();
+        }
+        let next = inner.pending.next_sweep(now, LONGEST_SWEEP_PAUSE);
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            _ = tokio::time::sleep_until(next.min(last_gauges + GAUGE_INTERVAL)) => {}
+            _ = inner.pending.sweep_wanted() => {}
         }
     }
 }

@@ -16,12 +16,17 @@
 //! leaves its entry in the deadline's bucket, where the sweep moves it to the bucket of its
 //! retention if it is still there: one wheel operation fewer per message. A deadline more than
 //! one turn of the wheel away waits in its bucket and is passed over until its turn comes.
+//!
+//! The sweep runs when there is something to sweep, not on every tick: [`Pending::next_sweep`]
+//! says when the first non-empty bucket ends, and an entry due before that wakes the sweep
+//! ([`Pending::sweep_wanted`]). An idle forwarder, or one whose acks all come in time, does not
+//! wake a CPU a hundred times a second for nothing.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::error::ForwardError;
@@ -87,6 +92,10 @@ struct Table {
     /// The first tick not wholly swept yet (the last sweep's tick: entries due later in it
     /// wait in its bucket).
     next_tick: u64,
+    /// The tick at whose end the sweep is to run next.
+    planned_tick: u64,
+    /// Set when an entry was scheduled before `planned_tick`: the sweep must be woken.
+    wake_sweep: bool,
 }
 
 /// What [`Pending::sweep`] did.
@@ -101,6 +110,8 @@ pub struct Swept {
 /// The pending-ack table of one forwarder.
 pub struct Pending {
     table: Mutex<Table>,
+    /// Wakes the sweep for an entry due before its planned run.
+    sweep_wanted: Notify,
 }
 
 impl Default for Pending {
@@ -112,7 +123,10 @@ impl Default for Pending {
                 wheel: vec![Vec::new(); BUCKETS],
                 origin: Instant::now(),
                 next_tick: 0,
+                planned_tick: 0,
+                wake_sweep: false,
             }),
+            sweep_wanted: Notify::new(),
         }
     }
 }
@@ -154,6 +168,10 @@ impl Table {
         };
         // Never into a bucket already swept this turn: it would wait a whole turn.
         let tick = self.tick(due).max(self.next_tick);
+        if tick < self.planned_tick {
+            self.planned_tick = tick;
+            self.wake_sweep = true;
+        }
         let bucket = Self::bucket(tick);
         let slot = &mut self.slots[index];
         slot.bucket = bucket as u32;
@@ -231,7 +249,13 @@ impl Pending {
         };
         t.slots[index].entry = Some(entry);
         t.schedule(index);
-        id_of(index as u32, t.slots[index].generation)
+        let id = id_of(index as u32, t.slots[index].generation);
+        let wake = std::mem::take(&mut t.wake_sweep);
+        drop(t);
+        if wake {
+            self.sweep_wanted.notify_one();
+        }
+        id
     }
 
     /// Number of entries, finished or not.
@@ -431,6 +455,30 @@ impl Pending {
         t.next_tick = now_tick;
         swept
     }
+
+    /// When the sweep is to run next, after a sweep at `now`: at the end of the first tick
+    /// whose bucket holds an entry, and at the latest `longest` after `now`. Until then,
+    /// [`Pending::sweep_wanted`] wakes it for an entry due earlier.
+    pub fn next_sweep(&self, now: Instant, longest: Duration) -> Instant {
+        let mut t = self.lock();
+        let now_tick = t.tick(now);
+        let last = t.tick(now + longest).max(now_tick);
+        // From the first bucket not wholly swept; each checked once at most (a turn of the
+        // wheel is far longer than `longest`).
+        let planned = (t.next_tick..last)
+            .take(BUCKETS)
+            .find(|&tick| !t.wheel[Table::bucket(tick)].is_empty())
+            .unwrap_or(last);
+        t.planned_tick = planned;
+        t.wake_sweep = false;
+        let end = Duration::from_nanos((planned + 1).saturating_mul(TICK_NANOS));
+        (t.origin + end).min(now + longest)
+    }
+
+    /// Completes when an entry was registered due before the sweep's planned run.
+    pub async fn sweep_wanted(&self) {
+        self.sweep_wanted.notified().await;
+    }
 }
 
 #[cfg(test)]
@@ -448,6 +496,44 @@ mod tests {
     fn register(p: &Pending, timeout: Duration) -> u64 {
         let now = Instant::now();
         p.register(node(), now, now + timeout, now + 2 * timeout)
+    }
+
+    fn sweep_woken(p: &Pending) -> bool {
+        use futures_util::FutureExt;
+        p.sweep_wanted().now_or_never().is_some()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sweep_is_planned_for_the_first_entry_due_and_woken_for_an_earlier_one() {
+        let p = Pending::default();
+        let now = Instant::now();
+        // Nothing pending: the longest pause.
+        assert_eq!(p.next_sweep(now, SECOND), now + SECOND);
+        // Due later than that: no wake, the plan stands.
+        register(&p, 5 * SECOND);
+        assert!(!sweep_woken(&p));
+        assert_eq!(p.next_sweep(now, SECOND), now + SECOND);
+        // Due sooner: woken, and planned for the end of its tick.
+        let soon = 3 * TICK + TICK / 2;
+        let id = register(&p, soon);
+        assert!(sweep_woken(&p));
+        assert!(!sweep_woken(&p), "one wake, not one per call");
+        let next = p.next_sweep(now, SECOND);
+        assert!(
+            next >= now + soon && next <= now + soon + TICK,
+            "{:?}",
+            next - now
+        );
+        // A second entry due in the same tick wakes nothing more.
+        register(&p, soon);
+        assert!(!sweep_woken(&p));
+        // Once their bucket is swept, both (one acked, one timed out) wait for the end of
+        // their retention, 70 ms after registering: the end of tick 7.
+        assert!(p.complete(id, Ok(()), Instant::now()).is_some());
+        tokio::time::advance(soon + TICK).await;
+        let later = Instant::now();
+        assert_eq!(p.sweep(later).timed_out.len(), 1);
+        assert_eq!(p.next_sweep(later, SECOND), now + 8 * TICK);
     }
 
     #[tokio::test(start_paused = true)]
