@@ -514,13 +514,13 @@ impl Inner {
     /// is none. A link remembers the last view it was found live in, so that sending again
     /// under the same view does not look the node up again.
     fn live_link(self: &Arc<Self>, node: &NodeId) -> Result<Arc<Link>, ForwardError> {
-        let view = self.membership.peek_view();
-        let epoch = view.epoch();
         let mut links = self.links();
         let link = links.get(node).filter(|l| !l.is_closed());
-        if let Some(link) = link.filter(|l| l.live_in() == epoch) {
+        if let Some(link) = link.filter(|l| l.live_in() == self.membership.view_epoch()) {
             return Ok(link.clone());
         }
+        let view = self.membership.peek_view();
+        let epoch = view.epoch();
         let addr = view
             .member(node.as_str())
             .filter(|m| m.live)

@@ -17,7 +17,7 @@ pub mod view;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -117,6 +117,9 @@ struct Shared {
     gossip_addr: SocketAddr,
     leave_duration: Duration,
     view: ArcSwap<LiveView>,
+    /// The epoch of `view`, stored after it: the cheapest way to tell that a view seen
+    /// before is still the current one.
+    view_epoch: AtomicU64,
     view_tx: watch::Sender<Arc<LiveView>>,
     events_tx: broadcast::Sender<MembershipEvent>,
     input: Mutex<ViewInput>,
@@ -196,6 +199,7 @@ impl Membership {
                         generation,
                         gossip_addr,
                         leave_duration,
+                        view_epoch: AtomicU64::new(self_view.epoch()),
                         view: ArcSwap::from_pointee(self_view),
                         view_tx,
                         events_tx,
@@ -266,6 +270,11 @@ impl Membership {
     /// path (no shared reference count to touch), but not to be held across an `.await`.
     pub(crate) fn peek_view(&self) -> arc_swap::Guard<Arc<LiveView>> {
         self.shared.view.load()
+    }
+
+    /// The epoch of the current view (it may trail a view published this very moment).
+    pub(crate) fn view_epoch(&self) -> u64 {
+        self.shared.view_epoch.load(Ordering::Acquire)
     }
 
     /// A receiver that always holds the latest view and wakes on every new one.
@@ -428,6 +437,7 @@ impl Shared {
         let new = Arc::new(derived);
         let events = diff_events(&old, &new);
         self.view.store(new.clone());
+        self.view_epoch.store(new.epoch(), Ordering::Release);
         self.view_tx.send_replace(new.clone());
         self.set_gauges(&node, &new);
         for event in events {
