@@ -48,7 +48,8 @@ impl Recent {
 /// What a string newtype over `Arc<str>` shared through a per-thread cache (`NodeId`, `Realm`)
 /// has: made from `&str`, `String` and `Arc<str>`; seen as a `str`; compared (pointers first:
 /// values decoded through one cache share their string), hashed, shown and serialized as the
-/// string; read with serde through the thread's cache. `$what` names it in decoding errors. The type itself derives `Clone, Eq, PartialOrd, Ord`.
+/// string; read with serde through the thread's cache. `$what` names it in decoding errors.
+/// The type itself derives `Clone, Eq, PartialOrd, Ord`.
 macro_rules! shared_string {
     ($name:ident, $what:literal) => {
         impl $name {

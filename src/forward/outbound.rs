@@ -47,6 +47,7 @@ const CLOCK_EVERY: u32 = 64;
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 
 /// The sending side of the link to one peer.
+///
 /// Aligned to its own cache lines: callers read it on every send while the link's task, on the
 /// other CPU, writes the objects allocated around it.
 #[repr(align(128))]
