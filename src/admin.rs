@@ -12,15 +12,22 @@
 //! | `POST /cluster/leave` | `{"status":"leaving"}`, then graceful leave; the program exits |
 //! | `GET /metrics` | Prometheus text format |
 //!
-//! Errors are `{"error":"snake_case_name","detail":"…"}` with status 400 (bad request) or 404.
+//! Errors are `{"error":"snake_case_name","detail":"…"}` with status 400 (bad request), 401
+//! (no or wrong token) or 404.
+//!
+//! With `admin_token_file` set, the `POST` routes (they change or probe something) need
+//! `Authorization: Bearer <token>`; a request without it, or with another token, gets 401 and
+//! is counted (`wamp_cluster_admin_unauthorized_total`). The `GET` routes stay open, for health
+//! checks and scrapes: the API binds to loopback unless told otherwise.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Query, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -54,22 +61,64 @@ pub struct AdminState {
     pub prometheus: Option<PrometheusHandle>,
     /// Cancelled by `POST /cluster/leave`.
     pub leave_requested: CancellationToken,
+    /// The bearer token the routes that change or probe anything need, if any.
+    pub token: Option<Arc<str>>,
 }
 
 /// The admin API's routes.
 pub fn router(state: AdminState) -> Router {
+    let guarded = Router::new()
+        .route("/cluster/leave", post(leave))
+        .route("/cluster/probe", post(probe))
+        .route("/cluster/broadcast", post(broadcast))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/cluster/members", get(members))
         .route("/cluster/ring", get(ring))
-        .route("/cluster/leave", post(leave))
-        .route("/cluster/probe", post(probe))
-        .route("/cluster/broadcast", post(broadcast))
         .route("/stats", get(stats))
         .route("/metrics", get(metrics))
+        .merge(guarded)
         .fallback(not_found)
         .with_state(state)
+}
+
+/// Lets a request through when no token is set or when it carries the token.
+async fn authorize(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    let Some(token) = &state.token else {
+        return next.run(request).await;
+    };
+    if bearer(request.headers()).is_some_and(|given| same(given.as_bytes(), token.as_bytes())) {
+        return next.run(request).await;
+    }
+    metrics::counter!(
+        crate::metrics::ADMIN_UNAUTHORIZED,
+        "node" => state.membership.node_id().to_string()
+    )
+    .increment(1);
+    let mut response = error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "this route needs `Authorization: Bearer <token>`, the token of admin_token_file",
+    );
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    response
+}
+
+/// The token of an `Authorization: Bearer …` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Whether `a` and `b` are equal, in a time that depends on their lengths only.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 fn error(status: StatusCode, name: &str, detail: impl Into<String>) -> Response {

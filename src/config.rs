@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -23,6 +23,9 @@ pub const MAX_ID_LEN: usize = 128;
 /// Largest size of the labels once encoded for gossip, in bytes. Labels travel in every gossip
 /// exchange, so they must stay small.
 pub const MAX_LABELS_BYTES: usize = 1024;
+
+/// Shortest admin token accepted, in bytes: a short one can be guessed.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 
 /// The whole configuration of a node. See `config/node.toml` for an annotated example.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,7 +47,13 @@ pub struct Config {
     /// `forward_addr` is an unspecified address.
     pub forward_advertise_addr: Option<SocketAddr>,
     /// HTTP admin API and `/metrics`. Port 0 binds a free port (the bound address is gossiped).
+    /// Loopback by default: whoever reaches it can read the cluster's state.
     pub admin_addr: SocketAddr,
+    /// A file holding the admin API's bearer token (at least 16 visible ASCII characters;
+    /// surrounding whitespace is ignored). When set, the routes that change or probe anything
+    /// (`POST /cluster/leave`, `/cluster/probe`, `/cluster/broadcast`) need
+    /// `Authorization: Bearer <token>`; the read-only routes stay open.
+    pub admin_token_file: Option<PathBuf>,
     /// Gossip addresses (`IP:port`) or names (`host:port`) of existing nodes to join through.
     /// Names are resolved again periodically, so nodes behind one DNS name are found.
     pub seeds: Vec<String>,
@@ -136,6 +145,7 @@ impl Default for Config {
             forward_addr: SocketAddr::from(([127, 0, 0, 1], 7947)),
             forward_advertise_addr: None,
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_token_file: None,
             seeds: Vec::new(),
             labels: BTreeMap::new(),
             gossip: GossipConfig::default(),
@@ -188,6 +198,7 @@ enum Kind {
     Str,
     Addr,
     OptAddr,
+    OptPath,
     List,
     Map,
     U64,
@@ -204,6 +215,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("forward_addr", Kind::Addr),
     ("forward_advertise_addr", Kind::OptAddr),
     ("admin_addr", Kind::Addr),
+    ("admin_token_file", Kind::OptPath),
     ("seeds", Kind::List),
     ("labels", Kind::Map),
     ("gossip.interval_ms", Kind::U64),
@@ -287,7 +299,7 @@ impl Config {
         };
         let raw = raw.trim();
         let value = match kind {
-            Kind::Str => toml::Value::String(raw.into()),
+            Kind::Str | Kind::OptPath => toml::Value::String(raw.into()),
             Kind::Addr | Kind::OptAddr => {
                 let addr: SocketAddr = raw
                     .parse()
@@ -339,7 +351,12 @@ impl Config {
                 .ok_or_else(|| invalid("section missing".into()))?,
             None => &mut table,
         };
-        target.insert(leaf.into(), value);
+        if matches!(kind, Kind::OptPath) && raw.is_empty() {
+            // Empty: unset.
+            target.remove(leaf);
+        } else {
+            target.insert(leaf.into(), value);
+        }
         *self = table
             .try_into()
             .map_err(|err: toml::de::Error| invalid(err.message().to_string()))?;
@@ -382,6 +399,7 @@ impl Config {
                 return invalid("seeds", &format!("`{seed}` is not IP:port or host:port"));
             }
         }
+        self.admin_token()?;
         if self.labels.keys().any(|k| k.is_empty()) {
             return invalid("labels", "a label name is empty");
         }
@@ -440,6 +458,35 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// The admin API's bearer token, read from `admin_token_file`; `None` when the key is not
+    /// set. An unreadable file or a token that is too short or not visible ASCII is an error
+    /// naming the key.
+    pub fn admin_token(&self) -> Result<Option<String>, ConfigError> {
+        let Some(path) = &self.admin_token_file else {
+            return Ok(None);
+        };
+        let invalid = |message: String| ConfigError::Invalid {
+            key: "admin_token_file".into(),
+            message,
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| invalid(format!("cannot read {}: {err}", path.display())))?;
+        let token = text.trim();
+        if token.len() < MIN_ADMIN_TOKEN_LEN {
+            return Err(invalid(format!(
+                "the token in {} is shorter than {MIN_ADMIN_TOKEN_LEN} bytes",
+                path.display()
+            )));
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(invalid(format!(
+                "the token in {} holds characters other than visible ASCII",
+                path.display()
+            )));
+        }
+        Ok(Some(token.to_string()))
     }
 
     /// The gossip address other nodes use.
@@ -503,6 +550,45 @@ mod tests {
     #[test]
     fn the_defaults_with_a_node_id_are_valid() {
         valid().validate().unwrap();
+    }
+
+    #[test]
+    fn the_admin_token_is_read_from_its_file_and_a_bad_one_is_refused_by_name() {
+        let dir = std::env::temp_dir().join(format!("wamp-cluster-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        let mut config = valid();
+        assert_eq!(config.admin_token().unwrap(), None);
+        config
+            .set("admin_token_file", &file.display().to_string())
+            .unwrap();
+        assert_eq!(config.admin_token_file.as_deref(), Some(file.as_path()));
+        for (text, why) in [
+            (None, "cannot read"),
+            (Some("short\n"), "shorter than 16"),
+            (Some("sixteen or more but with spaces"), "visible ASCII"),
+            (Some("token-\u{e9}-with-an-accent"), "visible ASCII"),
+        ] {
+            let _ = std::fs::remove_file(&file);
+            if let Some(text) = text {
+                std::fs::write(&file, text).unwrap();
+            }
+            let err = config.validate().unwrap_err().to_string();
+            assert!(
+                err.contains("admin_token_file") && err.contains(why),
+                "{err}"
+            );
+        }
+        std::fs::write(&file, "\n  0123456789abcdef-token \n").unwrap();
+        config.validate().unwrap();
+        assert_eq!(
+            config.admin_token().unwrap().as_deref(),
+            Some("0123456789abcdef-token")
+        );
+        // An empty value unsets the key.
+        config.set("admin_token_file", "").unwrap();
+        assert_eq!(config.admin_token_file, None);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

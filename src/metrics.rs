@@ -49,6 +49,8 @@ pub const LATE_ACKS: &str = "wamp_cluster_late_acks_total";
 pub const HANDSHAKES_REFUSED: &str = "wamp_cluster_handshakes_refused_total";
 /// Counter: inbound connections closed on a bad frame, by `reason`.
 pub const FRAMES_REFUSED: &str = "wamp_cluster_frames_refused_total";
+/// Counter: admin API requests refused for want of the right bearer token.
+pub const ADMIN_UNAUTHORIZED: &str = "wamp_cluster_admin_unauthorized_total";
 
 /// How long a gauge or histogram that is no longer updated stays in the output: series of
 /// peers that left are dropped after this, so churn cannot grow the output without bound.
@@ -80,6 +82,10 @@ pub fn describe() {
     metrics::describe_counter!(LATE_ACKS, "Acks that arrived after their entry ended.");
     metrics::describe_counter!(HANDSHAKES_REFUSED, "Inbound handshakes refused by reason.");
     metrics::describe_counter!(FRAMES_REFUSED, "Inbound connections closed on a bad frame.");
+    metrics::describe_counter!(
+        ADMIN_UNAUTHORIZED,
+        "Admin API requests refused for want of the right bearer token."
+    );
     metrics::describe_counter!(
         NODE_ID_CONFLICTS,
         "Sightings of another process using this node's id."

@@ -75,6 +75,7 @@ impl NodeBuilder {
     /// listen; the node is `joining` until it has joined (see [`Membership::start`]).
     pub async fn start(self) -> Result<NodeHandle, NodeError> {
         self.config.validate()?;
+        let token = self.config.admin_token()?.map(Arc::from);
         let listener = TcpListener::bind(self.config.admin_addr)
             .await
             .map_err(|source| NodeError::AdminBind {
@@ -128,6 +129,7 @@ impl NodeBuilder {
             ack_timeout: self.config.forward.ack_timeout(),
             prometheus: self.prometheus.clone(),
             leave_requested: leave_requested.clone(),
+            token,
         };
         let stop = admin_stop.clone();
         tasks.spawn(async move {

@@ -297,3 +297,78 @@ async fn probe_broadcast_and_stats_routes_tell_the_truth() {
     a.abort().await.unwrap();
     b.abort().await.unwrap();
 }
+
+/// With `admin_token_file` set, the routes that change or probe anything need the bearer
+/// token: without it, or with another, 401 and counted, and nothing happens; the read-only
+/// routes stay open; with it, the request is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_routes_that_change_or_probe_need_the_admin_token_when_one_is_set() {
+    let _serial = SERIAL.lock().await;
+    let prometheus = wamp_cluster::metrics::install_prometheus().unwrap();
+    let dir = std::env::temp_dir().join(format!("wamp-cluster-admin-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "  s3cret-token-of-the-admin-api\n").unwrap();
+    let mut config = node_config("node-t", &[], tolerant());
+    config.admin_token_file = Some(token_file);
+    let a = Node::builder(config)
+        .prometheus(prometheus)
+        .start()
+        .await
+        .unwrap();
+    let send = |path: &str, token: Option<&str>| {
+        let mut request = http()
+            .post(format!("http://{}{path}", a.admin_addr()))
+            .header("content-type", "application/json")
+            .body("{}");
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        request.send()
+    };
+    for (path, token) in [
+        ("/cluster/leave", None),
+        ("/cluster/leave", Some("s3cret-token-of-the-admin-apI")),
+        ("/cluster/broadcast", Some("")),
+        (
+            "/cluster/probe",
+            Some("s3cret-token-of-the-admin-api-and-more"),
+        ),
+    ] {
+        let response = send(path, token).await.unwrap();
+        assert_eq!(response.status().as_u16(), 401, "{path} {token:?}");
+        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "unauthorized", "{body}");
+    }
+    // Nothing happened: the node did not start to leave, and it still serves.
+    assert!(futures_util::FutureExt::now_or_never(a.leave_requested()).is_none());
+    let (status, _) = get_json(&a, "/health").await;
+    assert_eq!(status, 200);
+    let (status, _) = get_json(&a, "/cluster/members").await;
+    assert_eq!(status, 200);
+    // The right token, in any case of the scheme's name.
+    let response = send("/cluster/broadcast", Some("s3cret-token-of-the-admin-api"))
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let response = http()
+        .post(format!("http://{}/cluster/broadcast", a.admin_addr()))
+        .header("authorization", "bearer s3cret-token-of-the-admin-api")
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let (_, metrics) = get(&a, "/metrics").await;
+    let refused = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("wamp_cluster_admin_unauthorized_total") && l.contains("node=\"node-t\"")
+        })
+        .unwrap_or_else(|| panic!("no refusal counter in {metrics}"));
+    assert!(refused.ends_with(" 4"), "{refused}");
+    a.abort().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
