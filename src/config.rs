@@ -63,6 +63,56 @@ pub struct Config {
     pub gossip: GossipConfig,
     /// Forwarding between nodes.
     pub forward: ForwardConfig,
+    /// Limits against peers that misbehave.
+    pub limits: LimitsConfig,
+}
+
+/// Limits against peers that misbehave (the `[limits]` section). The frame size limit is
+/// `forward.max_frame_bytes`. All nodes of a cluster should use the same values: a node's
+/// keepalive must come more often than its peers' idle timeout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Inbound forwarding connections served at once; more are closed at once and counted
+    /// (each peer holds one).
+    pub max_inbound_connections: usize,
+    /// Milliseconds an inbound connection has to complete its handshake.
+    pub handshake_timeout_ms: u64,
+    /// Milliseconds an inbound connection may go without a complete frame, and a write to a
+    /// peer may stall, before the connection is closed. At least 3 ×
+    /// `limits.keepalive_interval_ms`.
+    pub idle_timeout_ms: u64,
+    /// Milliseconds a link may stay silent: when it has written nothing for this long it sends
+    /// a ping, so that its peer's idle timeout does not close a healthy connection.
+    pub keepalive_interval_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_inbound_connections: 1024,
+            handshake_timeout_ms: 2000,
+            idle_timeout_ms: 60_000,
+            keepalive_interval_ms: 5000,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The handshake timeout.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    /// The idle timeout.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    /// The keepalive interval.
+    pub fn keepalive_interval(&self) -> Duration {
+        Duration::from_millis(self.keepalive_interval_ms)
+    }
 }
 
 /// Forwarding settings (the `[forward]` section).
@@ -150,6 +200,7 @@ impl Default for Config {
             labels: BTreeMap::new(),
             gossip: GossipConfig::default(),
             forward: ForwardConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -229,6 +280,10 @@ const KEYS: &[(&str, Kind)] = &[
     ("forward.queue_capacity_bytes", Kind::U64),
     ("forward.connect_timeout_ms", Kind::U64),
     ("forward.max_redial_backoff_ms", Kind::U64),
+    ("limits.max_inbound_connections", Kind::U64),
+    ("limits.handshake_timeout_ms", Kind::U64),
+    ("limits.idle_timeout_ms", Kind::U64),
+    ("limits.keepalive_interval_ms", Kind::U64),
 ];
 
 impl Config {
@@ -451,6 +506,31 @@ impl Config {
                 "must be between 50 and 600000",
             );
         }
+        let l = &self.limits;
+        if !(1..=65_536).contains(&l.max_inbound_connections) {
+            return invalid(
+                "limits.max_inbound_connections",
+                "must be between 1 and 65536",
+            );
+        }
+        if !(10..=600_000).contains(&l.handshake_timeout_ms) {
+            return invalid(
+                "limits.handshake_timeout_ms",
+                "must be between 10 and 600000",
+            );
+        }
+        if !(10..=600_000).contains(&l.keepalive_interval_ms) {
+            return invalid(
+                "limits.keepalive_interval_ms",
+                "must be between 10 and 600000",
+            );
+        }
+        if l.idle_timeout_ms > 3_600_000 || l.idle_timeout_ms < 3 * l.keepalive_interval_ms {
+            return invalid(
+                "limits.idle_timeout_ms",
+                "must be at least 3 × limits.keepalive_interval_ms and at most 3600000",
+            );
+        }
         if !(1..=100).contains(&g.leave_rounds) {
             return invalid(
                 "gossip.leave_rounds",
@@ -589,6 +669,31 @@ mod tests {
         config.set("admin_token_file", "").unwrap();
         assert_eq!(config.admin_token_file, None);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn limits_are_set_from_the_environment_and_bad_ones_refused_by_name() {
+        let mut config = valid();
+        config
+            .apply_env([(
+                "WAMP_CLUSTER_LIMITS__HANDSHAKE_TIMEOUT_MS".to_string(),
+                "750".to_string(),
+            )])
+            .unwrap();
+        assert_eq!(config.limits.handshake_timeout_ms, 750);
+        config.validate().unwrap();
+        for (key, value) in [
+            ("limits.max_inbound_connections", "0"),
+            ("limits.handshake_timeout_ms", "1"),
+            ("limits.keepalive_interval_ms", "0"),
+            // Less than three keepalive intervals (5000 ms by default).
+            ("limits.idle_timeout_ms", "14999"),
+        ] {
+            let mut bad = config.clone();
+            bad.set(key, value).unwrap();
+            let err = bad.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
     }
 
     #[test]

@@ -54,6 +54,7 @@ pub mod admin;
 pub mod config;
 pub mod error;
 pub mod forward;
+mod log_limit;
 pub mod membership;
 pub mod metrics;
 pub mod node;
@@ -64,7 +65,7 @@ pub mod traffic;
 pub mod wamp;
 pub mod wire;
 
-pub use config::{Config, ForwardConfig, GossipConfig};
+pub use config::{Config, ForwardConfig, GossipConfig, LimitsConfig};
 pub use error::{ConfigError, ForwardError, MembershipError, NodeError};
 pub use forward::{
     AckId, BadNodeReport, BadReason, Broadcast, Deliver, Delivery, DeliveryCounters, DeliveryLog,

@@ -47,7 +47,8 @@ pub const RECONNECTS: &str = "wamp_cluster_reconnects_total";
 pub const LATE_ACKS: &str = "wamp_cluster_late_acks_total";
 /// Counter: inbound handshakes refused, by `reason`.
 pub const HANDSHAKES_REFUSED: &str = "wamp_cluster_handshakes_refused_total";
-/// Counter: inbound connections closed on a bad frame, by `reason`.
+/// Counter: inbound connections closed on a bad frame or a limit, by `reason` (`too_large`,
+/// `malformed`, `io`, `unexpected`, `idle`, `write_stalled`).
 pub const FRAMES_REFUSED: &str = "wamp_cluster_frames_refused_total";
 /// Counter: admin API requests refused for want of the right bearer token.
 pub const ADMIN_UNAUTHORIZED: &str = "wamp_cluster_admin_unauthorized_total";
@@ -81,7 +82,10 @@ pub fn describe() {
     metrics::describe_counter!(BAD_NODE_REPORTS, "Bad-node reports by peer and reason.");
     metrics::describe_counter!(LATE_ACKS, "Acks that arrived after their entry ended.");
     metrics::describe_counter!(HANDSHAKES_REFUSED, "Inbound handshakes refused by reason.");
-    metrics::describe_counter!(FRAMES_REFUSED, "Inbound connections closed on a bad frame.");
+    metrics::describe_counter!(
+        FRAMES_REFUSED,
+        "Inbound connections closed on a bad frame or a limit, by reason."
+    );
     metrics::describe_counter!(
         ADMIN_UNAUTHORIZED,
         "Admin API requests refused for want of the right bearer token."

@@ -105,6 +105,7 @@ impl NodeBuilder {
         };
         let forwarder = match Forwarder::start(
             self.config.forward.clone(),
+            self.config.limits.clone(),
             forward_listener,
             self.config.cluster_id.clone(),
             membership.clone(),

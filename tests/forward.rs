@@ -53,6 +53,11 @@ struct Cluster {
 
 impl Cluster {
     async fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, |_| {}).await
+    }
+
+    /// `n` nodes whose configurations `tweak` changed.
+    async fn start_with(n: usize, tweak: impl Fn(&mut wamp_cluster::Config)) -> Cluster {
         let mut nodes: Vec<NodeHandle> = Vec::new();
         let mut recorders = Vec::new();
         for i in 0..n {
@@ -62,7 +67,9 @@ impl Cluster {
                 .into_iter()
                 .collect();
             let recorder = Arc::new(Recorder::default());
-            let node = Node::builder(node_config(&format!("node-{i}"), &seeds, tolerant()))
+            let mut config = node_config(&format!("node-{i}"), &seeds, tolerant());
+            tweak(&mut config);
+            let node = Node::builder(config)
                 .deliver(recorder.clone())
                 .start()
                 .await
@@ -940,4 +947,140 @@ async fn a_newer_connection_from_the_same_node_takes_over_from_the_older() {
         .collect();
     assert_eq!(seen, [1, 3]);
     c.stop().await;
+}
+
+/// The `[limits]`: a connection that trickles bytes and never completes its hello is closed at
+/// the handshake timeout; one that says hello and then falls silent, at the idle timeout;
+/// connections beyond `max_inbound_connections` are closed at once; each is counted. Meanwhile
+/// every forward between the good nodes succeeds, and their link, idle for several idle
+/// timeouts, is kept open by its keepalive pings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_close_trickling_silent_and_surplus_connections_while_good_peers_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let _serial = SERIAL.lock().await;
+    let prometheus = wamp_cluster::metrics::install_prometheus().unwrap();
+    let c = Cluster::start_with(2, |config| {
+        config.limits.max_inbound_connections = 4;
+        config.limits.handshake_timeout_ms = 300;
+        config.limits.idle_timeout_ms = 600;
+        config.limits.keepalive_interval_ms = 150;
+    })
+    .await;
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    let target = b.view().self_member().unwrap().forward_addr.unwrap();
+    // The good link, then idle for several idle timeouts: still the same connection.
+    a.forwarder()
+        .forward(from(a), to("node-1"), publish(0), &options(5000))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+
+    /// Reads until the node closes the connection, within `bound`; how long that took.
+    async fn closed_within(stream: &mut tokio::net::TcpStream, bound: Duration) -> Duration {
+        let start = Instant::now();
+        let mut sink = Vec::new();
+        let read = tokio::time::timeout(bound, stream.read_to_end(&mut sink)).await;
+        assert!(
+            read.is_ok(),
+            "the node closes the connection within {bound:?}"
+        );
+        start.elapsed()
+    }
+
+    let good = tokio::spawn({
+        let f = a.forwarder().clone();
+        let sender = from(a);
+        async move {
+            for i in 1..=200 {
+                f.forward(sender.clone(), to("node-1"), publish(i), &options(5000))
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    // One byte every 50 ms of a valid hello: never a whole frame within 300 ms.
+    let trickle = tokio::spawn(async move {
+        let mut stream = tokio::net::TcpStream::connect(target).await.unwrap();
+        let hello = hello_bytes("default");
+        let start = Instant::now();
+        for byte in hello.iter().take(20) {
+            if stream.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let waited = start.elapsed() + closed_within(&mut stream, Duration::from_secs(5)).await;
+        assert!(waited < Duration::from_secs(3), "{waited:?}");
+    });
+    // A valid hello, a welcome, then silence: closed at the idle timeout.
+    let silent = tokio::spawn(async move {
+        let mut stream = tokio::net::TcpStream::connect(target).await.unwrap();
+        stream.write_all(&hello_bytes("default")).await.unwrap();
+        let waited = closed_within(&mut stream, Duration::from_secs(5)).await;
+        assert!(waited >= Duration::from_millis(500), "{waited:?}");
+    });
+    // Connections beyond the limit (node-0's link holds one of the four) are closed at once.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut extra = Vec::new();
+    for _ in 0..6 {
+        extra.push(tokio::net::TcpStream::connect(target).await.unwrap());
+    }
+    for stream in extra.iter_mut().skip(2) {
+        closed_within(stream, Duration::from_secs(1)).await;
+    }
+    within(Duration::from_secs(10), "trickle", trickle)
+        .await
+        .unwrap();
+    within(Duration::from_secs(10), "silent", silent)
+        .await
+        .unwrap();
+    within(Duration::from_secs(30), "good forwards", good)
+        .await
+        .unwrap();
+    assert!(a.view().is_target("node-1"));
+    assert_eq!(a.forwarder().stats()[&NodeId::from("node-1")].reconnects, 0);
+    let metrics = prometheus.render();
+    let count = |line: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(line))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let refused = "wamp_cluster_handshakes_refused_total{node=\"node-1\",reason=";
+    // The trickle and the surplus connection that got the last slot and said nothing.
+    assert!(count(&format!("{refused}\"timeout\"}}")) >= 2, "{metrics}");
+    assert!(
+        count(&format!("{refused}\"overloaded\"}}")) >= 4,
+        "{metrics}"
+    );
+    assert!(
+        count("wamp_cluster_frames_refused_total{node=\"node-1\",reason=\"idle\"}") >= 1,
+        "{metrics}"
+    );
+    c.stop().await;
+}
+
+/// A hello frame as a node of `cluster` sends it to `node-1`.
+fn hello_bytes(cluster: &str) -> Vec<u8> {
+    let frame = wamp_cluster::wire::Frame::Hello(wamp_cluster::wire::Hello {
+        magic: wamp_cluster::wire::MAGIC,
+        min_version: 1,
+        max_version: 1,
+        cluster_id: cluster.into(),
+        node_id: "intruder".into(),
+        generation: 1,
+        to_node: "node-1".into(),
+    });
+    let mut buf = bytes::BytesMut::new();
+    tokio_util::codec::Encoder::encode(
+        &mut wamp_cluster::wire::FrameCodec::new(1 << 20),
+        &frame,
+        &mut buf,
+    )
+    .unwrap();
+    buf.to_vec()
 }

@@ -29,7 +29,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::codec::{Encoder, FramedRead};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::deliver::{Deliver, Verdict};
 use super::{BadReason, Inner};
@@ -37,15 +37,15 @@ use crate::metrics as m;
 use crate::wire::{self, Frame, FrameCodec, NackReason, RefuseReason};
 use crate::NodeId;
 
-/// Inbound connections served at once; more are refused (each peer opens one).
-pub const MAX_INBOUND_CONNECTIONS: usize = 1024;
-
 /// Largest frame read before the handshake is done: a hello is small, and an unauthenticated
 /// socket must not make the node reserve `max_frame_bytes`.
 const HANDSHAKE_FRAME_LIMIT: usize = 16 * 1024;
 
 /// Answers gathered before they are written even if more frames are readable.
 const ANSWER_BATCH_BYTES: usize = 64 * 1024;
+
+/// Lines a second logged about refused connections and bad frames, per forwarder.
+pub(crate) const BAD_INPUT_LINES_PER_SEC: u32 = 10;
 
 /// Inbound connection numbers, unique in the process.
 static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
@@ -85,7 +85,7 @@ impl Current {
 
 /// Accepts connections until shutdown.
 pub(crate) async fn listen(inner: Arc<Inner>, listener: TcpListener, deliver: Arc<dyn Deliver>) {
-    let slots = Arc::new(Semaphore::new(MAX_INBOUND_CONNECTIONS));
+    let slots = Arc::new(Semaphore::new(inner.limits.max_inbound_connections));
     let current = Arc::new(Current::default());
     loop {
         let accepted = tokio::select! {
@@ -106,7 +106,9 @@ pub(crate) async fn listen(inner: Arc<Inner>, listener: TcpListener, deliver: Ar
                 }
                 Err(_) => {
                     count_refusal(&inner, RefuseReason::Overloaded.name());
-                    debug!(%peer, "refused: too many inbound connections");
+                    if let Some(left_out) = inner.bad_input_log.check(std::time::Instant::now()) {
+                        info!(%peer, left_out, "refused: too many inbound connections");
+                    }
                 }
             },
             Err(err) => {
@@ -128,18 +130,25 @@ fn count_bad_frame(inner: &Inner, reason: &'static str) {
         .increment(1);
 }
 
-/// Writes `out` unless the forwarder shuts down first (a peer that stops reading must not keep
-/// this task alive). Returns `false` when the connection is done.
+/// Writes `out` unless the forwarder shuts down first or the write stalls for
+/// `limits.idle_timeout_ms` (a peer that stops reading must not keep this task alive).
+/// Returns `false` when the connection is done.
 async fn flush(inner: &Inner, write: &mut OwnedWriteHalf, out: &mut BytesMut) -> bool {
     if out.is_empty() {
         return true;
     }
     let written = tokio::select! {
         _ = inner.shutdown.cancelled() => return false,
-        written = write.write_all(out) => written,
+        written = tokio::time::timeout(inner.limits.idle_timeout(), write.write_all(out)) => written,
     };
     out.clear();
-    written.is_ok()
+    match written {
+        Ok(written) => written.is_ok(),
+        Err(_) => {
+            count_bad_frame(inner, "write_stalled");
+            false
+        }
+    }
 }
 
 /// The read half of a connection, counting the bytes read once the peer is known.
@@ -183,7 +192,7 @@ async fn connection(
     );
     let mut out = BytesMut::new();
 
-    let first = tokio::time::timeout(inner.config.connect_timeout(), reader.next()).await;
+    let first = tokio::time::timeout(inner.limits.handshake_timeout(), reader.next()).await;
     let refusal = match first {
         Ok(Some(Ok(Frame::Hello(hello)))) => {
             match wire::negotiate(&hello, &inner.cluster_id, &inner.self_id) {
@@ -203,7 +212,9 @@ async fn connection(
         Err(None) => return,
         Err(Some(reason)) => {
             count_refusal(&inner, reason.name());
-            debug!(%peer, %reason, "handshake refused");
+            if let Some(left_out) = inner.bad_input_log.check(std::time::Instant::now()) {
+                info!(%peer, %reason, left_out, "handshake refused");
+            }
             let _ = codec.encode(&Frame::Refuse { reason }, &mut out);
             flush(&inner, &mut write, &mut out).await;
             return;
@@ -238,7 +249,9 @@ async fn connection(
     current.end(&from, number);
     let Some(ended) = ended else { return };
     flush(&inner, &mut write, &mut out).await;
-    debug!(%peer, %from, why = %ended, "inbound connection ended");
+    if let Some(left_out) = inner.bad_input_log.check(std::time::Instant::now()) {
+        debug!(%peer, %from, why = %ended, left_out, "inbound connection ended");
+    }
     // The peer's side went away: a crashed node is noticed here at once even by nodes that
     // never sent it anything (a leaving node is not reported; see `report_bad`).
     if !superseded && !inner.shutdown.is_cancelled() {
@@ -278,9 +291,18 @@ async fn serve(
                     return None;
                 }
                 stalled = Duration::ZERO;
+                let idle = inner.limits.idle_timeout();
                 tokio::select! {
                     _ = inner.shutdown.cancelled() => return None,
-                    next = reader.next() => next,
+                    next = tokio::time::timeout(idle, reader.next()) => match next {
+                        Ok(next) => next,
+                        // Its peer's link pings when it has nothing to send: this one is gone,
+                        // or trickles bytes that never make a frame.
+                        Err(_) => {
+                            count_bad_frame(inner, "idle");
+                            break format!("no complete frame for {idle:?}");
+                        }
+                    },
                 }
             }
         };

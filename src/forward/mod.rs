@@ -46,7 +46,7 @@ pub use deliver::{Deliver, Delivery, Discard, Verdict};
 pub use delivery_log::{DeliveryCounters, DeliveryLog};
 pub use dispatcher::Dispatcher;
 
-use crate::config::ForwardConfig;
+use crate::config::{ForwardConfig, LimitsConfig};
 use crate::error::ForwardError;
 use crate::membership::Membership;
 use crate::peer_id::PeerId;
@@ -145,6 +145,7 @@ pub(crate) struct Inner {
     pub(crate) cluster_id: String,
     pub(crate) generation: u64,
     pub(crate) config: ForwardConfig,
+    pub(crate) limits: LimitsConfig,
     pub(crate) membership: Membership,
     pub(crate) pending: Pending,
     links: Mutex<Links>,
@@ -155,6 +156,8 @@ pub(crate) struct Inner {
     /// Set just before `shutdown` is cancelled: read on every send, where the token's own
     /// check would take its lock, a line the tasks waiting on it share.
     stopping: AtomicBool,
+    /// Limits the log lines about what peers send.
+    pub(crate) bad_input_log: crate::log_limit::Limiter,
     pub(crate) tasks: TaskTracker,
     local_addr: SocketAddr,
 }
@@ -163,6 +166,7 @@ impl Forwarder {
     /// Starts the forwarder on a bound listener; inbound messages go to `deliver`.
     pub fn start(
         config: ForwardConfig,
+        limits: LimitsConfig,
         listener: TcpListener,
         cluster_id: String,
         membership: Membership,
@@ -175,6 +179,7 @@ impl Forwarder {
             generation: membership.generation(),
             cluster_id,
             config,
+            limits,
             membership,
             pending: Pending::default(),
             links: Mutex::new(Links::default()),
@@ -182,6 +187,7 @@ impl Forwarder {
             reports,
             shutdown: CancellationToken::new(),
             stopping: AtomicBool::new(false),
+            bad_input_log: crate::log_limit::Limiter::new(inbound::BAD_INPUT_LINES_PER_SEC),
             tasks: TaskTracker::new(),
             local_addr,
         });

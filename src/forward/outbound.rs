@@ -442,22 +442,39 @@ impl Connection<'_> {
         true
     }
 
-    /// Writes what the queue holds, all of it in one write, again and again.
+    /// Writes what the queue holds, all of it in one write, again and again; a ping when there
+    /// was nothing to write for `limits.keepalive_interval_ms`. A write that stalls for
+    /// `limits.idle_timeout_ms` ends the connection.
     async fn write(&self, mut writer: OwnedWriteHalf, queue: &SendQueue) -> String {
+        let limits = &self.inner.limits;
         let mut batch = Batch::default();
         loop {
             match queue.take_all(&mut batch) {
-                Taken::Some => {}
+                Taken::Some => self.prepare(&mut batch),
                 Taken::Empty => {
-                    queue.wait_ready().await;
-                    continue;
+                    let keepalive = limits.keepalive_interval();
+                    if tokio::time::timeout(keepalive, queue.wait_ready())
+                        .await
+                        .is_ok()
+                    {
+                        continue;
+                    }
+                    // Id 0 is no pending entry's: its pong ends nothing.
+                    let ping = Frame::Ping { id: 0 };
+                    let mut bytes = BytesMut::new();
+                    if let Err(err) = FrameCodec::new(wire::FRAME_LIMIT).encode(&ping, &mut bytes) {
+                        return err.to_string();
+                    }
+                    batch.bytes.extend_from_slice(&bytes);
                 }
                 Taken::Closed => return "queue closed".to_string(),
             }
-            self.prepare(&mut batch);
             if !batch.bytes.is_empty() {
-                if let Err(err) = writer.write_all(&batch.bytes).await {
-                    return err.to_string();
+                let write = writer.write_all(&batch.bytes);
+                match tokio::time::timeout(limits.idle_timeout(), write).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => return err.to_string(),
+                    Err(_) => return format!("a write stalled for {:?}", limits.idle_timeout()),
                 }
                 self.stats.bytes_sent(batch.bytes.len());
             }
