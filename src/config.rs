@@ -85,6 +85,9 @@ pub struct LimitsConfig {
     /// Milliseconds a link may stay silent: when it has written nothing for this long it sends
     /// a ping, so that its peer's idle timeout does not close a healthy connection.
     pub keepalive_interval_ms: u64,
+    /// Messages to one peer that may wait for their outcome at once (not acked yet, or acked
+    /// and not taken); a send beyond that fails at once with `TooManyPending`.
+    pub max_pending_acks_per_peer: usize,
 }
 
 impl Default for LimitsConfig {
@@ -94,6 +97,7 @@ impl Default for LimitsConfig {
             handshake_timeout_ms: 2000,
             idle_timeout_ms: 60_000,
             keepalive_interval_ms: 5000,
+            max_pending_acks_per_peer: 262_144,
         }
     }
 }
@@ -284,6 +288,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("limits.handshake_timeout_ms", Kind::U64),
     ("limits.idle_timeout_ms", Kind::U64),
     ("limits.keepalive_interval_ms", Kind::U64),
+    ("limits.max_pending_acks_per_peer", Kind::U64),
 ];
 
 impl Config {
@@ -529,6 +534,12 @@ impl Config {
             return invalid(
                 "limits.idle_timeout_ms",
                 "must be at least 3 × limits.keepalive_interval_ms and at most 3600000",
+            );
+        }
+        if !(1..=16_777_216).contains(&l.max_pending_acks_per_peer) {
+            return invalid(
+                "limits.max_pending_acks_per_peer",
+                "must be between 1 and 16777216",
             );
         }
         if !(1..=100).contains(&g.leave_rounds) {

@@ -166,6 +166,16 @@ pub enum ForwardError {
         /// The node.
         node: NodeId,
     },
+    /// As many messages to the node as `limits.max_pending_acks_per_peer` allows wait for their
+    /// outcome (not acked yet, or acked and not taken). Nothing was sent: take outcomes
+    /// (`receive_ack`) before sending more.
+    #[error("{max} messages to `{node}` already wait for their outcome")]
+    TooManyPending {
+        /// The node.
+        node: NodeId,
+        /// The limit.
+        max: usize,
+    },
     /// The encoded message is larger than `forward.max_frame_bytes`. Nothing was sent.
     #[error("message of {len} bytes is larger than the limit of {max}")]
     TooLarge {
@@ -205,6 +215,7 @@ impl ForwardError {
             ForwardError::Rejected { .. } => "rejected",
             ForwardError::Expired { .. } => "expired",
             ForwardError::QueueFull { .. } => "queue_full",
+            ForwardError::TooManyPending { .. } => "too_many_pending",
             ForwardError::TooLarge { .. } => "too_large",
             ForwardError::TooDeep { .. } => "too_deep",
             ForwardError::UnknownAck { .. } => "unknown_ack",

@@ -1084,3 +1084,50 @@ fn hello_bytes(cluster: &str) -> Vec<u8> {
     .unwrap();
     buf.to_vec()
 }
+
+/// `limits.max_pending_acks_per_peer`: sends beyond it fail at once with `TooManyPending`
+/// and send nothing; once outcomes are taken, sending works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_beyond_the_pending_limit_fail_at_once_until_outcomes_are_taken() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start_with(2, |config| config.limits.max_pending_acks_per_peer = 8).await;
+    let a = &c.nodes[0];
+    let f = a.forwarder();
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        ids.push(
+            f.async_forward(from(a), to("node-1"), publish(i), &options(5000))
+                .await
+                .unwrap(),
+        );
+    }
+    let refused = f
+        .async_forward(from(a), to("node-1"), publish(8), &options(5000))
+        .await;
+    assert_eq!(
+        refused.err(),
+        Some(ForwardError::TooManyPending {
+            node: "node-1".into(),
+            max: 8
+        })
+    );
+    for id in ids {
+        f.receive_ack(id, Duration::from_secs(5)).await.unwrap();
+    }
+    f.forward(from(a), to("node-1"), publish(9), &options(5000))
+        .await
+        .unwrap();
+    // Nothing of the refused message arrived.
+    wait_until(Duration::from_secs(5), "nine deliveries", || {
+        c.recorders[1].seen.lock().unwrap().len() == 9
+    })
+    .await;
+    let refused_arrived = c.recorders[1].seen.lock().unwrap().iter().any(|d| {
+        matches!(
+            d.message,
+            wamp_cluster::wamp::WampMessage::Publish { request: 8, .. }
+        )
+    });
+    assert!(!refused_arrived);
+    c.stop().await;
+}

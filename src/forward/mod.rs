@@ -413,11 +413,16 @@ impl Inner {
         fail_if_full: bool,
         encode: impl FnOnce(u64, &mut dyn FnMut(&[u8]) -> Offered) -> Result<Offered, wire::WireError>,
     ) -> Result<(u64, Arc<Link>), ForwardError> {
+        let max = self.limits.max_pending_acks_per_peer;
+        if link.peer().pending() >= max {
+            let node = node.clone();
+            return Err(ForwardError::TooManyPending { node, max });
+        }
         // An outcome nobody takes is kept for as long again as the call's timeout.
         let retain_until = deadline + deadline.saturating_duration_since(now);
         let id = self
             .pending
-            .register(node.clone(), now, deadline, retain_until);
+            .register(link.peer(), now, deadline, retain_until);
         let mut offer = |frame: &[u8]| link.offer(id, deadline, fail_if_full, frame);
         let offered = match encode(id, &mut offer) {
             Ok(offered) => offered,

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use tokio_util::codec::{Encoder, FramedRead};
 use tracing::debug;
 
-use super::pending::Outcome;
+use super::pending::{Outcome, Peer};
 use super::queue::{Batch, Queued, Refused, SendQueue, Taken};
 use super::stats::PeerStats;
 use super::{BadReason, Inner};
@@ -60,6 +60,8 @@ pub(crate) struct Link {
     activity: Arc<CachePadded<AtomicU64>>,
     /// The epoch of the last view the peer was found live in.
     live_in: AtomicU64,
+    /// The peer's pending entries, counted.
+    peer: Arc<Peer>,
     /// The peer's counters.
     pub stats: Arc<PeerStats>,
 }
@@ -84,6 +86,7 @@ impl Link {
             reset: reset.clone(),
             activity: activity.clone(),
             live_in: AtomicU64::new(u64::MAX),
+            peer: Arc::new(Peer::new(node.clone())),
             stats: stats.clone(),
         });
         let tasks = inner.tasks.clone();
@@ -99,6 +102,11 @@ impl Link {
     /// Notes that the peer is live in the view of `epoch`.
     pub fn set_live_in(&self, epoch: u64) {
         self.live_in.store(epoch, Ordering::Relaxed);
+    }
+
+    /// The peer, with its pending entries counted.
+    pub fn peer(&self) -> &Arc<Peer> {
+        &self.peer
     }
 
     /// Signs of life so far: frames read, and connections made.

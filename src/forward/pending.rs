@@ -23,7 +23,8 @@
 //! wake a CPU a hundred times a second for nothing.
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{oneshot, Notify};
@@ -43,8 +44,41 @@ const TICK_NANOS: u64 = TICK.as_nanos() as u64;
 /// Buckets in the wheel: one turn is 4096 × 10 ms, about 41 s.
 const BUCKETS: usize = 4096;
 
+/// A peer whose pending entries are counted: each entry holds it, and counts itself out when
+/// it goes, however it goes.
+#[derive(Debug)]
+pub struct Peer {
+    /// The peer's node id.
+    pub node: NodeId,
+    pending: AtomicUsize,
+}
+
+impl Peer {
+    /// A peer with no pending entries.
+    pub fn new(node: NodeId) -> Peer {
+        Peer {
+            node,
+            pending: AtomicUsize::new(0),
+        }
+    }
+
+    /// Its entries in the table, finished or not.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+}
+
+/// One count of a peer's pending entries, given back when dropped.
+struct Counted(Arc<Peer>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 struct Entry {
-    node: NodeId,
+    peer: Counted,
     registered: Instant,
     deadline: Instant,
     /// When a finished outcome nobody took is dropped.
@@ -218,18 +252,19 @@ impl Pending {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Registers a message to `node`, sent at `now`, that must be acked by `deadline`; its
+    /// Registers a message to `peer`, sent at `now`, that must be acked by `deadline`; its
     /// outcome is kept until `retain_until` if nobody takes it. Returns its id.
     pub fn register(
         &self,
-        node: NodeId,
+        peer: &Arc<Peer>,
         now: Instant,
         deadline: Instant,
         retain_until: Instant,
     ) -> u64 {
+        peer.pending.fetch_add(1, Ordering::Relaxed);
         let mut t = self.lock();
         let entry = Entry {
-            node,
+            peer: Counted(peer.clone()),
             registered: now,
             deadline,
             retain_until: retain_until.max(deadline),
@@ -363,7 +398,7 @@ impl Pending {
                 State::Waiting(waiter) => {
                     let (tx, rx) = oneshot::channel();
                     *waiter = Some(tx);
-                    (rx, entry.deadline, entry.node.clone())
+                    (rx, entry.deadline, entry.peer.0.node.clone())
                 }
             }
         };
@@ -433,7 +468,7 @@ impl Pending {
                 };
                 match &mut entry.state {
                     State::Waiting(waiter) => {
-                        let node = entry.node.clone();
+                        let node = entry.peer.0.node.clone();
                         let timeout = Err(ForwardError::Timeout { node: node.clone() });
                         swept.timed_out.push(node);
                         match waiter.take() {
@@ -493,14 +528,48 @@ mod tests {
         NodeId::from("b")
     }
 
+    fn peer() -> Arc<Peer> {
+        Arc::new(Peer::new(node()))
+    }
+
     fn register(p: &Pending, timeout: Duration) -> u64 {
         let now = Instant::now();
-        p.register(node(), now, now + timeout, now + 2 * timeout)
+        p.register(&peer(), now, now + timeout, now + 2 * timeout)
     }
 
     fn sweep_woken(p: &Pending) -> bool {
         use futures_util::FutureExt;
         p.sweep_wanted().now_or_never().is_some()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peers_entries_are_counted_until_each_goes_however_it_goes() {
+        let p = Pending::default();
+        let peer = peer();
+        let now = Instant::now();
+        let register = |timeout| p.register(&peer, now, now + timeout, now + 2 * timeout);
+        let (taken, cancelled, waited, _swept, kept) = (
+            register(SECOND),
+            register(SECOND),
+            register(SECOND),
+            register(TICK),
+            register(100 * SECOND),
+        );
+        assert_eq!(peer.pending(), 5);
+        assert!(p.complete(taken, Ok(()), now).is_some());
+        assert_eq!(p.take_done(taken), Some(Ok(())));
+        p.cancel(cancelled);
+        assert_eq!(peer.pending(), 3);
+        // A wait that runs out removes its entry; the sweep times one out and, its retention
+        // past too, drops it.
+        assert!(p.wait(waited, now + TICK).await.0.is_err());
+        assert_eq!(peer.pending(), 2);
+        tokio::time::advance(4 * TICK).await;
+        assert_eq!(p.sweep(Instant::now()).timed_out.len(), 1);
+        assert_eq!(peer.pending(), 1);
+        p.fail_all(&ForwardError::ShuttingDown);
+        assert_eq!(p.take_done(kept), Some(Err(ForwardError::ShuttingDown)));
+        assert_eq!(peer.pending(), 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -625,8 +694,8 @@ mod tests {
     async fn an_outcome_nobody_takes_is_dropped_when_its_retention_ends_not_a_turn_later() {
         let p = Pending::default();
         let now = Instant::now();
-        p.register(node(), now, now + SECOND, now + 3 * SECOND);
-        let id = p.register(node(), now, now + SECOND, now + 3 * SECOND);
+        p.register(&peer(), now, now + SECOND, now + 3 * SECOND);
+        let id = p.register(&peer(), now, now + SECOND, now + 3 * SECOND);
         p.complete(id, Ok(()), now);
         for second in 1..=3 {
             tokio::time::advance(SECOND).await;
@@ -664,9 +733,9 @@ mod tests {
         let now = Instant::now();
         // Times out at 3 ms, its outcome is kept until 6 ms; the sweep comes late, at 26 ms:
         // both are due, in buckets it has to come back to.
-        p.register(node(), now, now + TICK * 3 / 10, now + TICK * 6 / 10);
+        p.register(&peer(), now, now + TICK * 3 / 10, now + TICK * 6 / 10);
         // Kept until 30 ms: dropped by the first sweep after that.
-        p.register(node(), now, now + TICK * 3 / 10, now + TICK * 3);
+        p.register(&peer(), now, now + TICK * 3 / 10, now + TICK * 3);
         tokio::time::advance(TICK * 26 / 10).await;
         let swept = p.sweep(Instant::now());
         assert_eq!((swept.timed_out.len(), swept.dropped), (2, 1));
