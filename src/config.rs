@@ -88,6 +88,9 @@ pub struct LimitsConfig {
     /// Messages to one peer that may wait for their outcome at once (not acked yet, or acked
     /// and not taken); a send beyond that fails at once with `TooManyPending`.
     pub max_pending_acks_per_peer: usize,
+    /// Frames a second read from one inbound connection, as many at once; a peer that sends
+    /// faster finds its connection read more slowly (its writes back up), never dropped.
+    pub max_inbound_frames_per_sec_per_peer: u64,
 }
 
 impl Default for LimitsConfig {
@@ -98,6 +101,7 @@ impl Default for LimitsConfig {
             idle_timeout_ms: 60_000,
             keepalive_interval_ms: 5000,
             max_pending_acks_per_peer: 262_144,
+            max_inbound_frames_per_sec_per_peer: 5_000_000,
         }
     }
 }
@@ -289,6 +293,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("limits.idle_timeout_ms", Kind::U64),
     ("limits.keepalive_interval_ms", Kind::U64),
     ("limits.max_pending_acks_per_peer", Kind::U64),
+    ("limits.max_inbound_frames_per_sec_per_peer", Kind::U64),
 ];
 
 impl Config {
@@ -540,6 +545,12 @@ impl Config {
             return invalid(
                 "limits.max_pending_acks_per_peer",
                 "must be between 1 and 16777216",
+            );
+        }
+        if !(1..=1_000_000_000).contains(&l.max_inbound_frames_per_sec_per_peer) {
+            return invalid(
+                "limits.max_inbound_frames_per_sec_per_peer",
+                "must be between 1 and 1000000000",
             );
         }
         if !(1..=100).contains(&g.leave_rounds) {

@@ -50,6 +50,9 @@ pub const HANDSHAKES_REFUSED: &str = "wamp_cluster_handshakes_refused_total";
 /// Counter: inbound connections closed on a bad frame or a limit, by `reason` (`too_large`,
 /// `malformed`, `io`, `unexpected`, `idle`, `write_stalled`).
 pub const FRAMES_REFUSED: &str = "wamp_cluster_frames_refused_total";
+/// Counter: pauses of an inbound connection from a `peer` that sent faster than
+/// `limits.max_inbound_frames_per_sec_per_peer`.
+pub const INBOUND_THROTTLED: &str = "wamp_cluster_inbound_throttled_total";
 /// Counter: admin API requests refused for want of the right bearer token.
 pub const ADMIN_UNAUTHORIZED: &str = "wamp_cluster_admin_unauthorized_total";
 
@@ -85,6 +88,10 @@ pub fn describe() {
     metrics::describe_counter!(
         FRAMES_REFUSED,
         "Inbound connections closed on a bad frame or a limit, by reason."
+    );
+    metrics::describe_counter!(
+        INBOUND_THROTTLED,
+        "Pauses of an inbound connection whose peer sent faster than its frame rate limit."
     );
     metrics::describe_counter!(
         ADMIN_UNAUTHORIZED,

@@ -1131,3 +1131,61 @@ async fn sends_beyond_the_pending_limit_fail_at_once_until_outcomes_are_taken() 
     assert!(!refused_arrived);
     c.stop().await;
 }
+
+/// `limits.max_inbound_frames_per_sec_per_peer`: a peer sending faster is read more slowly
+/// (nothing is dropped: every message is acked), and the pauses are counted; another peer's
+/// connection keeps its own pace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_over_its_frame_rate_is_read_more_slowly_and_others_are_not() {
+    let _serial = SERIAL.lock().await;
+    let prometheus = wamp_cluster::metrics::install_prometheus().unwrap();
+    let c = Cluster::start_with(3, |config| {
+        config.limits.max_inbound_frames_per_sec_per_peer = 1000;
+    })
+    .await;
+    let (a, b) = (&c.nodes[0], &c.nodes[2]);
+    let flood = tokio::spawn({
+        let f = a.forwarder().clone();
+        let sender = from(a);
+        async move {
+            let start = Instant::now();
+            let mut ids = Vec::new();
+            for i in 0..2500 {
+                let options = options(10_000);
+                let call = f.async_forward(sender.clone(), to("node-1"), publish(i), &options);
+                ids.push(call.await.unwrap());
+            }
+            for id in ids {
+                f.receive_ack(id, Duration::from_secs(10)).await.unwrap();
+            }
+            start.elapsed()
+        }
+    });
+    // Node-2's own connection: 100 calls one after the other, done while node-0 still waits.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 0..100 {
+        b.forwarder()
+            .forward(from(b), to("node-1"), publish(i), &options(5000))
+            .await
+            .unwrap();
+    }
+    assert!(
+        !flood.is_finished(),
+        "node-2 was served while node-0 was held back"
+    );
+    let took = within(Duration::from_secs(20), "the flood", flood)
+        .await
+        .unwrap();
+    // 1000 at once, then 1000 a second: the last ones were read about 1.5 s in.
+    assert!(took >= Duration::from_millis(1200), "{took:?}");
+    let metrics = prometheus.render();
+    assert!(
+        metrics.contains("wamp_cluster_inbound_throttled_total{node=\"node-1\",peer=\"node-0\"}"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("wamp_cluster_inbound_throttled_total{node=\"node-1\",peer=\"node-2\"}"),
+        "{metrics}"
+    );
+    c.stop().await;
+}

@@ -151,6 +151,41 @@ async fn flush(inner: &Inner, write: &mut OwnedWriteHalf, out: &mut BytesMut) ->
     }
 }
 
+/// A bucket of frames a connection may read: `per_sec` a second, as many at once.
+struct FrameRate {
+    per_sec: u64,
+    tokens: u64,
+    refilled: std::time::Instant,
+}
+
+impl FrameRate {
+    fn new(per_sec: u64) -> FrameRate {
+        FrameRate {
+            per_sec,
+            tokens: per_sec,
+            refilled: std::time::Instant::now(),
+        }
+    }
+
+    /// Takes one frame's token; when there is none, how long until there is. The clock is read
+    /// only when the bucket is empty.
+    fn take(&mut self) -> Option<Duration> {
+        if self.tokens == 0 {
+            let now = std::time::Instant::now();
+            let nanos = now.duration_since(self.refilled).as_nanos();
+            let earned = nanos * u128::from(self.per_sec) / 1_000_000_000;
+            if earned == 0 {
+                let nanos_per_token = 1_000_000_000 / self.per_sec.max(1);
+                return Some(Duration::from_nanos(nanos_per_token.max(1000)));
+            }
+            self.tokens = u64::try_from(earned).unwrap_or(u64::MAX).min(self.per_sec);
+            self.refilled = now;
+        }
+        self.tokens -= 1;
+        None
+    }
+}
+
 /// The read half of a connection, counting the bytes read once the peer is known.
 struct Counted {
     read: OwnedReadHalf,
@@ -281,8 +316,24 @@ async fn serve(
     // Time spent waiting on handlers since the connection last waited for the socket: frames
     // read now may have been waiting that long.
     let mut stalled = Duration::ZERO;
+    let mut rate = FrameRate::new(inner.limits.max_inbound_frames_per_sec_per_peer);
 
     let ended = loop {
+        if let Some(wait) = rate.take() {
+            // Over the peer's rate: read nothing for a while (the peer's writes back up), after
+            // sending what is answered.
+            metrics::counter!(m::INBOUND_THROTTLED, "node" => inner.self_id.to_string(), "peer" => from.to_string())
+                .increment(1);
+            if !flush(inner, write, out).await {
+                return None;
+            }
+            tokio::select! {
+                _ = inner.shutdown.cancelled() => return None,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            stalled += wait;
+            continue;
+        }
         // Take what is already readable; flush the answers before waiting for more.
         let next = match reader.next().now_or_never() {
             Some(next) => next,
