@@ -327,6 +327,90 @@ async fn broadcast(a: &NodeHandle, targets: &[NodeId], timeout: Duration) -> (f6
     (start.elapsed().as_secs_f64() * 1000.0, result.bad.len())
 }
 
+/// Bad input at `target` (a forward port) until `stop` is set (at most two minutes): one
+/// connection a millisecond, in turn random bytes, a length over the limit, a wrong cluster
+/// id, and a hello trickled a byte every 100 ms on up to 16 connections held open. Returns the
+/// connections made.
+async fn bad_input(target: SocketAddr, stop: Arc<AtomicBool>) -> u64 {
+    let mut garbage = vec![0u8; 1024];
+    let mut state: u32 = 7;
+    for byte in garbage.iter_mut() {
+        state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        *byte = (state >> 16) as u8;
+    }
+    let wrong_cluster = hello_frame("another");
+    let hello = hello_frame("default");
+    let mut trickling: VecDeque<(TcpStream, usize)> = VecDeque::new();
+    let end = Instant::now() + Duration::from_secs(120);
+    let mut made = 0u64;
+    while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        // The trickles: one more byte each every 100 ms.
+        if made % 100 == 0 {
+            for _ in 0..trickling.len() {
+                let Some((mut stream, at)) = trickling.pop_front() else {
+                    break;
+                };
+                if at < hello.len() && stream.write_all(&hello[at..=at]).await.is_ok() {
+                    trickling.push_back((stream, at + 1));
+                }
+            }
+        }
+        let Ok(mut stream) = TcpStream::connect(target).await else {
+            continue;
+        };
+        made += 1;
+        let _ = match made % 4 {
+            0 => stream.write_all(&garbage).await,
+            1 => stream.write_all(&u32::MAX.to_be_bytes()).await,
+            2 => stream.write_all(&wrong_cluster).await,
+            _ if trickling.len() < 16 => {
+                trickling.push_back((stream, 0));
+                Ok(())
+            }
+            _ => Ok(()),
+        };
+    }
+    made
+}
+
+/// A hello frame from `intruder` to `node-1` of `cluster`.
+fn hello_frame(cluster: &str) -> Vec<u8> {
+    let frame = wamp_cluster::wire::Frame::Hello(wamp_cluster::wire::Hello {
+        magic: wamp_cluster::wire::MAGIC,
+        min_version: 1,
+        max_version: 1,
+        cluster_id: cluster.into(),
+        node_id: "intruder".into(),
+        generation: 1,
+        to_node: "node-1".into(),
+    });
+    let mut buf = BytesMut::new();
+    tokio_util::codec::Encoder::encode(
+        &mut wamp_cluster::wire::FrameCodec::new(1 << 20),
+        &frame,
+        &mut buf,
+    )
+    .unwrap();
+    buf.to_vec()
+}
+
+/// Forward throughput while bad input arrives at the receiver's forward port, and the bad
+/// connections made a second.
+async fn throughput_under_bad_input(pair: &[NodeHandle], count: u64, window: usize) -> (f64, f64) {
+    let target = pair[1].view().self_member().unwrap().forward_addr.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let attacker = tokio::spawn(bad_input(target, stop.clone()));
+    // Let the trickles start.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let start = Instant::now();
+    let rate = forward_throughput(&pair[0], count, 128, window).await;
+    let elapsed = start.elapsed().as_secs_f64() + 0.2;
+    stop.store(true, Ordering::Relaxed);
+    let made = attacker.await.unwrap_or(0);
+    (rate, made as f64 / elapsed)
+}
+
 /// Resident memory of this process, in bytes.
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
@@ -542,9 +626,13 @@ async fn run(quick: bool) -> Value {
     let (mut raw_rates, mut rates) = (Vec::new(), Vec::new());
     let mut lat: [Vec<f64>; 6] = Default::default();
     let mut allocations = Vec::new();
+    let (mut attacked, mut attacks) = (Vec::new(), Vec::new());
     for _ in 0..runs {
         raw_rates.push(raw_throughput(server, count * 20, 128, window).await);
         rates.push(forward_throughput(&pair[0], count, 128, window).await);
+        let (rate, per_sec) = throughput_under_bad_input(&pair, count, window).await;
+        attacked.push(rate);
+        attacks.push(per_sec);
         allocations.push(allocations_per_message(&pair[0], count / 5).await);
         let (raw, ours) = latencies(server, &pair[0], samples).await;
         for k in 0..3 {
@@ -611,6 +699,11 @@ async fn run(quick: bool) -> Value {
         "memory": {
             "bytes_per_pending_ack": per_pending,
             "rss_bytes_100k_pending": rss,
+        },
+        "bad_input": {
+            "forward_msgs_per_sec": median(attacked.clone()),
+            "ratio_to_clean": median(attacked) / rate,
+            "connections_per_sec": median(attacks),
         },
         "allocations": { "per_message": median(allocations) },
         "membership": { "false_downs": false_downs },
@@ -690,6 +783,17 @@ fn main() {
         f(&t["raw_msgs_per_sec"]),
         f(&t["forward_msgs_per_sec"]),
         f(&t["ratio"])
+    );
+    let bad = &report["bad_input"];
+    println!(
+        "{:<52} {:>14} {:>14.0} {:>8.4}",
+        format!(
+            "  the same, bad input at the port ({:.0} conn/s)",
+            f(&bad["connections_per_sec"])
+        ),
+        "",
+        f(&bad["forward_msgs_per_sec"]),
+        f(&bad["ratio_to_clean"])
     );
     for q in ["p50", "p99", "p999"] {
         println!(

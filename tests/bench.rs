@@ -54,6 +54,9 @@ fn the_forward_bench_runs_quick_and_writes_every_figure() {
         "memory.rss_bytes_100k_pending",
         "allocations.per_message",
         "membership.false_downs",
+        "bad_input.forward_msgs_per_sec",
+        "bad_input.ratio_to_clean",
+        "bad_input.connections_per_sec",
     ] {
         let value = path.split('.').fold(&report, |v, key| &v[key]);
         assert!(
