@@ -595,6 +595,8 @@ async fn bad_input_on_the_forward_port_is_refused_and_counted_while_good_peers_a
     let c = Cluster::start(2).await;
     let (a, b) = (&c.nodes[0], &c.nodes[1]);
     let target = b.view().self_member().unwrap().forward_addr.unwrap();
+    // Counters are process-wide and other tests of this binary count too: compared by delta.
+    let before = prometheus.render();
 
     /// Sends `bytes`, then reads until the node closes the connection (bounded).
     async fn send_and_read(target: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
@@ -678,17 +680,44 @@ async fn bad_input_on_the_forward_port_is_refused_and_counted_while_good_peers_a
         .await
         .unwrap();
     assert!(a.view().is_target("node-1"));
-    let metrics = prometheus.render();
-    for line in [
-        "wamp_cluster_handshakes_refused_total{node=\"node-1\",reason=\"bad_hello\"} 2",
-        "wamp_cluster_bytes_received_total{node=\"node-1\",peer=\"node-0\"}",
-        "wamp_cluster_forwards_acked_total{node=\"node-0\",peer=\"node-1\"} 200",
-        "wamp_cluster_handshakes_refused_total{node=\"node-1\",reason=\"wrong_cluster\"} 1",
-        "wamp_cluster_frames_refused_total{node=\"node-1\",reason=\"malformed\"} 1",
-        "wamp_cluster_frames_refused_total{node=\"node-1\",reason=\"too_large\"} 1",
+    let after = prometheus.render();
+    let value = |metrics: &str, series: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    for (series, delta) in [
+        (
+            "wamp_cluster_handshakes_refused_total{node=\"node-1\",reason=\"bad_hello\"}",
+            2,
+        ),
+        (
+            "wamp_cluster_forwards_acked_total{node=\"node-0\",peer=\"node-1\"}",
+            200,
+        ),
+        (
+            "wamp_cluster_handshakes_refused_total{node=\"node-1\",reason=\"wrong_cluster\"}",
+            1,
+        ),
+        (
+            "wamp_cluster_frames_refused_total{node=\"node-1\",reason=\"malformed\"}",
+            1,
+        ),
+        (
+            "wamp_cluster_frames_refused_total{node=\"node-1\",reason=\"too_large\"}",
+            1,
+        ),
     ] {
-        assert!(metrics.contains(line), "no `{line}` in\n{metrics}");
+        let seen = value(&after, series) - value(&before, series);
+        assert_eq!(seen, delta, "{series} in\n{after}");
     }
+    assert!(
+        value(
+            &after,
+            "wamp_cluster_bytes_received_total{node=\"node-1\",peer=\"node-0\"}"
+        ) > 0
+    );
     c.stop().await;
 }
 
@@ -969,6 +998,8 @@ async fn limits_close_trickling_silent_and_surplus_connections_while_good_peers_
     .await;
     let (a, b) = (&c.nodes[0], &c.nodes[1]);
     let target = b.view().self_member().unwrap().forward_addr.unwrap();
+    // Counters are process-wide and other tests of this binary count too: compared by delta.
+    let before = prometheus.render();
     // The good link, then idle for several idle timeouts: still the same connection.
     a.forwarder()
         .forward(from(a), to("node-1"), publish(0), &options(5000))
@@ -1042,14 +1073,13 @@ async fn limits_close_trickling_silent_and_surplus_connections_while_good_peers_
     assert!(a.view().is_target("node-1"));
     assert_eq!(a.forwarder().stats()[&NodeId::from("node-1")].reconnects, 0);
     let metrics = prometheus.render();
-    let count = |line: &str| {
+    let value = |metrics: &str, series: &str| {
         metrics
             .lines()
-            .find(|l| l.starts_with(line))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|n| n.parse::<u64>().ok())
+            .find_map(|l| l.strip_prefix(series)?.trim().parse::<u64>().ok())
             .unwrap_or(0)
     };
+    let count = |series: &str| value(&metrics, series) - value(&before, series);
     let refused = "wamp_cluster_handshakes_refused_total{node=\"node-1\",reason=";
     // The trickle and the surplus connection that got the last slot and said nothing.
     assert!(count(&format!("{refused}\"timeout\"}}")) >= 2, "{metrics}");
