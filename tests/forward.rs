@@ -602,6 +602,8 @@ async fn bad_input_on_the_forward_port_is_refused_and_counted_while_good_peers_a
     async fn send_and_read(target: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
         let mut stream = tokio::net::TcpStream::connect(target).await.unwrap();
         stream.write_all(bytes).await.unwrap();
+        // The end of what this client says: the node reads to here, answers and closes.
+        stream.shutdown().await.unwrap();
         let mut answer = Vec::new();
         let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer));
         assert!(read.await.is_ok(), "the node closes the connection");
@@ -675,6 +677,82 @@ async fn bad_input_on_the_forward_port_is_refused_and_counted_while_good_peers_a
     bytes.extend_from_slice(&(body.len() as u32).to_be_bytes());
     bytes.extend_from_slice(&body);
     send_and_read(target, &bytes).await;
+    // A hello of a protocol version nobody speaks: refused, the reason answered.
+    let mut future = hello("default");
+    // min_version and max_version, one-byte varints, follow the length prefix, the variant
+    // index and the magic's four bytes.
+    let at = 4 + 1 + 4;
+    assert_eq!(future[at..at + 2], [1, 1]);
+    future[at] = 99;
+    future[at + 1] = 99;
+    let answer = send_and_read(target, &future).await;
+    let mut answer = bytes::BytesMut::from(&answer[..]);
+    let frame = tokio_util::codec::Decoder::decode(&mut codec, &mut answer).unwrap();
+    assert!(
+        matches!(
+            frame,
+            Some(wamp_cluster::wire::Frame::Refuse {
+                reason: wamp_cluster::wire::RefuseReason::NoCommonVersion { .. }
+            })
+        ),
+        "{frame:?}"
+    );
+    // Half a hello, then the end of the stream: a bad hello.
+    let whole = hello("default");
+    let answer = send_and_read(target, &whole[..whole.len() / 2]).await;
+    let mut answer = bytes::BytesMut::from(&answer[..]);
+    let frame = tokio_util::codec::Decoder::decode(&mut codec, &mut answer).unwrap();
+    assert!(
+        matches!(
+            frame,
+            Some(wamp_cluster::wire::Frame::Refuse {
+                reason: wamp_cluster::wire::RefuseReason::BadHello
+            })
+        ),
+        "{frame:?}"
+    );
+    // After a valid hello, a well-formed message from another node than the one that said
+    // hello: nacked, and the connection goes on (a ping after it is answered).
+    let mut bytes = hello("default");
+    let stranger = PeerId::session("realm1", "someone-else", 1);
+    let mut forward = wamp_cluster::wire::encode_forward(
+        1 << 32,
+        &stranger,
+        &to("node-1"),
+        &publish(1),
+        1 << 20,
+        <[u8]>::to_vec,
+    )
+    .unwrap();
+    assert!(wamp_cluster::wire::set_ttl(&mut forward, 5000));
+    bytes.extend_from_slice(&forward);
+    let mut ping = bytes::BytesMut::new();
+    tokio_util::codec::Encoder::encode(
+        &mut wamp_cluster::wire::FrameCodec::new(1 << 20),
+        &wamp_cluster::wire::Frame::Ping { id: 5 },
+        &mut ping,
+    )
+    .unwrap();
+    bytes.extend_from_slice(&ping);
+    let mut answers = bytes::BytesMut::from(&send_and_read(target, &bytes).await[..]);
+    let mut frames = Vec::new();
+    while let Some(frame) = tokio_util::codec::Decoder::decode(&mut codec, &mut answers).unwrap() {
+        frames.push(frame);
+    }
+    assert!(
+        matches!(
+            &frames[..],
+            [
+                wamp_cluster::wire::Frame::Welcome { .. },
+                wamp_cluster::wire::Frame::Nack {
+                    reason: NackReason::Refused(_),
+                    ..
+                },
+                wamp_cluster::wire::Frame::Pong { id: 5 },
+            ]
+        ),
+        "{frames:?}"
+    );
 
     within(Duration::from_secs(30), "good forwards", good)
         .await
@@ -690,7 +768,7 @@ async fn bad_input_on_the_forward_port_is_refused_and_counted_while_good_peers_a
     for (series, delta) in [
         (
             "wamp_cluster_handshakes_refused_total{node=\"node-1\",reason=\"bad_hello\"}",
-            2,
+            3,
         ),
         (
             "wamp_cluster_forwards_acked_total{node=\"node-0\",peer=\"node-1\"}",
@@ -698,6 +776,10 @@ async fn bad_input_on_the_forward_port_is_refused_and_counted_while_good_peers_a
         ),
         (
             "wamp_cluster_handshakes_refused_total{node=\"node-1\",reason=\"wrong_cluster\"}",
+            1,
+        ),
+        (
+            "wamp_cluster_handshakes_refused_total{node=\"node-1\",reason=\"no_common_version\"}",
             1,
         ),
         (
