@@ -618,12 +618,26 @@ async fn probe_unreachable(inner: Arc<Inner>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Per node: when to probe next, and the pause after the next failure.
     let mut schedule: HashMap<NodeId, (Instant, Duration)> = HashMap::new();
+    let mut views = inner.membership.watch_view();
     loop {
-        tokio::select! {
-            _ = inner.shutdown.cancelled() => return,
-            _ = tick.tick() => {}
+        if schedule.is_empty() {
+            // Nothing unreachable: no ticking, until a view may say otherwise.
+            tokio::select! {
+                _ = inner.shutdown.cancelled() => return,
+                changed = views.changed() => {
+                    if changed.is_err() {
+                        // Membership stopped: no more views; look now and then.
+                        tokio::time::sleep(PROBE_TICK).await;
+                    }
+                }
+            }
+        } else {
+            tokio::select! {
+                _ = inner.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
         }
-        let view = inner.membership.view();
+        let view = views.borrow_and_update().clone();
         let unreachable: Vec<NodeId> = view
             .members()
             .iter()
