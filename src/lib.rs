@@ -54,7 +54,7 @@ pub mod admin;
 pub mod config;
 pub mod error;
 pub mod forward;
-mod log_limit;
+pub mod log_limit;
 pub mod membership;
 pub mod metrics;
 pub mod node;

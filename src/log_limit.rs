@@ -1,13 +1,14 @@
 //! Logs about what peers send are limited, so that a flood of bad input cannot fill a disk
 //! with log lines: at most a few lines a second pass, and the next line that passes says how
-//! many were left out.
+//! many were left out. The node program also passes chitchat's own log lines through one (it
+//! logs a warning for every datagram it cannot read).
 
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Lets at most `per_second` events a second through.
 #[derive(Debug)]
-pub(crate) struct Limiter {
+pub struct Limiter {
     per_second: u32,
     state: Mutex<State>,
 }
@@ -23,7 +24,8 @@ struct State {
 }
 
 impl Limiter {
-    pub(crate) const fn new(per_second: u32) -> Limiter {
+    /// A limiter letting `per_second` events a second through.
+    pub const fn new(per_second: u32) -> Limiter {
         Limiter {
             per_second,
             state: Mutex::new(State {
@@ -36,7 +38,7 @@ impl Limiter {
 
     /// Whether an event at `now` may be logged: `Some(n)` with the `n` events left out since
     /// the last one that was, or `None` to leave it out.
-    pub(crate) fn check(&self, now: Instant) -> Option<u64> {
+    pub fn check(&self, now: Instant) -> Option<u64> {
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if s.window
             .is_none_or(|w| now.duration_since(w) >= Duration::from_secs(1))

@@ -53,6 +53,8 @@ pub const FRAMES_REFUSED: &str = "wamp_cluster_frames_refused_total";
 /// Counter: pauses of an inbound connection from a `peer` that sent faster than
 /// `limits.max_inbound_frames_per_sec_per_peer`.
 pub const INBOUND_THROTTLED: &str = "wamp_cluster_inbound_throttled_total";
+/// Counter: log lines left out by a limit, by `target` (the node program limits chitchat's).
+pub const LOG_LINES_LEFT_OUT: &str = "wamp_cluster_log_lines_left_out_total";
 /// Counter: admin API requests refused for want of the right bearer token.
 pub const ADMIN_UNAUTHORIZED: &str = "wamp_cluster_admin_unauthorized_total";
 
@@ -88,6 +90,10 @@ pub fn describe() {
     metrics::describe_counter!(
         FRAMES_REFUSED,
         "Inbound connections closed on a bad frame or a limit, by reason."
+    );
+    metrics::describe_counter!(
+        LOG_LINES_LEFT_OUT,
+        "Log lines left out by a limit, by target."
     );
     metrics::describe_counter!(
         INBOUND_THROTTLED,

@@ -363,6 +363,53 @@ async fn json_logs_are_one_object_per_line() {
 /// Probe and broadcast across three processes: one stopped with SIGSTOP is bad in a broadcast
 /// started right after the stop (`timeout`), then `down` once gossip declares it down, and good
 /// again within seconds of SIGCONT.
+/// Garbage datagrams at the gossip port: chitchat warns for each one it cannot read, and the
+/// node program lets at most a few of those lines a second through (the rest are counted), so
+/// that a flood cannot fill a disk; the node goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_garbage_at_the_gossip_port_makes_a_few_log_lines_a_second() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = Proc::with_flags(dir.path(), "flooded", &[]);
+    p.wait_members(Duration::from_secs(20), "up", |m| all_live(m, 1))
+        .await;
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let start = Instant::now();
+    for i in 0..5000u32 {
+        let garbage = [0xff, 0x13, (i >> 8) as u8, i as u8, 0, 1, 2, 3];
+        socket.send_to(&garbage, p.gossip).await.unwrap();
+        if i % 500 == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // One more a second later: its line passes and counts those left out before it.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    socket.send_to(&[0xff; 8], p.gossip).await.unwrap();
+    let seconds = start.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(p.get("/health").await.contains("ok"));
+    let log = p.log_text();
+    let lines = log.matches("invalid-chitchat-payload").count();
+    // 10 a second, in the windows the flood touched.
+    let most = 10 * (seconds.ceil() as usize + 2);
+    assert!(
+        lines >= 1 && lines <= most,
+        "{lines} lines in {seconds:.2} s"
+    );
+    let metrics = p.get("/metrics").await;
+    let left_out = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("wamp_cluster_log_lines_left_out_total{target=\"chitchat\"}")?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap_or(0);
+    // Most of the 5,000 (the socket's buffer may have dropped some before chitchat read them).
+    assert!(left_out > 1000, "{left_out} left out\n{metrics}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_process_is_bad_in_a_broadcast_then_down_then_good_again() {
     let _serial = SERIAL.lock().await;

@@ -119,14 +119,36 @@ impl NodeArgs {
     }
 }
 
+/// Lines a second of chitchat's own logs: it warns for every datagram it cannot read, so a
+/// flood of garbage at the gossip port would otherwise be a flood of lines.
+const GOSSIP_LOG_LINES_PER_SEC: u32 = 10;
+
 fn init_logging(format: LogFormat) {
+    use tracing_subscriber::prelude::*;
+
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let limiter = wamp_cluster::log_limit::Limiter::new(GOSSIP_LOG_LINES_PER_SEC);
+    // Asked for every event (a plain `filter_fn` is asked once per call site).
+    let gossip_limit = tracing_subscriber::filter::dynamic_filter_fn(move |meta, _| {
+        if !meta.is_event() || !meta.target().starts_with("chitchat") {
+            return true;
+        }
+        match limiter.check(std::time::Instant::now()) {
+            Some(left_out) => {
+                if left_out > 0 {
+                    metrics::counter!(wamp_cluster::metrics::LOG_LINES_LEFT_OUT, "target" => "chitchat")
+                        .increment(left_out);
+                }
+                true
+            }
+            None => false,
+        }
+    });
+    let registry = tracing_subscriber::registry().with(filter);
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => registry.with(layer.with_filter(gossip_limit)).init(),
+        LogFormat::Json => registry.with(layer.json().with_filter(gossip_limit)).init(),
     }
 }
 
