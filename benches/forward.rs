@@ -338,8 +338,8 @@ async fn bad_input(target: SocketAddr, stop: Arc<AtomicBool>) -> u64 {
         state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
         *byte = (state >> 16) as u8;
     }
-    let wrong_cluster = hello_frame("another");
-    let hello = hello_frame("default");
+    let wrong_cluster = common::hello_bytes("another");
+    let hello = common::hello_bytes("default");
     let mut trickling: VecDeque<(TcpStream, usize)> = VecDeque::new();
     let end = Instant::now() + Duration::from_secs(120);
     let mut made = 0u64;
@@ -372,27 +372,6 @@ async fn bad_input(target: SocketAddr, stop: Arc<AtomicBool>) -> u64 {
         };
     }
     made
-}
-
-/// A hello frame from `intruder` to `node-1` of `cluster`.
-fn hello_frame(cluster: &str) -> Vec<u8> {
-    let frame = wamp_cluster::wire::Frame::Hello(wamp_cluster::wire::Hello {
-        magic: wamp_cluster::wire::MAGIC,
-        min_version: 1,
-        max_version: 1,
-        cluster_id: cluster.into(),
-        node_id: "intruder".into(),
-        generation: 1,
-        to_node: "node-1".into(),
-    });
-    let mut buf = BytesMut::new();
-    tokio_util::codec::Encoder::encode(
-        &mut wamp_cluster::wire::FrameCodec::new(1 << 20),
-        &frame,
-        &mut buf,
-    )
-    .unwrap();
-    buf.to_vec()
 }
 
 /// Forward throughput while bad input arrives at the receiver's forward port, and the bad

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use common::{node_config, publish, tolerant, wait_until, within, SERIAL};
+use common::{hello_bytes, node_config, publish, tolerant, wait_until, within, SERIAL};
 use wamp_cluster::wamp::{Dict, Payload, Value, WampMessage};
 use wamp_cluster::{
     Deliver, Delivery, ForwardError, ForwardOptions, NackReason, Node, NodeHandle, NodeId, PeerId,
@@ -616,25 +616,7 @@ async fn bad_input_on_the_forward_port_is_refused_and_counted_while_good_peers_a
         state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
         *byte = (state >> 16) as u8;
     }
-    let hello = |cluster: &str| {
-        let frame = wamp_cluster::wire::Frame::Hello(wamp_cluster::wire::Hello {
-            magic: wamp_cluster::wire::MAGIC,
-            min_version: 1,
-            max_version: 1,
-            cluster_id: cluster.into(),
-            node_id: "intruder".into(),
-            generation: 1,
-            to_node: "node-1".into(),
-        });
-        let mut buf = bytes::BytesMut::new();
-        tokio_util::codec::Encoder::encode(
-            &mut wamp_cluster::wire::FrameCodec::new(1 << 20),
-            &frame,
-            &mut buf,
-        )
-        .unwrap();
-        buf.to_vec()
-    };
+    let hello = hello_bytes;
     let good = tokio::spawn({
         let f = a.forwarder().clone();
         let sender = from(a);
@@ -1175,27 +1157,6 @@ async fn limits_close_trickling_silent_and_surplus_connections_while_good_peers_
         "{metrics}"
     );
     c.stop().await;
-}
-
-/// A hello frame as a node of `cluster` sends it to `node-1`.
-fn hello_bytes(cluster: &str) -> Vec<u8> {
-    let frame = wamp_cluster::wire::Frame::Hello(wamp_cluster::wire::Hello {
-        magic: wamp_cluster::wire::MAGIC,
-        min_version: 1,
-        max_version: 1,
-        cluster_id: cluster.into(),
-        node_id: "intruder".into(),
-        generation: 1,
-        to_node: "node-1".into(),
-    });
-    let mut buf = bytes::BytesMut::new();
-    tokio_util::codec::Encoder::encode(
-        &mut wamp_cluster::wire::FrameCodec::new(1 << 20),
-        &frame,
-        &mut buf,
-    )
-    .unwrap();
-    buf.to_vec()
 }
 
 /// `limits.max_pending_acks_per_peer`: sends beyond it fail at once with `TooManyPending`

@@ -149,3 +149,24 @@ impl Drop for Reaped {
         let _ = self.0.wait();
     }
 }
+
+/// A hello frame from `intruder` to `node-1` of `cluster`, as a node sends it.
+pub fn hello_bytes(cluster: &str) -> Vec<u8> {
+    let frame = wamp_cluster::wire::Frame::Hello(wamp_cluster::wire::Hello {
+        magic: wamp_cluster::wire::MAGIC,
+        min_version: 1,
+        max_version: 1,
+        cluster_id: cluster.into(),
+        node_id: "intruder".into(),
+        generation: 1,
+        to_node: "node-1".into(),
+    });
+    let mut buf = bytes::BytesMut::new();
+    tokio_util::codec::Encoder::encode(
+        &mut wamp_cluster::wire::FrameCodec::new(1 << 20),
+        &frame,
+        &mut buf,
+    )
+    .unwrap();
+    buf.to_vec()
+}
