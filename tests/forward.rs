@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use common::{hello_bytes, node_config, publish, tolerant, wait_until, within, SERIAL};
+use common::{counter, hello_bytes, node_config, publish, tolerant, wait_until, within, SERIAL};
 use wamp_cluster::wamp::{Dict, Payload, Value, WampMessage};
 use wamp_cluster::{
     Deliver, Delivery, ForwardError, ForwardOptions, NackReason, Node, NodeHandle, NodeId, PeerId,
@@ -741,12 +741,6 @@ async fn bad_input_on_the_forward_port_is_refused_and_counted_while_good_peers_a
         .unwrap();
     assert!(a.view().is_target("node-1"));
     let after = prometheus.render();
-    let value = |metrics: &str, series: &str| {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(series)?.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
     for (series, delta) in [
         (
             "wamp_cluster_handshakes_refused_total{node=\"node-1\",reason=\"bad_hello\"}",
@@ -773,11 +767,11 @@ async fn bad_input_on_the_forward_port_is_refused_and_counted_while_good_peers_a
             1,
         ),
     ] {
-        let seen = value(&after, series) - value(&before, series);
+        let seen = counter(&after, series) - counter(&before, series);
         assert_eq!(seen, delta, "{series} in\n{after}");
     }
     assert!(
-        value(
+        counter(
             &after,
             "wamp_cluster_bytes_received_total{node=\"node-1\",peer=\"node-0\"}"
         ) > 0
@@ -1138,13 +1132,7 @@ async fn limits_close_trickling_silent_and_surplus_connections_while_good_peers_
     assert!(a.view().is_target("node-1"));
     assert_eq!(a.forwarder().stats()[&NodeId::from("node-1")].reconnects, 0);
     let metrics = prometheus.render();
-    let value = |metrics: &str, series: &str| {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(series)?.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    let count = |series: &str| value(&metrics, series) - value(&before, series);
+    let count = |series: &str| counter(&metrics, series) - counter(&before, series);
     let refused = "wamp_cluster_handshakes_refused_total{node=\"node-1\",reason=";
     // The trickle and the surplus connection that got the last slot and said nothing.
     assert!(count(&format!("{refused}\"timeout\"}}")) >= 2, "{metrics}");

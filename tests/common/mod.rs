@@ -170,3 +170,12 @@ pub fn hello_bytes(cluster: &str) -> Vec<u8> {
     .unwrap();
     buf.to_vec()
 }
+
+/// The value of counter `series` (name and labels, as Prometheus renders them) in `metrics`;
+/// 0 when absent.
+pub fn counter(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+}
