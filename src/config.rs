@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
+use crate::security::{ClusterKeys, Secret};
 
 /// Prefix of the environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "WAMP_CLUSTER_";
@@ -23,6 +24,10 @@ pub const MAX_ID_LEN: usize = 128;
 /// Largest size of the labels once encoded for gossip, in bytes. Labels travel in every gossip
 /// exchange, so they must stay small.
 pub const MAX_LABELS_BYTES: usize = 1024;
+
+/// The environment variable holding the cluster secret itself (the alternative to
+/// `cluster_secret_file`, for containers).
+pub const SECRET_ENV: &str = "WAMP_CLUSTER_SECRET";
 
 /// Shortest admin token accepted, in bytes: a short one can be guessed.
 pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
@@ -54,6 +59,16 @@ pub struct Config {
     /// (`POST /cluster/leave`, `/cluster/probe`, `/cluster/broadcast`) need
     /// `Authorization: Bearer <token>`; the read-only routes stay open.
     pub admin_token_file: Option<PathBuf>,
+    /// A file holding the cluster secret: one or more secrets separated by whitespace (one a
+    /// line), each at least 16 visible ASCII characters. When set, the forwarding handshake
+    /// proves both sides know a secret and gossip datagrams are sealed; the first secret seals
+    /// and proves, every one is accepted (see "Changing the secret" in `docs/SECURITY.md`).
+    /// `WAMP_CLUSTER_SECRET` gives the secret itself instead; not both.
+    pub cluster_secret_file: Option<PathBuf>,
+    /// The cluster secret itself, from `WAMP_CLUSTER_SECRET` (or set by an embedding program);
+    /// never read from or written to a file.
+    #[serde(skip)]
+    pub cluster_secret: Option<Secret>,
     /// Gossip addresses (`IP:port`) or names (`host:port`) of existing nodes to join through.
     /// Names are resolved again periodically, so nodes behind one DNS name are found.
     pub seeds: Vec<String>,
@@ -65,6 +80,27 @@ pub struct Config {
     pub forward: ForwardConfig,
     /// Limits against peers that misbehave.
     pub limits: LimitsConfig,
+    /// TLS on the forwarding connections.
+    pub tls: TlsConfig,
+}
+
+/// TLS on the forwarding connections (the `[tls]` section). Off unless `cert_file` is set.
+/// Each node's certificate names its node id as a DNS subject alternative name; a dialer
+/// checks the listener's certificate against the node id it means to reach, and a listener
+/// checks a client certificate against the node id its hello gives.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain of this node, its own certificate first.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file` (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// PEM certificates of the authorities that sign the nodes' certificates.
+    pub ca_file: Option<PathBuf>,
+    /// Whether a dialer must present a certificate signed by `ca_file` (mutual TLS). When
+    /// false a dialer presents its certificate all the same, and a listener checks one that is
+    /// presented.
+    pub require_client_cert: bool,
 }
 
 /// Limits against peers that misbehave (the `[limits]` section). The frame size limit is
@@ -191,6 +227,10 @@ pub struct GossipConfig {
     /// Gossip rounds a leaving node keeps gossiping with `status=leaving` before it stops, so
     /// that its peers see it leave rather than fail.
     pub leave_rounds: u32,
+    /// With a cluster secret: milliseconds a sealed gossip datagram stays valid before or
+    /// after its sender's clock (the nodes' clocks must agree within it). Older ones are
+    /// dropped; a datagram opened once is never opened again.
+    pub replay_window_ms: u64,
 }
 
 impl Default for Config {
@@ -209,6 +249,9 @@ impl Default for Config {
             gossip: GossipConfig::default(),
             forward: ForwardConfig::default(),
             limits: LimitsConfig::default(),
+            cluster_secret_file: None,
+            cluster_secret: None,
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -228,6 +271,7 @@ impl GossipConfig {
             dead_node_grace_period_secs: 3600,
             join_timeout_ms: 2000,
             leave_rounds: 5,
+            replay_window_ms: 30_000,
         }
     }
 
@@ -263,6 +307,7 @@ enum Kind {
     U64,
     U32,
     F64,
+    Bool,
 }
 
 /// Every key and its type, in the order of the documentation. Sections are joined with `.`.
@@ -275,6 +320,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("forward_advertise_addr", Kind::OptAddr),
     ("admin_addr", Kind::Addr),
     ("admin_token_file", Kind::OptPath),
+    ("cluster_secret_file", Kind::OptPath),
     ("seeds", Kind::List),
     ("labels", Kind::Map),
     ("gossip.interval_ms", Kind::U64),
@@ -282,6 +328,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("gossip.dead_node_grace_period_secs", Kind::U64),
     ("gossip.join_timeout_ms", Kind::U64),
     ("gossip.leave_rounds", Kind::U32),
+    ("gossip.replay_window_ms", Kind::U64),
     ("forward.ack_timeout_ms", Kind::U64),
     ("forward.max_frame_bytes", Kind::U64),
     ("forward.queue_capacity", Kind::U64),
@@ -294,6 +341,10 @@ const KEYS: &[(&str, Kind)] = &[
     ("limits.keepalive_interval_ms", Kind::U64),
     ("limits.max_pending_acks_per_peer", Kind::U64),
     ("limits.max_inbound_frames_per_sec_per_peer", Kind::U64),
+    ("tls.cert_file", Kind::OptPath),
+    ("tls.key_file", Kind::OptPath),
+    ("tls.ca_file", Kind::OptPath),
+    ("tls.require_client_cert", Kind::Bool),
 ];
 
 impl Config {
@@ -339,6 +390,10 @@ impl Config {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
+            if name == SECRET_ENV {
+                self.cluster_secret = Some(Secret::new(value));
+                continue;
+            }
             let key = rest.to_ascii_lowercase().replace("__", ".");
             self.set(&key, &value).map_err(|err| match err {
                 ConfigError::UnknownKey { .. } => ConfigError::UnknownEnv { name: name.clone() },
@@ -402,6 +457,10 @@ impl Config {
                 raw.parse()
                     .map_err(|_| invalid(format!("`{raw}` is not a number")))?,
             ),
+            Kind::Bool => toml::Value::Boolean(
+                raw.parse()
+                    .map_err(|_| invalid(format!("`{raw}` is not true or false")))?,
+            ),
         };
         // Round-trip through TOML so that each key is set by the same serde code as the file.
         let mut table = toml::Table::try_from(&*self).map_err(|err| invalid(err.to_string()))?;
@@ -422,9 +481,11 @@ impl Config {
         } else {
             target.insert(leaf.into(), value);
         }
+        let secret = self.cluster_secret.take();
         *self = table
             .try_into()
             .map_err(|err: toml::de::Error| invalid(err.message().to_string()))?;
+        self.cluster_secret = secret;
         Ok(())
     }
 
@@ -465,6 +526,18 @@ impl Config {
             }
         }
         self.admin_token()?;
+        self.cluster_keys()?;
+        if !(1000..=3_600_000).contains(&self.gossip.replay_window_ms) {
+            return invalid(
+                "gossip.replay_window_ms",
+                "must be between 1000 and 3600000",
+            );
+        }
+        if crate::tls::Tls::load(&self.tls)?.is_some() {
+            if let Err(message) = crate::tls::server_name(&self.node_id) {
+                return invalid("node_id", &message);
+            }
+        }
         if self.labels.keys().any(|k| k.is_empty()) {
             return invalid("labels", "a label name is empty");
         }
@@ -589,6 +662,32 @@ impl Config {
             )));
         }
         Ok(Some(token.to_string()))
+    }
+
+    /// The keys of the cluster secret, from `cluster_secret_file` or `WAMP_CLUSTER_SECRET`;
+    /// `None` when neither is set. An unreadable file, a bad secret or both set is an error
+    /// naming the key (and never quoting a secret).
+    pub fn cluster_keys(&self) -> Result<Option<ClusterKeys>, ConfigError> {
+        let (key, text) = match (&self.cluster_secret_file, &self.cluster_secret) {
+            (None, None) => return Ok(None),
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    key: "cluster_secret_file".into(),
+                    message: format!("{SECRET_ENV} is set too: give the secret one way"),
+                })
+            }
+            (Some(path), None) => (
+                "cluster_secret_file".to_string(),
+                std::fs::read_to_string(path).map_err(|err| ConfigError::Invalid {
+                    key: "cluster_secret_file".into(),
+                    message: format!("cannot read {}: {err}", path.display()),
+                })?,
+            ),
+            (None, Some(secret)) => (SECRET_ENV.to_string(), secret.expose().to_string()),
+        };
+        let secrets = crate::security::parse_secrets(&text)
+            .map_err(|message| ConfigError::Invalid { key, message })?;
+        Ok(Some(ClusterKeys::new(secrets, &self.cluster_id)))
     }
 
     /// The gossip address other nodes use.

@@ -24,6 +24,9 @@
 //! - [`admin`]: the HTTP admin API and `/metrics`.
 //! - [`traffic`]: test traffic and a record of it that survives `kill -9`, for checking a
 //!   cluster under faults.
+//! - [`security`]: the cluster secret: the keys derived from it, the proofs of the forwarding
+//!   handshake and the sealing of gossip datagrams.
+//! - [`tls`]: TLS on the forwarding connections.
 //! - [`metrics`]: metric names and the Prometheus recorder.
 //! - [`error`]: one error enum per layer.
 //!
@@ -60,16 +63,18 @@ pub mod metrics;
 pub mod node;
 mod node_id;
 mod peer_id;
+pub mod security;
 mod shared_str;
+pub mod tls;
 pub mod traffic;
 pub mod wamp;
 pub mod wire;
 
-pub use config::{Config, ForwardConfig, GossipConfig, LimitsConfig};
+pub use config::{Config, ForwardConfig, GossipConfig, LimitsConfig, TlsConfig};
 pub use error::{ConfigError, ForwardError, MembershipError, NodeError};
 pub use forward::{
     AckId, BadNodeReport, BadReason, Broadcast, Deliver, Delivery, DeliveryCounters, DeliveryLog,
-    Discard, Dispatcher, ForwardOptions, Forwarder, Verdict,
+    Discard, Dispatcher, ForwardOptions, Forwarder, Protection, Verdict,
 };
 pub use membership::{LiveView, Member, Membership, MembershipEvent, Ring, Status};
 pub use node::{Node, NodeBuilder, NodeHandle};

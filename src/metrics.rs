@@ -55,6 +55,11 @@ pub const FRAMES_REFUSED: &str = "wamp_cluster_frames_refused_total";
 pub const INBOUND_THROTTLED: &str = "wamp_cluster_inbound_throttled_total";
 /// Counter: log lines left out by a limit, by `target` (the node program limits chitchat's).
 pub const LOG_LINES_LEFT_OUT: &str = "wamp_cluster_log_lines_left_out_total";
+/// Counter: gossip datagrams dropped with a cluster secret, by `reason` (`unsealed`: not
+/// sealed with a secret of this node, or changed; `stale`: sent outside
+/// `gossip.replay_window_ms`; `replayed`: opened before; `too_large`: too large to send once
+/// sealed).
+pub const GOSSIP_DROPPED: &str = "wamp_cluster_gossip_dropped_total";
 /// Counter: admin API requests refused for want of the right bearer token.
 pub const ADMIN_UNAUTHORIZED: &str = "wamp_cluster_admin_unauthorized_total";
 
@@ -102,6 +107,10 @@ pub fn describe() {
     metrics::describe_counter!(
         ADMIN_UNAUTHORIZED,
         "Admin API requests refused for want of the right bearer token."
+    );
+    metrics::describe_counter!(
+        GOSSIP_DROPPED,
+        "Gossip datagrams dropped because they did not open with the cluster secret, by reason."
     );
     metrics::describe_counter!(
         NODE_ID_CONFLICTS,

@@ -14,9 +14,10 @@ use tracing::{info, warn};
 use crate::admin;
 use crate::config::Config;
 use crate::error::{MembershipError, NodeError};
-use crate::forward::{Deliver, DeliveryLog, Forwarder};
+use crate::forward::{Deliver, DeliveryLog, Forwarder, Protection};
 use crate::membership::{LiveView, Membership};
 use crate::metrics::UPKEEP_INTERVAL;
+use crate::tls::Tls;
 use crate::NodeId;
 
 /// How long stopping waits for the forwarder's tasks.
@@ -76,6 +77,10 @@ impl NodeBuilder {
     pub async fn start(self) -> Result<NodeHandle, NodeError> {
         self.config.validate()?;
         let token = self.config.admin_token()?.map(Arc::from);
+        let protection = Protection {
+            keys: self.config.cluster_keys()?,
+            tls: Tls::load(&self.config.tls)?,
+        };
         let listener = TcpListener::bind(self.config.admin_addr)
             .await
             .map_err(|source| NodeError::AdminBind {
@@ -106,6 +111,7 @@ impl NodeBuilder {
         let forwarder = match Forwarder::start(
             self.config.forward.clone(),
             self.config.limits.clone(),
+            protection,
             forward_listener,
             self.config.cluster_id.clone(),
             membership.clone(),

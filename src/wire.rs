@@ -4,7 +4,10 @@
 //! (`config::standard()`, with a decode limit of [`FRAME_LIMIT`]) of a [`Frame`]. A connection
 //! starts with the dialer's [`Hello`] and the listener's `Welcome` (the highest version both
 //! speak) or `Refuse`; then the dialer sends `Forward` and `Ping` frames and the listener
-//! answers `Ack`, `Nack` and `Pong`.
+//! answers `Ack`, `Nack` and `Pong`. With a cluster secret the listener answers the hello with
+//! a `Challenge` (its nonce), the dialer proves it knows the secret with a `Proof` (its nonce
+//! and a MAC), and the listener proves it too with `Verified` instead of `Welcome` (or refuses
+//! with `BadSecret`). With TLS all of it runs inside the TLS session.
 //!
 //! Sizes: a frame longer than the configured `max_frame_bytes` is refused before it is written
 //! (sender) and ends the connection (receiver); the decode limit, a compile-time constant, stops
@@ -94,6 +97,28 @@ pub enum Frame {
         /// The ping's id.
         id: u64,
     },
+    /// Listener → dialer, instead of `Welcome` when the listener has a cluster secret: prove
+    /// you know it.
+    Challenge {
+        /// The listener's fresh nonce.
+        nonce: [u8; 32],
+    },
+    /// Dialer → listener, the answer to `Challenge`.
+    Proof {
+        /// The dialer's fresh nonce.
+        nonce: [u8; 32],
+        /// HMAC-SHA256 of the hello and both nonces, with the handshake key of the dialer's
+        /// first secret (see [`crate::security`]).
+        mac: [u8; 32],
+    },
+    /// Listener → dialer: the proof checked; speaking `version`.
+    Verified {
+        /// The highest version both sides speak.
+        version: u16,
+        /// HMAC-SHA256 of the hello, both nonces and the version, with the secret the dialer's
+        /// proof was made with.
+        mac: [u8; 32],
+    },
 }
 
 /// The dialer's introduction.
@@ -141,6 +166,10 @@ pub enum RefuseReason {
     Overloaded,
     /// The listener is shutting down.
     ShuttingDown,
+    /// The dialer did not prove it knows the cluster secret.
+    BadSecret,
+    /// The dialer's TLS certificate does not name the node its hello gives.
+    BadCertificate,
 }
 
 impl RefuseReason {
@@ -153,6 +182,8 @@ impl RefuseReason {
             RefuseReason::WrongNode { .. } => "wrong_node",
             RefuseReason::Overloaded => "overloaded",
             RefuseReason::ShuttingDown => "shutting_down",
+            RefuseReason::BadSecret => "bad_secret",
+            RefuseReason::BadCertificate => "bad_certificate",
         }
     }
 }
@@ -173,6 +204,10 @@ impl fmt::Display for RefuseReason {
             RefuseReason::WrongNode { actual } => write!(f, "wrong node (listener is `{actual}`)"),
             RefuseReason::Overloaded => f.write_str("overloaded"),
             RefuseReason::ShuttingDown => f.write_str("shutting down"),
+            RefuseReason::BadSecret => f.write_str("no proof of the cluster secret"),
+            RefuseReason::BadCertificate => {
+                f.write_str("the certificate does not name the node of the hello")
+            }
         }
     }
 }
@@ -758,6 +793,12 @@ pub fn negotiate(hello: &Hello, cluster_id: &str, node_id: &NodeId) -> Result<u1
     Ok(version)
 }
 
+/// The bytes of `hello` that the proofs of the handshake cover: its encoding.
+pub fn hello_bytes(hello: &Hello) -> Vec<u8> {
+    // Encoding a struct of strings and integers into a vector cannot fail.
+    bincode::serde::encode_to_vec(hello, wire_config()).unwrap_or_default()
+}
+
 /// A frame that could not be read or written. The connection cannot go on after a read error.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -954,6 +995,18 @@ mod tests {
             },
             Frame::Ping { id: 1 },
             Frame::Pong { id: 1 },
+            Frame::Refuse {
+                reason: RefuseReason::BadSecret,
+            },
+            Frame::Challenge { nonce: [7; 32] },
+            Frame::Proof {
+                nonce: [8; 32],
+                mac: [9; 32],
+            },
+            Frame::Verified {
+                version: 1,
+                mac: [10; 32],
+            },
         ];
         for (id, message) in (0..).zip(samples().into_iter().filter(|m| m.is_forwardable())) {
             frames.push(Frame::Forward(Box::new(Forward {
@@ -980,7 +1033,7 @@ mod tests {
     #[test]
     fn every_frame_and_every_forwardable_message_round_trips() {
         let frames = every_frame();
-        assert_eq!(frames.len(), 7 + 5);
+        assert_eq!(frames.len(), 11 + 5);
         let mut codec = FrameCodec::new(1 << 20);
         let mut buf = BytesMut::new();
         for frame in &frames {

@@ -2,9 +2,9 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -12,106 +12,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use common::{counter, hello_bytes, node_config, publish, tolerant, wait_until, within, SERIAL};
 use wamp_cluster::wamp::{Dict, Payload, Value, WampMessage};
 use wamp_cluster::{
-    Deliver, Delivery, ForwardError, ForwardOptions, NackReason, Node, NodeHandle, NodeId, PeerId,
-    Status, Verdict,
+    Delivery, ForwardError, ForwardOptions, NackReason, Node, NodeId, PeerId, Status,
 };
 
-const ACCEPT: u8 = 0;
-const REFUSE: u8 = 1;
-const HANG: u8 = 2;
-
-/// A handler that records what it accepts, and can be switched to refuse or to never answer.
-#[derive(Default)]
-struct Recorder {
-    mode: AtomicU8,
-    seen: Mutex<Vec<Delivery>>,
-    /// Answers withheld in `HANG` mode (kept so they never resolve).
-    hung: Mutex<Vec<tokio::sync::oneshot::Sender<Result<(), NackReason>>>>,
-}
-
-impl Deliver for Recorder {
-    fn deliver(&self, delivery: Delivery) -> Verdict {
-        match self.mode.load(Ordering::SeqCst) {
-            REFUSE => Verdict::Refused(NackReason::Overloaded),
-            HANG => {
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                self.hung.lock().unwrap().push(tx);
-                Verdict::Later(rx)
-            }
-            _ => {
-                self.seen.lock().unwrap().push(delivery);
-                Verdict::Accepted
-            }
-        }
-    }
-}
-
-struct Cluster {
-    nodes: Vec<NodeHandle>,
-    recorders: Vec<Arc<Recorder>>,
-}
-
-impl Cluster {
-    async fn start(n: usize) -> Cluster {
-        Cluster::start_with(n, |_| {}).await
-    }
-
-    /// `n` nodes whose configurations `tweak` changed.
-    async fn start_with(n: usize, tweak: impl Fn(&mut wamp_cluster::Config)) -> Cluster {
-        let mut nodes: Vec<NodeHandle> = Vec::new();
-        let mut recorders = Vec::new();
-        for i in 0..n {
-            let seeds: Vec<_> = nodes
-                .first()
-                .map(|s| s.membership().gossip_addr())
-                .into_iter()
-                .collect();
-            let recorder = Arc::new(Recorder::default());
-            let mut config = node_config(&format!("node-{i}"), &seeds, tolerant());
-            tweak(&mut config);
-            let node = Node::builder(config)
-                .deliver(recorder.clone())
-                .start()
-                .await
-                .unwrap();
-            nodes.push(node);
-            recorders.push(recorder);
-        }
-        for node in &nodes {
-            wait_until(Duration::from_secs(15), "all ready", || {
-                node.view()
-                    .members()
-                    .iter()
-                    .filter(|m| m.live && m.status == Status::Ready)
-                    .count()
-                    == n
-            })
-            .await;
-        }
-        Cluster { nodes, recorders }
-    }
-
-    async fn stop(self) {
-        for node in self.nodes {
-            node.abort().await.unwrap();
-        }
-    }
-}
-
-fn from(node: &NodeHandle) -> PeerId {
-    PeerId::session("realm1", node.node_id().clone(), 1)
-}
-
-fn to(node: &str) -> PeerId {
-    PeerId::session("realm1", node, 2)
-}
-
-fn options(timeout_ms: u64) -> ForwardOptions {
-    ForwardOptions {
-        timeout: Some(Duration::from_millis(timeout_ms)),
-        fail_if_full: false,
-    }
-}
+use common::cluster::{from, options, to, Cluster, Recorder, ACCEPT, HANG, REFUSE};
 
 /// `forward` to a live node returns `Ok` once the handler took exactly that message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,7 +24,6 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures_util::{FutureExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -32,9 +31,11 @@ use tokio_util::codec::{Encoder, FramedRead};
 use tracing::{debug, info, warn};
 
 use super::deliver::{Deliver, Verdict};
+use super::stream::{self, Reader, Writer};
 use super::{BadReason, Inner};
 use crate::metrics as m;
-use crate::wire::{self, Frame, FrameCodec, NackReason, RefuseReason};
+use crate::security::{self, Role, Transcript};
+use crate::wire::{self, Frame, FrameCodec, Hello, NackReason, RefuseReason};
 use crate::NodeId;
 
 /// Largest frame read before the handshake is done: a hello is small, and an unauthenticated
@@ -133,13 +134,16 @@ fn count_bad_frame(inner: &Inner, reason: &'static str) {
 /// Writes `out` unless the forwarder shuts down first or the write stalls for
 /// `limits.idle_timeout_ms` (a peer that stops reading must not keep this task alive).
 /// Returns `false` when the connection is done.
-async fn flush(inner: &Inner, write: &mut OwnedWriteHalf, out: &mut BytesMut) -> bool {
+async fn flush(inner: &Inner, write: &mut Writer, out: &mut BytesMut) -> bool {
     if out.is_empty() {
         return true;
     }
     let written = tokio::select! {
         _ = inner.shutdown.cancelled() => return false,
-        written = tokio::time::timeout(inner.limits.idle_timeout(), write.write_all(out)) => written,
+        written = tokio::time::timeout(inner.limits.idle_timeout(), async {
+            write.write_all(out).await?;
+            write.flush().await
+        }) => written,
     };
     out.clear();
     match written {
@@ -188,7 +192,7 @@ impl FrameRate {
 
 /// The read half of a connection, counting the bytes read once the peer is known.
 struct Counted {
-    read: OwnedReadHalf,
+    read: Reader,
     bytes: Option<metrics::Counter>,
 }
 
@@ -217,7 +221,33 @@ async fn connection(
     current: &Current,
 ) {
     let _ = stream.set_nodelay(true);
-    let (read, mut write) = stream.into_split();
+    let deadline = Instant::now() + inner.limits.handshake_timeout();
+    let mut certificate = None;
+    let (read, mut write) = match &inner.protection.tls {
+        None => stream::plain(stream),
+        Some(tls) => match tokio::time::timeout_at(deadline, tls.acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => {
+                certificate = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .map(|cert| cert.clone().into_owned());
+                stream::tls(tls.into())
+            }
+            Ok(Err(err)) => {
+                count_refusal(&inner, "tls");
+                if let Some(left_out) = inner.bad_input_log.check(std::time::Instant::now()) {
+                    info!(%peer, %err, left_out, "TLS handshake failed");
+                }
+                return;
+            }
+            Err(_) => {
+                count_refusal(&inner, "timeout");
+                return;
+            }
+        },
+    };
     let mut codec = FrameCodec::new(inner.config.max_frame_bytes);
     let read = Counted { read, bytes: None };
     let mut reader = FramedRead::with_capacity(
@@ -227,22 +257,16 @@ async fn connection(
     );
     let mut out = BytesMut::new();
 
-    let first = tokio::time::timeout(inner.limits.handshake_timeout(), reader.next()).await;
-    let refusal = match first {
-        Ok(Some(Ok(Frame::Hello(hello)))) => {
-            match wire::negotiate(&hello, &inner.cluster_id, &inner.self_id) {
-                Ok(version) => Ok((hello, version)),
-                Err(reason) => Err(Some(reason)),
-            }
-        }
-        Ok(Some(_)) => Err(Some(RefuseReason::BadHello)),
-        Ok(None) => Err(None),
-        Err(_) => {
-            count_refusal(&inner, "timeout");
-            Err(None)
-        }
-    };
-    let (hello, version) = match refusal {
+    let accepted = handshake(
+        &inner,
+        &mut reader,
+        &mut write,
+        &mut out,
+        deadline,
+        certificate.as_ref(),
+    )
+    .await;
+    let (hello, answer) = match accepted {
         Ok(accepted) => accepted,
         Err(None) => return,
         Err(Some(reason)) => {
@@ -259,9 +283,7 @@ async fn connection(
     // Before the welcome: once the peer may send on this connection, its older one delivers
     // nothing more.
     let delivering = current.take_over(&from, number);
-    if codec.encode(&Frame::Welcome { version }, &mut out).is_err()
-        || !flush(&inner, &mut write, &mut out).await
-    {
+    if codec.encode(&answer, &mut out).is_err() || !flush(&inner, &mut write, &mut out).await {
         current.end(&from, number);
         return;
     }
@@ -294,13 +316,73 @@ async fn connection(
     }
 }
 
+/// Reads the hello (and with a cluster secret, the proof) before `deadline`, and checks it and
+/// the peer's certificate: the hello and the frame that accepts it (`Welcome`, or `Verified`),
+/// or the reason to refuse, or `None` to close without a word (counted).
+async fn handshake(
+    inner: &Inner,
+    reader: &mut FramedRead<Counted, FrameCodec>,
+    write: &mut Writer,
+    out: &mut BytesMut,
+    deadline: Instant,
+    certificate: Option<&rustls::pki_types::CertificateDer<'static>>,
+) -> Result<(Hello, Frame), Option<RefuseReason>> {
+    let timed_out = |_| {
+        count_refusal(inner, "timeout");
+        None
+    };
+    let hello = match tokio::time::timeout_at(deadline, reader.next())
+        .await
+        .map_err(timed_out)?
+    {
+        Some(Ok(Frame::Hello(hello))) => hello,
+        Some(_) => return Err(Some(RefuseReason::BadHello)),
+        None => return Err(None),
+    };
+    let version = wire::negotiate(&hello, &inner.cluster_id, &inner.self_id).map_err(Some)?;
+    if certificate.is_some_and(|cert| !crate::tls::names(cert, hello.node_id.as_str())) {
+        return Err(Some(RefuseReason::BadCertificate));
+    }
+    let Some(keys) = &inner.protection.keys else {
+        return Ok((hello, Frame::Welcome { version }));
+    };
+    let ours = security::random();
+    let mut codec = FrameCodec::new(HANDSHAKE_FRAME_LIMIT);
+    if codec
+        .encode(&Frame::Challenge { nonce: ours }, out)
+        .is_err()
+        || !flush(inner, write, out).await
+    {
+        return Err(None);
+    }
+    let (theirs, proof) = match tokio::time::timeout_at(deadline, reader.next())
+        .await
+        .map_err(timed_out)?
+    {
+        Some(Ok(Frame::Proof { nonce, mac })) => (nonce, mac),
+        _ => return Err(Some(RefuseReason::BadSecret)),
+    };
+    let hello_bytes = wire::hello_bytes(&hello);
+    let transcript = Transcript {
+        hello: &hello_bytes,
+        listener_nonce: &ours,
+        dialer_nonce: &theirs,
+        version,
+    };
+    let key = keys
+        .check(Role::Dialer, &transcript, &proof)
+        .ok_or(Some(RefuseReason::BadSecret))?;
+    let mac = keys.prove(key, Role::Listener, &transcript);
+    Ok((hello, Frame::Verified { version, mac }))
+}
+
 /// Serves an accepted connection; `None` when it must end without a word (shutdown, or the
 /// socket broke while answering).
 #[allow(clippy::too_many_arguments)]
 async fn serve(
     inner: &Inner,
     reader: &mut FramedRead<Counted, FrameCodec>,
-    write: &mut OwnedWriteHalf,
+    write: &mut Writer,
     out: &mut BytesMut,
     codec: &mut FrameCodec,
     from: &NodeId,

@@ -25,6 +25,7 @@ pub mod outbound;
 pub mod pending;
 mod queue;
 pub mod stats;
+mod stream;
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
@@ -146,6 +147,7 @@ pub(crate) struct Inner {
     pub(crate) generation: u64,
     pub(crate) config: ForwardConfig,
     pub(crate) limits: LimitsConfig,
+    pub(crate) protection: Protection,
     pub(crate) membership: Membership,
     pub(crate) pending: Pending,
     links: Mutex<Links>,
@@ -162,11 +164,23 @@ pub(crate) struct Inner {
     local_addr: SocketAddr,
 }
 
+/// What protects a forwarder's connections: with keys, each handshake proves that both sides
+/// know the cluster secret; with TLS, connections are encrypted and certificates checked
+/// against node ids. Neither by default.
+#[derive(Debug, Clone, Default)]
+pub struct Protection {
+    /// The keys of the cluster secret.
+    pub keys: Option<crate::security::ClusterKeys>,
+    /// TLS settings.
+    pub tls: Option<crate::tls::Tls>,
+}
+
 impl Forwarder {
     /// Starts the forwarder on a bound listener; inbound messages go to `deliver`.
     pub fn start(
         config: ForwardConfig,
         limits: LimitsConfig,
+        protection: Protection,
         listener: TcpListener,
         cluster_id: String,
         membership: Membership,
@@ -180,6 +194,7 @@ impl Forwarder {
             cluster_id,
             config,
             limits,
+            protection,
             membership,
             pending: Pending::default(),
             links: Mutex::new(Links::default()),

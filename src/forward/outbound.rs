@@ -22,7 +22,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::BytesMut;
 use futures_util::{FutureExt, StreamExt};
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -32,8 +31,10 @@ use tracing::debug;
 use super::pending::{Outcome, Peer};
 use super::queue::{Batch, Queued, Refused, SendQueue, Taken};
 use super::stats::PeerStats;
+use super::stream::{self, Reader, Writer};
 use super::{BadReason, Inner};
 use crate::error::ForwardError;
+use crate::security::{self, Role, Transcript};
 use crate::wire::{self, Frame, FrameCodec, Hello, NackReason};
 use crate::NodeId;
 
@@ -284,12 +285,23 @@ async fn connect(
     inner: &Inner,
     node: &NodeId,
     addr: SocketAddr,
-) -> Result<(FramedRead<OwnedReadHalf, FrameCodec>, OwnedWriteHalf), String> {
+) -> Result<(FramedRead<Reader, FrameCodec>, Writer), String> {
     let handshake = async {
         let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        let (read, mut write) = stream.into_split();
-        let hello = Frame::Hello(Hello {
+        let (read, mut write) = match &inner.protection.tls {
+            None => stream::plain(stream),
+            Some(tls) => {
+                let name = crate::tls::server_name(node.as_str())?;
+                let tls = tls
+                    .connector
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| format!("TLS: {e}"))?;
+                stream::tls(tls.into())
+            }
+        };
+        let hello = Hello {
             magic: wire::MAGIC,
             min_version: wire::MIN_VERSION,
             max_version: wire::MAX_VERSION,
@@ -297,30 +309,79 @@ async fn connect(
             node_id: inner.self_id.clone(),
             generation: inner.generation,
             to_node: node.clone(),
-        });
+        };
         let mut codec = FrameCodec::new(inner.config.max_frame_bytes);
         let mut buf = BytesMut::new();
-        codec.encode(&hello, &mut buf).map_err(|e| e.to_string())?;
-        write.write_all(&buf).await.map_err(|e| e.to_string())?;
+        let send = |frame: &Frame, buf: &mut BytesMut, codec: &mut FrameCodec| {
+            buf.clear();
+            codec.encode(frame, buf).map_err(|e| e.to_string())
+        };
+        send(&Frame::Hello(hello.clone()), &mut buf, &mut codec)?;
+        write_out(&mut write, &buf).await?;
         let mut reader = FramedRead::with_capacity(read, codec, wire::READ_BUFFER_BYTES);
-        match reader.next().await {
-            Some(Ok(Frame::Welcome { version }))
-                if (wire::MIN_VERSION..=wire::MAX_VERSION).contains(&version) =>
-            {
-                Ok((reader, write))
+        let version = match (next(&mut reader).await?, &inner.protection.keys) {
+            (Frame::Welcome { version }, None) => version,
+            (Frame::Welcome { .. }, Some(_)) => {
+                return Err(
+                    "the listener has no cluster secret: it cannot prove it is a member".into(),
+                )
             }
-            Some(Ok(Frame::Welcome { version })) => Err(format!(
+            (Frame::Challenge { .. }, None) => {
+                return Err("the listener wants a cluster secret; this node has none".into())
+            }
+            (Frame::Challenge { nonce: theirs }, Some(keys)) => {
+                let ours = security::random();
+                let hello_bytes = wire::hello_bytes(&hello);
+                let mut transcript = Transcript {
+                    hello: &hello_bytes,
+                    listener_nonce: &theirs,
+                    dialer_nonce: &ours,
+                    version: 0,
+                };
+                let mac = keys.prove(0, Role::Dialer, &transcript);
+                send(
+                    &Frame::Proof { nonce: ours, mac },
+                    &mut buf,
+                    reader.decoder_mut(),
+                )?;
+                write_out(&mut write, &buf).await?;
+                let Frame::Verified { version, mac } = next(&mut reader).await? else {
+                    return Err("unexpected answer to the proof".into());
+                };
+                transcript.version = version;
+                if !keys.check_with(0, Role::Listener, &transcript, &mac) {
+                    return Err("the listener's proof of the cluster secret is wrong".into());
+                }
+                version
+            }
+            (other, _) => return Err(format!("unexpected answer to hello: {other:?}")),
+        };
+        if !(wire::MIN_VERSION..=wire::MAX_VERSION).contains(&version) {
+            return Err(format!(
                 "the listener chose protocol version {version}, which this node does not speak"
-            )),
-            Some(Ok(Frame::Refuse { reason })) => Err(format!("refused: {reason}")),
-            Some(Ok(other)) => Err(format!("unexpected answer to hello: {other:?}")),
-            Some(Err(err)) => Err(err.to_string()),
-            None => Err("closed during the handshake".into()),
+            ));
         }
+        Ok((reader, write))
     };
     tokio::time::timeout(inner.config.connect_timeout(), handshake)
         .await
         .unwrap_or_else(|_| Err("handshake timed out".into()))
+}
+
+/// Writes all of `bytes` and flushes them (through TLS).
+async fn write_out(write: &mut Writer, bytes: &[u8]) -> Result<(), String> {
+    write.write_all(bytes).await.map_err(|e| e.to_string())?;
+    write.flush().await.map_err(|e| e.to_string())
+}
+
+/// The next frame of the handshake; a refusal, an error or the end is an error.
+async fn next(reader: &mut FramedRead<Reader, FrameCodec>) -> Result<Frame, String> {
+    match reader.next().await {
+        Some(Ok(Frame::Refuse { reason })) => Err(format!("refused: {reason}")),
+        Some(Ok(frame)) => Ok(frame),
+        Some(Err(err)) => Err(err.to_string()),
+        None => Err("closed during the handshake".into()),
+    }
 }
 
 /// One connection of a link, and what its reading and writing halves share.
@@ -340,8 +401,8 @@ impl Connection<'_> {
     /// ended.
     async fn serve(
         &self,
-        reader: FramedRead<OwnedReadHalf, FrameCodec>,
-        writer: OwnedWriteHalf,
+        reader: FramedRead<Reader, FrameCodec>,
+        writer: Writer,
         queue: &SendQueue,
     ) -> String {
         tokio::select! {
@@ -352,7 +413,7 @@ impl Connection<'_> {
     }
 
     /// Reads answers and ends their pending entries.
-    async fn read(&self, mut reader: FramedRead<OwnedReadHalf, FrameCodec>) -> String {
+    async fn read(&self, mut reader: FramedRead<Reader, FrameCodec>) -> String {
         let (inner, node) = (self.inner, self.node);
         let mut answered = false;
         // The time answers are stamped with: read again after each wait for the socket and
@@ -453,7 +514,7 @@ impl Connection<'_> {
     /// Writes what the queue holds, all of it in one write, again and again; a ping when there
     /// was nothing to write for `limits.keepalive_interval_ms`. A write that stalls for
     /// `limits.idle_timeout_ms` ends the connection.
-    async fn write(&self, mut writer: OwnedWriteHalf, queue: &SendQueue) -> String {
+    async fn write(&self, mut writer: Writer, queue: &SendQueue) -> String {
         let limits = &self.inner.limits;
         let mut batch = Batch::default();
         loop {
@@ -478,10 +539,10 @@ impl Connection<'_> {
                 Taken::Closed => return "queue closed".to_string(),
             }
             if !batch.bytes.is_empty() {
-                let write = writer.write_all(&batch.bytes);
+                let write = write_out(&mut writer, &batch.bytes);
                 match tokio::time::timeout(limits.idle_timeout(), write).await {
                     Ok(Ok(())) => {}
-                    Ok(Err(err)) => return err.to_string(),
+                    Ok(Err(err)) => return err,
                     Err(_) => return format!("a write stalled for {:?}", limits.idle_timeout()),
                 }
                 self.stats.bytes_sent(batch.bytes.len());

@@ -13,8 +13,10 @@
 
 pub mod keys;
 pub mod ring;
+mod sealed;
 pub mod view;
 
+use sealed::SealedTransport;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,7 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use chitchat::transport::UdpTransport;
+use chitchat::transport::{Transport, UdpTransport};
 use chitchat::{
     spawn_chitchat, Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig,
     ProtocolVersion,
@@ -163,6 +165,15 @@ impl Membership {
             addr: config.gossip_addr,
             message,
         };
+        let transport: Box<dyn Transport> = match config.cluster_keys() {
+            Ok(None) => Box::new(UdpTransport),
+            Ok(Some(keys)) => Box::new(SealedTransport {
+                keys,
+                replay_window_ms: config.gossip.replay_window_ms,
+                node: config.node_id.clone(),
+            }),
+            Err(err) => return Err(start_error(err.to_string())),
+        };
 
         let (started_tx, started_rx) = oneshot::channel();
         let thread_name = format!("gossip-{}", config.node_id);
@@ -182,8 +193,7 @@ impl Membership {
                 };
                 runtime.block_on(async move {
                     let handle =
-                        match spawn_chitchat(chitchat_config, keys.to_pairs(), &UdpTransport).await
-                        {
+                        match spawn_chitchat(chitchat_config, keys.to_pairs(), &*transport).await {
                             Ok(handle) => handle,
                             Err(err) => {
                                 let _ = started_tx.send(Err(format!("{err:#}")));

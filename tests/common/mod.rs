@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use wamp_cluster::{Config, GossipConfig};
 
+pub mod cluster;
+
 /// A loopback port that is free for both UDP and TCP right now and was not handed out before
 /// in this process.
 pub fn free_port() -> u16 {

@@ -1,0 +1,149 @@
+//! TLS on the forwarding connections (rustls with the `ring` provider): the settings read from
+//! `[tls]`, and the check of a peer's certificate against its node id.
+//!
+//! Every node has a certificate that names its node id as a DNS subject alternative name,
+//! signed by an authority in `ca_file`. A dialer checks the listener's certificate against the
+//! node id it means to reach (rustls does, with the node id as the server name); a listener
+//! checks the dialer's certificate, when there is one (always, with `require_client_cert`),
+//! against the node id of its hello.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::config::TlsConfig;
+use crate::error::ConfigError;
+
+/// The TLS side of a forwarder: an acceptor for inbound connections, a connector for outbound
+/// ones. Cheap to clone.
+#[derive(Clone)]
+pub struct Tls {
+    /// Accepts inbound connections.
+    pub acceptor: TlsAcceptor,
+    /// Dials outbound connections.
+    pub connector: TlsConnector,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tls(..)")
+    }
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+fn certificates(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|err| invalid(key, format!("cannot read {}: {err}", path.display())))?;
+    if certs.is_empty() {
+        return Err(invalid(
+            key,
+            format!("{} holds no PEM certificate", path.display()),
+        ));
+    }
+    Ok(certs)
+}
+
+impl Tls {
+    /// Reads the files of `config`; `None` when `cert_file` is not set. Every error names the
+    /// key whose file is wrong.
+    pub fn load(config: &TlsConfig) -> Result<Option<Tls>, ConfigError> {
+        let (cert_file, key_file, ca_file) =
+            match (&config.cert_file, &config.key_file, &config.ca_file) {
+                (None, None, None) if !config.require_client_cert => return Ok(None),
+                (Some(cert), Some(key), Some(ca)) => (cert, key, ca),
+                (None, ..) => {
+                    return Err(invalid(
+                        "tls.cert_file",
+                        "must be set with tls.key_file, tls.ca_file and tls.require_client_cert",
+                    ))
+                }
+                (_, None, _) => {
+                    return Err(invalid("tls.key_file", "must be set with tls.cert_file"))
+                }
+                (.., None) => return Err(invalid("tls.ca_file", "must be set with tls.cert_file")),
+            };
+        let chain = certificates("tls.cert_file", cert_file)?;
+        let key = PrivateKeyDer::from_pem_file(key_file).map_err(|err| {
+            invalid(
+                "tls.key_file",
+                format!(
+                    "cannot read a private key from {}: {err}",
+                    key_file.display()
+                ),
+            )
+        })?;
+        let mut roots = RootCertStore::empty();
+        for ca in certificates("tls.ca_file", ca_file)? {
+            roots
+                .add(ca)
+                .map_err(|err| invalid("tls.ca_file", format!("{}: {err}", ca_file.display())))?;
+        }
+        let roots = Arc::new(roots);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone());
+        let verifier = if config.require_client_cert {
+            verifier.build()
+        } else {
+            verifier.allow_unauthenticated().build()
+        }
+        .map_err(|err| invalid("tls.ca_file", err.to_string()))?;
+        let server = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|err| invalid("tls.cert_file", err.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(|err| {
+                invalid(
+                    "tls.key_file",
+                    format!("does not match tls.cert_file: {err}"),
+                )
+            })?;
+        let client = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|err| invalid("tls.cert_file", err.to_string()))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .map_err(|err| {
+                invalid(
+                    "tls.key_file",
+                    format!("does not match tls.cert_file: {err}"),
+                )
+            })?;
+        Ok(Some(Tls {
+            acceptor: TlsAcceptor::from(Arc::new(server)),
+            connector: TlsConnector::from(Arc::new(client)),
+        }))
+    }
+}
+
+/// The server name a node id stands for in a certificate, or why it cannot stand for one.
+pub fn server_name(node_id: &str) -> Result<ServerName<'static>, String> {
+    match ServerName::try_from(node_id.to_owned()) {
+        Ok(name @ ServerName::DnsName(_)) => Ok(name),
+        _ => Err(format!(
+            "node id `{node_id}` is not a DNS name, so no certificate can name it"
+        )),
+    }
+}
+
+/// Whether `certificate` (already verified against the authorities) names `node_id`.
+pub fn names(certificate: &CertificateDer<'_>, node_id: &str) -> bool {
+    let Ok(name) = server_name(node_id) else {
+        return false;
+    };
+    webpki::EndEntityCert::try_from(certificate)
+        .is_ok_and(|cert| cert.verify_is_valid_for_subject_name(&name).is_ok())
+}
