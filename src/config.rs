@@ -753,6 +753,85 @@ mod tests {
         valid().validate().unwrap();
     }
 
+    fn refusal(config: &Config) -> String {
+        config.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_cluster_secret_comes_from_a_file_or_the_environment_and_is_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        let mut config = valid();
+        assert!(config.cluster_keys().unwrap().is_none());
+        config
+            .apply_env([(SECRET_ENV.into(), "from-the-environment-123".into())])
+            .unwrap();
+        // Setting another key keeps it.
+        config.set("gossip.interval_ms", "300").unwrap();
+        assert_eq!(config.cluster_keys().unwrap().map(|k| k.len()), Some(1));
+        assert!(!format!("{config:?}").contains("from-the-environment"));
+        config
+            .set("cluster_secret_file", &file.display().to_string())
+            .unwrap();
+        assert!(refusal(&config).contains("one way"), "{}", refusal(&config));
+        config.cluster_secret = None;
+        let unreadable = refusal(&config);
+        assert!(unreadable.contains("`cluster_secret_file`") && unreadable.contains("cannot read"));
+        std::fs::write(
+            &file,
+            "first-secret-0123456789
+short
+",
+        )
+        .unwrap();
+        let short = refusal(&config);
+        assert!(
+            short.contains("`cluster_secret_file`") && short.contains("secret 2"),
+            "{short}"
+        );
+        assert!(!short.contains("first-secret"), "{short}");
+        std::fs::write(
+            &file,
+            "first-secret-0123456789
+second-secret-0123456789
+",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.cluster_keys().unwrap().map(|k| k.len()), Some(2));
+        let mut from_env = valid();
+        from_env
+            .apply_env([(SECRET_ENV.into(), "short".into())])
+            .unwrap();
+        assert!(refusal(&from_env).contains(SECRET_ENV));
+        let mut window = valid();
+        window.set("gossip.replay_window_ms", "10").unwrap();
+        assert!(refusal(&window).contains("gossip.replay_window_ms"));
+    }
+
+    #[test]
+    fn tls_files_are_read_at_validation_and_a_missing_or_bad_one_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        let mut config = valid();
+        config.set("tls.require_client_cert", "true").unwrap();
+        assert!(refusal(&config).contains("`tls.cert_file`"));
+        assert!(config.set("tls.require_client_cert", "maybe").is_err());
+        config.set("tls.cert_file", &path("cert.pem")).unwrap();
+        assert!(refusal(&config).contains("`tls.key_file`"));
+        config.set("tls.key_file", &path("key.pem")).unwrap();
+        assert!(refusal(&config).contains("`tls.ca_file`"));
+        config.set("tls.ca_file", &path("ca.pem")).unwrap();
+        let missing = refusal(&config);
+        assert!(missing.contains("`tls.cert_file`") && missing.contains("cannot read"));
+        std::fs::write(path("cert.pem"), "not a certificate").unwrap();
+        let empty = refusal(&config);
+        assert!(
+            empty.contains("`tls.cert_file`") && empty.contains("no PEM"),
+            "{empty}"
+        );
+    }
+
     #[test]
     fn the_admin_token_is_read_from_its_file_and_a_bad_one_is_refused_by_name() {
         let dir = std::env::temp_dir().join(format!("wamp-cluster-token-{}", std::process::id()));

@@ -1,5 +1,6 @@
 //! Property tests of everything that reads bytes from the network: the frame decoder, the
-//! handshake and the WAMP JSON codec. The seeds are the WAMP project's test vectors
+//! handshake (the hello and the proofs of the cluster secret), the gossip sealing and the WAMP
+//! JSON codec. The seeds are the WAMP project's test vectors
 //! (`../shared/wamp-testsuite`) and frames built from them; each case mutates a seed (bytes
 //! replaced, inserted, removed, cut) or is random. None may panic; what decodes must encode
 //! back to what decodes the same.
@@ -13,6 +14,7 @@ use std::sync::OnceLock;
 use bytes::BytesMut;
 use proptest::prelude::*;
 use tokio_util::codec::{Decoder, Encoder};
+use wamp_cluster::security::{ClusterKeys, ReplayGuard, Role, Transcript, Unopened};
 use wamp_cluster::wamp::{json, WampMessage};
 use wamp_cluster::wire::{self, Frame, FrameCodec, Hello};
 use wamp_cluster::{NodeId, PeerId};
@@ -240,6 +242,61 @@ proptest! {
         // And the same hello through the codec, mutated: no panic.
         let bytes = encoded(&Frame::Hello(hello));
         decode_all(&bytes[..bytes.len() / 2], 16 * 1024);
+    }
+
+    /// A proof of the handshake checks only with the secret, the role and the transcript it
+    /// was made for: a changed proof, another nonce or another hello does not.
+    #[test]
+    fn a_handshake_proof_checks_only_for_what_it_was_made_for(
+        listener_nonce in any::<[u8; 32]>(),
+        dialer_nonce in any::<[u8; 32]>(),
+        other_nonce in any::<[u8; 32]>(),
+        flip in 0usize..256,
+        edits in edits(),
+    ) {
+        let keys = ClusterKeys::new(["a-secret-for-properties-0123"], "default");
+        let hello = wire::hello_bytes(&hello());
+        let t = Transcript {
+            hello: &hello,
+            listener_nonce: &listener_nonce,
+            dialer_nonce: &dialer_nonce,
+            version: 1,
+        };
+        let proof = keys.prove(0, Role::Dialer, &t);
+        prop_assert_eq!(keys.check(Role::Dialer, &t, &proof), Some(0));
+        let mut changed = proof;
+        changed[flip / 8] ^= 1 << (flip % 8);
+        prop_assert_eq!(keys.check(Role::Dialer, &t, &changed), None);
+        prop_assert_eq!(keys.check(Role::Listener, &t, &proof), None);
+        let other = Transcript { dialer_nonce: &other_nonce, ..t };
+        prop_assert_eq!(keys.check(Role::Dialer, &other, &proof).is_some(), other_nonce == dialer_nonce);
+        let edited = apply(hello.clone(), &edits);
+        let other = Transcript { hello: &edited, ..t };
+        prop_assert_eq!(keys.check(Role::Dialer, &other, &proof).is_some(), edited == hello);
+    }
+
+    /// A sealed gossip datagram opens to what was sealed, once; mutated, or random bytes, it
+    /// does not open, and nothing panics.
+    #[test]
+    fn a_sealed_datagram_opens_once_and_a_mutated_one_never(
+        message in prop::collection::vec(any::<u8>(), 0..2048),
+        edits in edits(),
+        random in prop::collection::vec(any::<u8>(), 0..128),
+    ) {
+        let keys = ClusterKeys::new(["a-secret-for-properties-0123"], "default");
+        let now = 1_000_000;
+        let mut sealed = Vec::new();
+        keys.seal(&message, now, &mut sealed);
+        let mut guard = ReplayGuard::new(30_000);
+        let mut out = Vec::new();
+        let mutated = apply(sealed.clone(), &edits);
+        if mutated != sealed {
+            prop_assert_eq!(keys.open(&mutated, now, &mut guard, &mut out), Err(Unopened::Unsealed));
+        }
+        prop_assert!(keys.open(&random, now, &mut guard, &mut out).is_err());
+        prop_assert_eq!(keys.open(&sealed, now, &mut guard, &mut out), Ok(()));
+        prop_assert_eq!(&out, &message);
+        prop_assert_eq!(keys.open(&sealed, now, &mut guard, &mut out), Err(Unopened::Replayed));
     }
 
     /// A mutated WAMP JSON message decodes or is refused, never a panic; what decodes encodes

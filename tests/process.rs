@@ -41,12 +41,24 @@ impl Proc {
             admin,
             gossip,
             &["node", "--config", path.to_str().unwrap()],
+            &[],
         )
     }
 
     /// A node configured by flags only, on free loopback ports, with `extra` flags.
     fn with_flags(dir: &Path, name: &str, extra: &[&str]) -> Proc {
-        let (gossip, admin, forward) = (free_addr(), free_addr(), free_addr());
+        Proc::flagged(dir, name, free_addr(), extra, &[])
+    }
+
+    /// A node configured by flags and `env`, gossiping on `gossip`.
+    fn flagged(
+        dir: &Path,
+        name: &str,
+        gossip: SocketAddr,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Proc {
+        let (admin, forward) = (free_addr(), free_addr());
         let (g, a, f) = (gossip.to_string(), admin.to_string(), forward.to_string());
         let mut args = vec![
             "node",
@@ -60,13 +72,21 @@ impl Proc {
             &f,
         ];
         args.extend_from_slice(extra);
-        Proc::spawn(dir, name, admin, gossip, &args)
+        Proc::spawn(dir, name, admin, gossip, &args, env)
     }
 
-    fn spawn(dir: &Path, name: &str, admin: SocketAddr, gossip: SocketAddr, args: &[&str]) -> Proc {
+    fn spawn(
+        dir: &Path,
+        name: &str,
+        admin: SocketAddr,
+        gossip: SocketAddr,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Proc {
         let log = dir.join(format!("{name}.log"));
         let child = Command::new(BIN)
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -297,7 +317,7 @@ fn a_bad_configuration_exits_2_naming_the_key() {
     let file = dir.path().join("bad.toml");
     fs::write(&file, "node_id = \"n\"\n[gossip]\ninterval_ms = 0\n").unwrap();
     let file = file.to_str().unwrap();
-    let cases: [Case; 6] = [
+    let cases: [Case; 8] = [
         (&["node", "--config", file], &[], "gossip.interval_ms"),
         (
             &["node", "--config", "/nonexistent.toml"],
@@ -323,6 +343,16 @@ fn a_bad_configuration_exits_2_naming_the_key() {
             &["node", "--node-id", "n", "--admin-addr", "here"],
             &[],
             "admin_addr",
+        ),
+        (
+            &["node", "--node-id", "n"],
+            &[("WAMP_CLUSTER_SECRET", "too-short")],
+            "WAMP_CLUSTER_SECRET",
+        ),
+        (
+            &["node", "--node-id", "n"],
+            &[("WAMP_CLUSTER_TLS__CERT_FILE", "/nonexistent.pem")],
+            "tls.key_file",
         ),
     ];
     for (args, env, key) in cases {
@@ -366,6 +396,60 @@ async fn json_logs_are_one_object_per_line() {
 /// Garbage datagrams at the gossip port: chitchat warns for each one it cannot read, and the
 /// node program lets at most a few of those lines a second through (the rest are counted), so
 /// that a flood cannot fill a disk; the node goes on serving.
+/// A node with the cluster secret (from `WAMP_CLUSTER_SECRET`) and a node without it, each
+/// seeded with the other, never list each other: the first drops the second's datagrams
+/// (counted), the second cannot read the first's. A third node with the same secret (from a
+/// file) joins the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_the_secret_and_one_without_never_see_each_other() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    const SECRET: &str = "process-secret-0123456789";
+    let secret_file = dir.path().join("secret");
+    fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+    let (g1, g2) = (free_addr(), free_addr());
+    let (s1, s2) = (g1.to_string(), g2.to_string());
+    let sealed = Proc::flagged(
+        dir.path(),
+        "sealed",
+        g1,
+        &["--seed", &s2],
+        &[("WAMP_CLUSTER_SECRET", SECRET)],
+    );
+    let plain = Proc::flagged(dir.path(), "plain", g2, &["--seed", &s1], &[]);
+    let file_env = secret_file.display().to_string();
+    let third = Proc::flagged(
+        dir.path(),
+        "member",
+        free_addr(),
+        &["--seed", &s1],
+        &[("WAMP_CLUSTER_CLUSTER_SECRET_FILE", &file_env)],
+    );
+    sealed
+        .wait_members(Duration::from_secs(20), "the member joins", |m| {
+            all_live(m, 2) && member(m, "member").is_some()
+        })
+        .await;
+    let dropped = "wamp_cluster_gossip_dropped_total{node=\"sealed\",reason=\"unsealed\"}";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while common::counter(&sealed.get("/metrics").await, dropped) < 5 {
+        assert!(Instant::now() < deadline, "no datagram of plain dropped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(plain.log_text().contains("invalid-chitchat-payload"));
+    // Many gossip rounds later: still apart.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    plain
+        .wait_members(Duration::from_secs(5), "alone", |m| all_live(m, 1))
+        .await;
+    sealed
+        .wait_members(Duration::from_secs(5), "without plain", |m| {
+            all_live(m, 2) && member(m, "plain").is_none()
+        })
+        .await;
+    assert!(third.get("/health").await.contains("ok"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_garbage_at_the_gossip_port_makes_a_few_log_lines_a_second() {
     let _serial = SERIAL.lock().await;
