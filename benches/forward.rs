@@ -34,6 +34,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Semaphore};
+use wamp_cluster::security::Secret;
 use wamp_cluster::wamp::{Dict, Payload, Value as WampValue, WampMessage};
 use wamp_cluster::{
     Deliver, Delivery, Discard, ForwardOptions, NackReason, Node, NodeHandle, NodeId, PeerId,
@@ -105,6 +106,19 @@ impl Deliver for Silent {
 /// Starts `n` nodes joined through the first; `silent` ones never answer. Node `i` advertises
 /// `advertise[i]` as its forward address when given.
 async fn cluster(n: usize, silent: &[usize], advertise: &[(usize, SocketAddr)]) -> Vec<NodeHandle> {
+    cluster_with(n, silent, advertise, &|_| {}).await
+}
+
+/// A change to a node's configuration.
+type Tweak<'a> = dyn Fn(&mut wamp_cluster::Config) + Sync + 'a;
+
+/// [`cluster`], with each configuration changed by `tweak`.
+async fn cluster_with(
+    n: usize,
+    silent: &[usize],
+    advertise: &[(usize, SocketAddr)],
+    tweak: &Tweak<'_>,
+) -> Vec<NodeHandle> {
     let mut nodes: Vec<NodeHandle> = Vec::new();
     for i in 0..n {
         let seeds: Vec<_> = nodes
@@ -119,6 +133,7 @@ async fn cluster(n: usize, silent: &[usize], advertise: &[(usize, SocketAddr)]) 
         };
         let mut config = common::node_config(&format!("node-{i}"), &seeds, common::tolerant());
         config.forward_advertise_addr = advertise.iter().find(|(k, _)| *k == i).map(|(_, a)| *a);
+        tweak(&mut config);
         nodes.push(
             Node::builder(config)
                 .deliver(deliver)
@@ -619,6 +634,50 @@ async fn run(quick: bool) -> Value {
             lat[3 + k].push(ours[k]);
         }
     }
+    // What the cluster secret and TLS cost: a pair of each kind, measured in turns.
+    let ca = common::certs::Authority::new();
+    let secret = |config: &mut wamp_cluster::Config| {
+        config.cluster_secret = Some(Secret::new("a-secret-for-the-bench-0123"));
+    };
+    let tls = |config: &mut wamp_cluster::Config| {
+        secret(config);
+        let name = config.node_id.clone();
+        ca.configure(config, &name);
+    };
+    let kinds: [(&str, &Tweak<'_>); 3] = [
+        ("plain", &|_| {}),
+        ("secret", &secret),
+        ("secret_and_tls", &tls),
+    ];
+    let mut protected = Vec::new();
+    for (name, tweak) in kinds {
+        let nodes = cluster_with(2, &[], &[], tweak).await;
+        forward_throughput(&nodes[0], 20_000, 128, window).await;
+        protected.push((name, nodes, Vec::new(), Vec::new(), Vec::new()));
+    }
+    for _ in 0..runs {
+        for (_, nodes, rates, p50, p99) in &mut protected {
+            rates.push(forward_throughput(&nodes[0], count, 128, window).await);
+            let [a, b, _] = percentiles(forward_latency(&nodes[0], samples).await);
+            p50.push(a);
+            p99.push(b);
+        }
+    }
+    let mut protection = serde_json::Map::new();
+    for (name, nodes, rates, p50, p99) in protected {
+        for node in nodes {
+            node.abort().await.unwrap();
+        }
+        protection.insert(
+            name.into(),
+            json!({
+                "forward_msgs_per_sec": median(rates),
+                "p50_us": median(p50),
+                "p99_us": median(p99),
+            }),
+        );
+    }
+
     let mut sizes = Vec::new();
     for size in [64usize, 256, 1024, 4096, 16384, 65536] {
         // About the same bytes per point; at least 2,000 messages.
@@ -684,6 +743,7 @@ async fn run(quick: bool) -> Value {
             "ratio_to_clean": median(attacked) / rate,
             "connections_per_sec": median(attacks),
         },
+        "protection": protection,
         "allocations": { "per_message": median(allocations) },
         "membership": { "false_downs": false_downs },
         "sizes": sizes,
@@ -803,6 +863,17 @@ fn main() {
             "{:<52} {raw:>14.0} {ours:>14.0} {:>8.4}",
             format!("acked msg/s, {} B", size["bytes"]),
             ours / raw
+        );
+    }
+    let p = &report["protection"];
+    for kind in ["plain", "secret", "secret_and_tls"] {
+        println!(
+            "{:<52} {:>10.0} msg/s ({:.3}×)  p50 {:>6.1} µs  p99 {:>6.1} µs",
+            format!("protection: {kind}, 128 B"),
+            f(&p[kind]["forward_msgs_per_sec"]),
+            f(&p[kind]["forward_msgs_per_sec"]) / f(&p["plain"]["forward_msgs_per_sec"]),
+            f(&p[kind]["p50_us"]),
+            f(&p[kind]["p99_us"]),
         );
     }
     let b = &report["broadcast"];

@@ -57,6 +57,12 @@ fn the_forward_bench_runs_quick_and_writes_every_figure() {
         "bad_input.forward_msgs_per_sec",
         "bad_input.ratio_to_clean",
         "bad_input.connections_per_sec",
+        "protection.plain.forward_msgs_per_sec",
+        "protection.secret.forward_msgs_per_sec",
+        "protection.secret.p99_us",
+        "protection.secret_and_tls.forward_msgs_per_sec",
+        "protection.secret_and_tls.p50_us",
+        "protection.secret_and_tls.p99_us",
     ] {
         let value = path.split('.').fold(&report, |v, key| &v[key]);
         assert!(

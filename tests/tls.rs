@@ -5,12 +5,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -19,59 +18,12 @@ use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
 use tokio_util::codec::{Decoder, Encoder};
 
+use common::certs::Authority;
 use common::cluster::{from, options, to, Cluster};
 use common::{counter, publish, within, SERIAL};
 use wamp_cluster::security::Secret;
 use wamp_cluster::wire::{self, Frame, FrameCodec, Hello, RefuseReason};
 use wamp_cluster::{BadReason, Config, NodeHandle};
-
-/// An authority and the certificates it signs, written under a temporary folder.
-struct Authority {
-    dir: tempfile::TempDir,
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-impl Authority {
-    fn new() -> Authority {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let cert = params.self_signed(&key).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ca.pem"), cert.pem()).unwrap();
-        Authority { dir, cert, key }
-    }
-
-    fn ca_file(&self) -> PathBuf {
-        self.dir.path().join("ca.pem")
-    }
-
-    /// A certificate naming `name`, saved as `<file>.pem` and `<file>.key`.
-    fn issue(&self, name: &str, file: &str) -> (PathBuf, PathBuf) {
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec![name.to_string()])
-            .unwrap()
-            .signed_by(&key, &self.cert, &self.key)
-            .unwrap();
-        let (cert_file, key_file) = (
-            self.dir.path().join(format!("{file}.pem")),
-            self.dir.path().join(format!("{file}.key")),
-        );
-        std::fs::write(&cert_file, cert.pem()).unwrap();
-        std::fs::write(&key_file, key.serialize_pem()).unwrap();
-        (cert_file, key_file)
-    }
-
-    /// Sets `config`'s `[tls]` with a certificate naming `name`.
-    fn configure(&self, config: &mut Config, name: &str) {
-        let (cert, key) = self.issue(name, &config.node_id);
-        config.tls.cert_file = Some(cert);
-        config.tls.key_file = Some(key);
-        config.tls.ca_file = Some(self.ca_file());
-        config.tls.require_client_cert = true;
-    }
-}
 
 async fn forward_all(a: &NodeHandle, b: &str, n: u64) {
     for i in 0..n {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use wamp_cluster::{Config, GossipConfig};
 
+pub mod certs;
 pub mod cluster;
 
 /// A loopback port that is free for both UDP and TCP right now and was not handed out before
