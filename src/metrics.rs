@@ -56,9 +56,8 @@ pub const INBOUND_THROTTLED: &str = "wamp_cluster_inbound_throttled_total";
 /// Counter: log lines left out by a limit, by `target` (the node program limits chitchat's).
 pub const LOG_LINES_LEFT_OUT: &str = "wamp_cluster_log_lines_left_out_total";
 /// Counter: gossip datagrams dropped with a cluster secret, by `reason` (`unsealed`: not
-/// sealed with a secret of this node, or changed; `stale`: sent outside
-/// `gossip.replay_window_ms`; `replayed`: opened before; `too_large`: too large to send once
-/// sealed).
+/// sealed with a secret of this node, changed, or not a part of a message; `stale`: sent outside
+/// `gossip.replay_window_ms`; `replayed`: opened before).
 pub const GOSSIP_DROPPED: &str = "wamp_cluster_gossip_dropped_total";
 /// Counter: admin API requests refused for want of the right bearer token.
 pub const ADMIN_UNAUTHORIZED: &str = "wamp_cluster_admin_unauthorized_total";

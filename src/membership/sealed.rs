@@ -11,6 +11,11 @@
 //!   [`MAX_RELAYS`]); what chitchat's socket then reads from that relay is handed to chitchat
 //!   as coming from the real peer.
 //!
+//! chitchat fills a datagram up to the UDP limit when it has that much state to send; sealed,
+//! such a message would not fit, so a message is sealed in two parts when it must be (each
+//! part sealed on its own; the receiver puts the parts back together, keeping at most
+//! [`MAX_PARTIAL`] incomplete messages for at most `gossip.replay_window_ms`).
+//!
 //! Datagrams that do not open (no secret of this node seals them, changed, too old, replayed)
 //! never reach chitchat: they are dropped and counted in
 //! `wamp_cluster_gossip_dropped_total{reason}`. So a node without the secret can neither join,
@@ -37,6 +42,21 @@ pub const MAX_RELAYS: usize = 1024;
 
 /// The largest UDP payload over IPv4.
 const MAX_DATAGRAM: usize = 65_507;
+
+/// The largest message sealed in one datagram (with its one-byte header).
+const MAX_SEALED_MESSAGE: usize = MAX_DATAGRAM - SEAL_OVERHEAD;
+
+/// The first byte of a sealed message: a whole chitchat datagram follows.
+const WHOLE: u8 = 0;
+/// The first byte of a sealed message: a part follows, after `index (1) | count (1) | id (4)`.
+const PART: u8 = 1;
+const PART_HEADER: usize = 7;
+
+/// Parts a message is sealed in at most (a chitchat datagram needs two).
+const MAX_PARTS: u8 = 4;
+
+/// Messages whose parts have not all arrived, kept at once; past it the oldest is dropped.
+pub const MAX_PARTIAL: usize = 16;
 
 /// How long a send waits for chitchat's bytes at the relay (they cross loopback at once).
 const RELAY_TIMEOUT: Duration = Duration::from_secs(1);
@@ -78,7 +98,9 @@ impl Transport for SealedTransport {
             guard: ReplayGuard::new(self.replay_window_ms),
             buf: vec![0; MAX_DATAGRAM + 1].into_boxed_slice(),
             message: Vec::with_capacity(MAX_DATAGRAM),
-            sealed: Vec::with_capacity(MAX_DATAGRAM + SEAL_OVERHEAD),
+            sealed: Vec::with_capacity(MAX_DATAGRAM),
+            parts: Parts::new(Duration::from_millis(self.replay_window_ms)),
+            next_id: u32::from_be_bytes(crate::security::random()),
             node: self.node.clone(),
             log: Limiter::new(DROP_LINES_PER_SEC),
         }))
@@ -111,8 +133,85 @@ struct SealedSocket {
     buf: Box<[u8]>,
     message: Vec<u8>,
     sealed: Vec<u8>,
+    /// Messages received in parts, not complete yet.
+    parts: Parts,
+    /// The id of the next message sent in parts.
+    next_id: u32,
     node: String,
     log: Limiter,
+}
+
+/// A message received in parts, not complete yet.
+struct Partial {
+    from: SocketAddr,
+    id: u32,
+    parts: Vec<Option<Vec<u8>>>,
+    since: std::time::Instant,
+}
+
+/// Puts messages sealed in parts back together.
+struct Parts {
+    partial: std::collections::VecDeque<Partial>,
+    keep: Duration,
+}
+
+impl Parts {
+    fn new(keep: Duration) -> Parts {
+        Parts {
+            partial: Default::default(),
+            keep,
+        }
+    }
+
+    /// Adds part `index` of `count` of message `id` from `from`; the whole message once every
+    /// part has come. `Err` for a part that cannot be one.
+    fn add(
+        &mut self,
+        from: SocketAddr,
+        id: u32,
+        index: u8,
+        count: u8,
+        part: &[u8],
+        now: std::time::Instant,
+    ) -> Result<Option<Vec<u8>>, ()> {
+        if !(2..=MAX_PARTS).contains(&count) || index >= count {
+            return Err(());
+        }
+        self.partial
+            .retain(|p| now.saturating_duration_since(p.since) < self.keep);
+        let at = match self
+            .partial
+            .iter()
+            .position(|p| p.from == from && p.id == id)
+        {
+            Some(at) => at,
+            None => {
+                if self.partial.len() >= MAX_PARTIAL {
+                    self.partial.pop_front();
+                }
+                self.partial.push_back(Partial {
+                    from,
+                    id,
+                    parts: vec![None; usize::from(count)],
+                    since: now,
+                });
+                self.partial.len() - 1
+            }
+        };
+        let partial = &mut self.partial[at];
+        if partial.parts.len() != usize::from(count) {
+            return Err(());
+        }
+        partial.parts[usize::from(index)] = Some(part.to_vec());
+        if partial.parts.iter().any(Option::is_none) {
+            return Ok(None);
+        }
+        let whole = self
+            .partial
+            .remove(at)
+            .map(|p| p.parts.into_iter().flatten().flatten().collect());
+        Ok(whole)
+    }
 }
 
 fn now_ms() -> u64 {
@@ -199,8 +298,30 @@ impl SealedSocket {
             self.dropped(reason.name(), Some(from), len);
             return Ok(());
         }
+        let message = match *self.message.as_slice() {
+            [WHOLE, ..] => {
+                self.message.remove(0);
+                std::mem::take(&mut self.message)
+            }
+            [PART, index, count, a, b, c, d, ..] => {
+                let id = u32::from_be_bytes([a, b, c, d]);
+                let part = &self.message[PART_HEADER..];
+                let now = std::time::Instant::now();
+                match self.parts.add(from, id, index, count, part, now) {
+                    Ok(Some(whole)) => whole,
+                    Ok(None) => return Ok(()),
+                    Err(()) => {
+                        self.dropped("unsealed", Some(from), len);
+                        return Ok(());
+                    }
+                }
+            }
+            _ => {
+                self.dropped("unsealed", Some(from), len);
+                return Ok(());
+            }
+        };
         let to = self.chitchat_addr;
-        let message = std::mem::take(&mut self.message);
         let sent = match self.relay(from).await {
             Ok(relay) => relay.socket.send_to(&message, to).await.map(|_| ()),
             Err(err) => Err(std::io::Error::other(err)),
@@ -241,15 +362,36 @@ impl Socket for SealedSocket {
                 break len;
             }
         };
-        self.keys.seal(&self.buf[..len], now_ms(), &mut self.sealed);
-        if self.sealed.len() > MAX_DATAGRAM {
-            self.dropped("too_large", None, self.sealed.len());
-            return Ok(SendOutcome { num_bytes_sent: 0 });
+        let datagram = &self.buf[..len];
+        let whole = len < MAX_SEALED_MESSAGE;
+        let part_len = MAX_SEALED_MESSAGE - PART_HEADER;
+        // A UDP datagram needs two parts at most.
+        let count = if whole { 1 } else { len.div_ceil(part_len) };
+        let count = u8::try_from(count)
+            .ok()
+            .filter(|&c| c <= MAX_PARTS)
+            .context("gossip datagram too large to seal")?;
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        let now = now_ms();
+        for index in 0..count {
+            self.message.clear();
+            if whole {
+                self.message.push(WHOLE);
+                self.message.extend_from_slice(datagram);
+            } else {
+                self.message.extend_from_slice(&[PART, index, count]);
+                self.message.extend_from_slice(&id.to_be_bytes());
+                let start = usize::from(index) * part_len;
+                self.message
+                    .extend_from_slice(&datagram[start..(start + part_len).min(len)]);
+            }
+            self.keys.seal(&self.message, now, &mut self.sealed);
+            self.public
+                .send_to(&self.sealed, to)
+                .await
+                .context("failed to send chitchat message to peer")?;
         }
-        self.public
-            .send_to(&self.sealed, to)
-            .await
-            .context("failed to send chitchat message to peer")?;
         Ok(SendOutcome {
             num_bytes_sent: len,
         })
@@ -280,5 +422,108 @@ impl Socket for SealedSocket {
                 Event::Public(Err(err)) => return Err(err).context("fatal UDP recv error"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chitchat::{ChitchatMessage, ProtocolVersion};
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+    }
+
+    #[test]
+    fn parts_come_together_in_any_order_and_bad_or_old_ones_do_not() {
+        let now = std::time::Instant::now();
+        let mut parts = Parts::new(Duration::from_secs(1));
+        assert_eq!(parts.add(addr(1), 7, 1, 2, b"world", now), Ok(None));
+        // The same id from another sender is another message.
+        assert_eq!(parts.add(addr(2), 7, 0, 2, b"other ", now), Ok(None));
+        assert_eq!(
+            parts.add(addr(1), 7, 0, 2, b"hello ", now),
+            Ok(Some(b"hello world".to_vec()))
+        );
+        assert_eq!(parts.add(addr(1), 8, 2, 2, b"x", now), Err(()));
+        assert_eq!(parts.add(addr(1), 8, 0, 1, b"x", now), Err(()));
+        assert_eq!(parts.add(addr(1), 8, 0, MAX_PARTS + 1, b"x", now), Err(()));
+        assert_eq!(
+            parts.add(addr(2), 7, 0, 3, b"x", now),
+            Err(()),
+            "count changed"
+        );
+        // Past the time to keep them, parts are forgotten.
+        let later = now + Duration::from_secs(2);
+        assert_eq!(parts.add(addr(2), 7, 1, 2, b"late", later), Ok(None));
+        assert_eq!(parts.partial.len(), 1);
+        for id in 0..(MAX_PARTIAL as u32 * 2) {
+            assert_eq!(parts.add(addr(3), id, 0, 2, b"x", later), Ok(None));
+        }
+        assert_eq!(parts.partial.len(), MAX_PARTIAL);
+    }
+
+    async fn socket(keys: &ClusterKeys) -> Box<dyn Socket> {
+        let transport = SealedTransport {
+            keys: keys.clone(),
+            replay_window_ms: 30_000,
+            node: "test".into(),
+        };
+        transport.open(addr(0)).await.unwrap()
+    }
+
+    fn syn(cluster_id: String) -> ChitchatEnvelope {
+        ChitchatEnvelope {
+            version: ProtocolVersion::V0,
+            message: ChitchatMessage::Syn {
+                cluster_id,
+                digest: Default::default(),
+            },
+        }
+    }
+
+    /// Through two sealed sockets, a small message and one as large as a datagram can be
+    /// (sealed in two parts) reach chitchat as sent, from the sender's public address; a
+    /// socket with another secret gets neither.
+    #[tokio::test]
+    async fn messages_of_any_size_cross_sealed_sockets_and_only_with_the_secret() {
+        let keys = ClusterKeys::new(["a-secret-for-sockets-0123"], "c");
+        let (mut a, mut b) = (socket(&keys).await, socket(&keys).await);
+        let mut outsider = socket(&ClusterKeys::new(["another-secret-0123456"], "c")).await;
+        let (a_addr, b_addr) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+        // 65,507 bytes in all: the largest a UDP datagram holds.
+        let large = "x".repeat(MAX_DATAGRAM - 17);
+        for cluster_id in ["small".to_string(), large] {
+            let sent = a.send(b_addr, syn(cluster_id.clone())).await.unwrap();
+            let got = tokio::time::timeout(Duration::from_secs(5), b.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(got.from_addr, a_addr);
+            assert_eq!(got.envelope, syn(cluster_id.clone()));
+            assert_eq!(sent.num_bytes_sent, got.num_bytes_received);
+            // The large one does not fit one sealed datagram.
+            assert!(cluster_id.len() < 100 || sent.num_bytes_sent >= MAX_SEALED_MESSAGE);
+            outsider
+                .send(b_addr, syn(cluster_id.clone()))
+                .await
+                .unwrap();
+            a.send(outsider.local_addr().unwrap(), syn(cluster_id))
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            a.send(b_addr, syn("after".into()))
+                .await
+                .unwrap()
+                .num_bytes_sent,
+            b.recv().await.unwrap().num_bytes_received
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), outsider.recv())
+                .await
+                .is_err(),
+            "the outsider opened something"
+        );
     }
 }
