@@ -1,6 +1,7 @@
 //! Membership timing: how long until a new node is seen by every other node, and from a crash
 //! until every other node sees it down; compared in the same run with chitchat alone under the
-//! same settings, plus the resident memory of an idle `wamp-cluster` process.
+//! same settings and with a cluster secret (sealed gossip), plus the resident memory of an idle
+//! `wamp-cluster` process.
 //!
 //! Run: `cargo bench --bench membership` (add `-- --quick` for a short run). Prints a table and
 //! writes `target/bench/membership.json`.
@@ -21,6 +22,7 @@ use chitchat::transport::UdpTransport;
 use chitchat::{spawn_chitchat, ChitchatHandle};
 use serde_json::json;
 use tokio::task::JoinSet;
+use wamp_cluster::security::Secret;
 use wamp_cluster::{GossipConfig, Node, NodeHandle, Status};
 
 /// Longest any single measurement may take before the bench gives up on it.
@@ -38,11 +40,17 @@ trait Cluster: Sized {
     async fn crash(self);
 }
 
+/// A wamp-cluster node, with a cluster secret if given.
+async fn start_node(name: &str, seed: Option<SocketAddr>, secret: Option<&str>) -> NodeHandle {
+    let seeds: Vec<SocketAddr> = seed.into_iter().collect();
+    let mut config = common::node_config(name, &seeds, GossipConfig::lan());
+    config.cluster_secret = secret.map(Secret::new);
+    Node::builder(config).start().await.expect("node starts")
+}
+
 impl Cluster for NodeHandle {
     async fn start(name: &str, seed: Option<SocketAddr>) -> Self {
-        let seeds: Vec<SocketAddr> = seed.into_iter().collect();
-        let config = common::node_config(name, &seeds, GossipConfig::lan());
-        Node::builder(config).start().await.expect("node starts")
+        start_node(name, seed, None).await
     }
     fn gossip_addr(&self) -> SocketAddr {
         self.membership().gossip_addr()
@@ -70,6 +78,27 @@ impl Cluster for NodeHandle {
     }
     async fn crash(self) {
         let _ = self.abort().await;
+    }
+}
+
+/// wamp-cluster with a cluster secret: its gossip sealed.
+struct Sealed(NodeHandle);
+
+impl Cluster for Sealed {
+    async fn start(name: &str, seed: Option<SocketAddr>) -> Self {
+        Sealed(start_node(name, seed, Some("a-secret-for-the-bench-0123")).await)
+    }
+    fn gossip_addr(&self) -> SocketAddr {
+        Cluster::gossip_addr(&self.0)
+    }
+    fn sees_live(&self, peer: &str) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.0.sees_live(peer)
+    }
+    fn sees_dead(&self, peer: &str) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.0.sees_dead(peer)
+    }
+    async fn crash(self) {
+        self.0.crash().await
     }
 }
 
@@ -245,10 +274,11 @@ fn main() {
     );
     let mut results = serde_json::Map::new();
     for size in [3usize, 10] {
-        for system in ["chitchat", "wamp-cluster"] {
+        for system in ["chitchat", "wamp-cluster", "sealed"] {
             let timings = runtime.block_on(async {
                 let task = match system {
                     "chitchat" => tokio::spawn(measure::<Bare>("bare", size, rounds)),
+                    "sealed" => tokio::spawn(measure::<Sealed>("sealed", size, rounds)),
                     _ => tokio::spawn(measure::<NodeHandle>("node", size, rounds)),
                 };
                 task.await.unwrap()

@@ -1,6 +1,6 @@
 //! Micro-benchmarks (criterion) of the pieces on every forward's path: encoding and decoding
 //! the `Forward` frame of each forwardable message type, reading the live view, and looking up
-//! a key's owners on the ring.
+//! a key's owners on the ring; and sealing and opening gossip datagrams.
 //!
 //! Run: `cargo bench --bench micro` (add a filter such as `-- decode` for one group).
 
@@ -13,6 +13,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use tokio_util::codec::Decoder;
 use wamp_cluster::membership::view::{derive_view, GossipNode, ViewInput};
 use wamp_cluster::membership::{NodeKeys, Ring, Status};
+use wamp_cluster::security::{ClusterKeys, ReplayGuard};
 use wamp_cluster::wamp::{Dict, Payload, Value, WampMessage};
 use wamp_cluster::wire::{self, FrameCodec};
 use wamp_cluster::{LiveView, NodeId, PeerId};
@@ -168,5 +169,30 @@ fn membership(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, frames, membership);
+/// Sealing and opening gossip datagrams with a cluster secret, at chitchat's usual sizes and
+/// at its largest.
+fn sealing(c: &mut Criterion) {
+    let keys = ClusterKeys::new(["a-secret-for-the-bench-0123"], "default");
+    let mut group = c.benchmark_group("gossip");
+    for size in [256usize, 1400, 65_000] {
+        let message = vec![0x5a; size];
+        let mut sealed = Vec::new();
+        group.throughput(Throughput::Bytes(size as u64));
+        group.bench_function(format!("seal_{size}"), |b| {
+            b.iter(|| keys.seal(black_box(&message), 1_000_000, &mut sealed))
+        });
+        keys.seal(&message, 1_000_000, &mut sealed);
+        let mut out = Vec::new();
+        group.bench_function(format!("open_{size}"), |b| {
+            b.iter_batched_ref(
+                || ReplayGuard::new(30_000),
+                |guard| keys.open(black_box(&sealed), 1_000_000, guard, &mut out),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, frames, membership, sealing);
 criterion_main!(benches);
