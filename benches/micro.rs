@@ -181,7 +181,7 @@ fn sealing(c: &mut Criterion) {
         group.bench_function(format!("seal_{size}"), |b| {
             b.iter(|| keys.seal(black_box(&message), 1_000_000, &mut sealed))
         });
-        keys.seal(&message, 1_000_000, &mut sealed);
+        keys.seal(&message, 1_000_000, &mut sealed).unwrap();
         let mut out = Vec::new();
         group.bench_function(format!("open_{size}"), |b| {
             b.iter_batched_ref(

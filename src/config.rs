@@ -88,7 +88,7 @@ pub struct Config {
 /// Each node's certificate names its node id as a DNS subject alternative name; a dialer
 /// checks the listener's certificate against the node id it means to reach, and a listener
 /// checks a client certificate against the node id its hello gives.
-#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// PEM certificate chain of this node, its own certificate first.
@@ -97,10 +97,22 @@ pub struct TlsConfig {
     pub key_file: Option<PathBuf>,
     /// PEM certificates of the authorities that sign the nodes' certificates.
     pub ca_file: Option<PathBuf>,
-    /// Whether a dialer must present a certificate signed by `ca_file` (mutual TLS). When
-    /// false a dialer presents its certificate all the same, and a listener checks one that is
-    /// presented.
+    /// Whether a dialer must present a certificate signed by `ca_file` (mutual TLS; the
+    /// default). Every node presents its certificate when it dials; `false` lets in dialers
+    /// without one (a listener still checks one that is presented), which leaves who may dial
+    /// to the cluster secret alone: without a secret, anyone could claim any node id.
     pub require_client_cert: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert_file: None,
+            key_file: None,
+            ca_file: None,
+            require_client_cert: true,
+        }
+    }
 }
 
 /// Limits against peers that misbehave (the `[limits]` section). The frame size limit is
@@ -814,13 +826,18 @@ second-secret-0123456789
         let dir = tempfile::tempdir().unwrap();
         let path = |name: &str| dir.path().join(name).display().to_string();
         let mut config = valid();
-        config.set("tls.require_client_cert", "true").unwrap();
-        assert!(refusal(&config).contains("`tls.cert_file`"));
+        assert!(config.tls.require_client_cert);
+        config.set("tls.require_client_cert", "false").unwrap();
+        config.validate().unwrap();
         assert!(config.set("tls.require_client_cert", "maybe").is_err());
+        config.set("tls.key_file", &path("key.pem")).unwrap();
+        assert!(refusal(&config).contains("`tls.cert_file`"));
         config.set("tls.cert_file", &path("cert.pem")).unwrap();
+        assert!(refusal(&config).contains("`tls.ca_file`"));
+        config.set("tls.ca_file", &path("ca.pem")).unwrap();
+        config.set("tls.key_file", "").unwrap();
         assert!(refusal(&config).contains("`tls.key_file`"));
         config.set("tls.key_file", &path("key.pem")).unwrap();
-        assert!(refusal(&config).contains("`tls.ca_file`"));
         config.set("tls.ca_file", &path("ca.pem")).unwrap();
         let missing = refusal(&config);
         assert!(missing.contains("`tls.cert_file`") && missing.contains("cannot read"));

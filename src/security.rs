@@ -11,9 +11,11 @@
 //! ciphertext | tag (16)`; the first 9 bytes are the associated data, so the time cannot be
 //! changed without the tag failing. A receiver drops datagrams sent further than
 //! `gossip.replay_window_ms` from its own clock, and remembers the nonces of the ones it opened
-//! within that window ([`ReplayGuard`]), so a datagram replays nowhere.
+//! within that window ([`ReplayGuard`]), so no node opens a datagram twice, and none opens an
+//! old one. A datagram names neither its sender nor its receiver (addresses change under NAT),
+//! so a captured one can still be delivered once to each other node within the window.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeSet, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -230,13 +232,14 @@ impl ClusterKeys {
     }
 
     /// Seals `message` (sent at `now_ms`, Unix milliseconds) with the first secret into `out`
-    /// (cleared first).
-    pub fn seal(&self, message: &[u8], now_ms: u64, out: &mut Vec<u8>) {
+    /// (cleared first). Fails only when there is no secret or the operating system gives no
+    /// random bytes for the nonce.
+    pub fn seal(&self, message: &[u8], now_ms: u64, out: &mut Vec<u8>) -> Result<(), NoRandom> {
         out.clear();
         let Some(keys) = self.keys.first() else {
-            return;
+            return Err(NoRandom);
         };
-        let nonce: [u8; NONCE_LEN] = random();
+        let nonce: [u8; NONCE_LEN] = random()?;
         out.push(SEAL_VERSION);
         out.extend_from_slice(&now_ms.to_be_bytes());
         out.extend_from_slice(&nonce);
@@ -248,6 +251,7 @@ impl ClusterKeys {
             .encrypt_in_place_detached(Nonce::from_slice(&nonce), &header[..9], body)
             .unwrap_or_default();
         out.extend_from_slice(&tag);
+        Ok(())
     }
 
     /// Opens `datagram` into `out` (cleared first) unless it does not open with any secret, was
@@ -288,29 +292,37 @@ impl ClusterKeys {
     }
 }
 
+/// The operating system gave no random bytes (or there was no secret to seal with): nothing is
+/// sealed or proved without a fresh nonce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("no random bytes from the operating system, or no secret")]
+pub struct NoRandom;
+
 /// Fresh random bytes from the operating system.
-pub fn random<const N: usize>() -> [u8; N] {
+pub fn random<const N: usize>() -> Result<[u8; N], NoRandom> {
     let mut bytes = [0; N];
-    // The OS generator fails only on systems this cannot run on; a zero nonce would then be
-    // refused by the peer's replay guard rather than accepted twice.
-    if let Err(err) = getrandom::fill(&mut bytes) {
+    getrandom::fill(&mut bytes).map_err(|err| {
         tracing::error!(%err, "the operating system gave no random bytes");
-    }
-    bytes
+        NoRandom
+    })?;
+    Ok(bytes)
 }
 
 /// Refuses datagrams sent outside a window around now, and a second datagram with the nonce of
-/// one it admitted. Remembers at most [`REPLAY_MEMORY`] nonces: when it forgets one before
-/// its window ends, it refuses everything sent up to that one's time as stale, so a forgotten
-/// datagram is refused all the same.
+/// one it admitted. Remembers at most [`REPLAY_MEMORY`] nonces, the oldest by send time
+/// forgotten first; whenever it forgets one it refuses everything sent up to that one's time as
+/// stale, so a forgotten datagram is refused all the same, even if the clock steps back.
 #[derive(Debug)]
 pub struct ReplayGuard {
     window_ms: u64,
     capacity: usize,
-    seen: HashSet<[u8; NONCE_LEN]>,
-    order: VecDeque<(u64, [u8; NONCE_LEN])>,
+    /// The nonces admitted, by send time.
+    seen: BTreeSet<(u64, [u8; NONCE_LEN])>,
+    nonces: HashSet<[u8; NONCE_LEN]>,
     /// Datagrams sent at or before this are refused.
     floor: u64,
+    /// The latest time seen: the clock stepping back does not reopen the window.
+    now: u64,
 }
 
 impl ReplayGuard {
@@ -324,9 +336,10 @@ impl ReplayGuard {
         ReplayGuard {
             window_ms,
             capacity: capacity.max(1),
-            seen: HashSet::new(),
-            order: VecDeque::new(),
+            seen: BTreeSet::new(),
+            nonces: HashSet::new(),
             floor: 0,
+            now: 0,
         }
     }
 
@@ -337,13 +350,13 @@ impl ReplayGuard {
         nonce: [u8; NONCE_LEN],
         now_ms: u64,
     ) -> Result<(), Unopened> {
-        let oldest = now_ms.saturating_sub(self.window_ms);
-        while let Some(&(sent, old)) = self.order.front() {
+        self.now = self.now.max(now_ms);
+        let oldest = self.now.saturating_sub(self.window_ms);
+        while let Some(&(sent, _)) = self.seen.first() {
             if sent >= oldest {
                 break;
             }
-            self.order.pop_front();
-            self.seen.remove(&old);
+            self.forget_oldest();
         }
         if sent_ms < oldest || sent_ms > now_ms.saturating_add(self.window_ms) {
             return Err(Unopened::Stale);
@@ -351,22 +364,26 @@ impl ReplayGuard {
         if sent_ms <= self.floor {
             return Err(Unopened::Stale);
         }
-        if !self.seen.insert(nonce) {
+        if !self.nonces.insert(nonce) {
             return Err(Unopened::Replayed);
         }
-        self.order.push_back((sent_ms, nonce));
-        if self.order.len() > self.capacity {
-            if let Some((sent, old)) = self.order.pop_front() {
-                self.seen.remove(&old);
-                self.floor = self.floor.max(sent);
-            }
+        self.seen.insert((sent_ms, nonce));
+        if self.seen.len() > self.capacity {
+            self.forget_oldest();
         }
         Ok(())
     }
 
+    fn forget_oldest(&mut self) {
+        if let Some((sent, nonce)) = self.seen.pop_first() {
+            self.nonces.remove(&nonce);
+            self.floor = self.floor.max(sent);
+        }
+    }
+
     /// Nonces remembered now.
     pub fn remembered(&self) -> usize {
-        self.seen.len()
+        self.nonces.len()
     }
 }
 
@@ -435,7 +452,7 @@ mod tests {
     fn a_sealed_datagram_opens_once_with_any_of_the_secrets_and_not_when_changed_or_old() {
         let (sealer, opener) = (keys(&[B, A]), keys(&[A, B]));
         let mut sealed = Vec::new();
-        sealer.seal(b"gossip", 10_000, &mut sealed);
+        sealer.seal(b"gossip", 10_000, &mut sealed).unwrap();
         assert_eq!(sealed.len(), 6 + SEAL_OVERHEAD);
         assert!(!sealed.windows(6).any(|w| w == b"gossip"));
         let mut out = Vec::new();
@@ -479,7 +496,9 @@ mod tests {
                 .open(&sealed[..len], 10_000, &mut fresh, &mut out)
                 .is_err());
         }
-        assert_eq!(opener.open(&sealed, 10_000, &mut fresh, &mut out), Ok(()));
+        // None of that was admitted: a guard whose clock did not move on opens it.
+        let mut unmoved = ReplayGuard::new(1000);
+        assert_eq!(opener.open(&sealed, 10_000, &mut unmoved, &mut out), Ok(()));
     }
 
     #[test]
@@ -497,5 +516,21 @@ mod tests {
         assert_eq!(guard.admit(1_500, [7; 12], 1_500), Ok(()));
         assert_eq!(guard.remembered(), 1);
         assert_eq!(guard.admit(1_500, [7; 12], 1_500), Err(Unopened::Replayed));
+
+        // The clock steps back: what was forgotten stays refused.
+        let mut guard = ReplayGuard::with_capacity(1000, 100);
+        assert_eq!(guard.admit(1_000, [1; 12], 1_000), Ok(()));
+        assert_eq!(guard.admit(2_500, [2; 12], 2_500), Ok(()));
+        assert_eq!(guard.remembered(), 1);
+        assert_eq!(guard.admit(1_000, [1; 12], 1_200), Err(Unopened::Stale));
+
+        // A peer whose clock runs ahead: when memory is full the oldest by send time goes, so
+        // the others' datagrams are not made stale.
+        let mut guard = ReplayGuard::with_capacity(1000, 2);
+        assert_eq!(guard.admit(1_900, [1; 12], 1_000), Ok(()));
+        assert_eq!(guard.admit(1_000, [2; 12], 1_000), Ok(()));
+        assert_eq!(guard.admit(1_001, [3; 12], 1_000), Ok(()));
+        assert_eq!(guard.admit(1_002, [4; 12], 1_000), Ok(()));
+        assert_eq!(guard.admit(1_000, [2; 12], 1_000), Err(Unopened::Stale));
     }
 }

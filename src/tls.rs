@@ -61,12 +61,12 @@ impl Tls {
     pub fn load(config: &TlsConfig) -> Result<Option<Tls>, ConfigError> {
         let (cert_file, key_file, ca_file) =
             match (&config.cert_file, &config.key_file, &config.ca_file) {
-                (None, None, None) if !config.require_client_cert => return Ok(None),
+                (None, None, None) => return Ok(None),
                 (Some(cert), Some(key), Some(ca)) => (cert, key, ca),
                 (None, ..) => {
                     return Err(invalid(
                         "tls.cert_file",
-                        "must be set with tls.key_file, tls.ca_file and tls.require_client_cert",
+                        "must be set with tls.key_file and tls.ca_file",
                     ))
                 }
                 (_, None, _) => {

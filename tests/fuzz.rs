@@ -286,7 +286,7 @@ proptest! {
         let keys = ClusterKeys::new(["a-secret-for-properties-0123"], "default");
         let now = 1_000_000;
         let mut sealed = Vec::new();
-        keys.seal(&message, now, &mut sealed);
+        keys.seal(&message, now, &mut sealed).unwrap();
         let mut guard = ReplayGuard::new(30_000);
         let mut out = Vec::new();
         let mutated = apply(sealed.clone(), &edits);

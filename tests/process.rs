@@ -390,12 +390,6 @@ async fn json_logs_are_one_object_per_line() {
     }
 }
 
-/// Probe and broadcast across three processes: one stopped with SIGSTOP is bad in a broadcast
-/// started right after the stop (`timeout`), then `down` once gossip declares it down, and good
-/// again within seconds of SIGCONT.
-/// Garbage datagrams at the gossip port: chitchat warns for each one it cannot read, and the
-/// node program lets at most a few of those lines a second through (the rest are counted), so
-/// that a flood cannot fill a disk; the node goes on serving.
 /// A node with the cluster secret (from `WAMP_CLUSTER_SECRET`) and a node without it, each
 /// seeded with the other, never list each other: the first drops the second's datagrams
 /// (counted), the second cannot read the first's. A third node with the same secret (from a
@@ -450,6 +444,9 @@ async fn a_node_with_the_secret_and_one_without_never_see_each_other() {
     assert!(third.get("/health").await.contains("ok"));
 }
 
+/// Garbage datagrams at the gossip port: chitchat warns for each one it cannot read, and the
+/// node program lets at most a few of those lines a second through (the rest are counted), so
+/// that a flood cannot fill a disk; the node goes on serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_garbage_at_the_gossip_port_makes_a_few_log_lines_a_second() {
     let _serial = SERIAL.lock().await;
@@ -494,6 +491,9 @@ async fn a_flood_of_garbage_at_the_gossip_port_makes_a_few_log_lines_a_second() 
     assert!(left_out > 1000, "{left_out} left out\n{metrics}");
 }
 
+/// Probe and broadcast across three processes: one stopped with SIGSTOP is bad in a broadcast
+/// started right after the stop (`timeout`), then `down` once gossip declares it down, and good
+/// again within seconds of SIGCONT.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_process_is_bad_in_a_broadcast_then_down_then_good_again() {
     let _serial = SERIAL.lock().await;

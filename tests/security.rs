@@ -213,6 +213,85 @@ async fn handshakes_without_a_fresh_proof_of_the_secret_are_refused_and_counted(
     c.stop().await;
 }
 
+/// A listener that says it is `node-1` and cannot prove the secret: it welcomes without a
+/// challenge, or answers a proof with a wrong one. Serves connections until dropped.
+async fn impostor(welcome: bool) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        // Bounded: a few dials are all the test makes.
+        for _ in 0..50 {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = BytesMut::new();
+                let Some(Frame::Hello(_)) = read_frame(&mut stream, &mut buf).await else {
+                    return;
+                };
+                if welcome {
+                    let _ = stream
+                        .write_all(&encode(&Frame::Welcome { version: 1 }))
+                        .await;
+                } else {
+                    let challenge = encode(&Frame::Challenge { nonce: [5; 32] });
+                    let _ = stream.write_all(&challenge).await;
+                    if let Some(Frame::Proof { .. }) = read_frame(&mut stream, &mut buf).await {
+                        let verified = Frame::Verified {
+                            version: 1,
+                            mac: [6; 32],
+                        };
+                        let _ = stream.write_all(&encode(&verified)).await;
+                    }
+                }
+                // Until the dialer gives up on it.
+                let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_u8()).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// A dialer with the secret refuses a listener that cannot prove it, whether it welcomes
+/// without a challenge or answers the proof with a wrong one: the forward fails, nothing is
+/// sent to it, and the node is reported with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dialer_refuses_a_listener_that_cannot_prove_the_secret() {
+    let _serial = SERIAL.lock().await;
+    for (welcome, why) in [
+        (true, "no cluster secret"),
+        (false, "proof of the cluster secret is wrong"),
+    ] {
+        let (fake, task) = impostor(welcome).await;
+        let c = Cluster::start_with(2, |config| {
+            config.cluster_secret = Some(Secret::new(OLD));
+            if config.node_id == "node-1" {
+                config.forward_advertise_addr = Some(fake);
+            }
+        })
+        .await;
+        let a = &c.nodes[0];
+        let mut reports = a.forwarder().subscribe_reports();
+        let sent = a
+            .forwarder()
+            .forward(from(a), to("node-1"), publish(1), &options(1_000))
+            .await;
+        assert!(sent.is_err(), "{sent:?}");
+        let report = within(Duration::from_secs(5), "a report", reports.recv())
+            .await
+            .unwrap();
+        match report.reason {
+            wamp_cluster::BadReason::ConnectFailed(reason) => {
+                assert!(reason.contains(why), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(c.recorders[1].seen.lock().unwrap().is_empty());
+        task.abort();
+        c.stop().await;
+    }
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -280,9 +359,13 @@ async fn gossip_datagrams_that_do_not_open_are_dropped_and_counted() {
         // Again: replayed.
         seed.send_to(&caught, from).await.unwrap();
         seed.send_to(&changed, from).await.unwrap();
-        ClusterKeys::new([NEW], "default").seal(&message, now_ms(), &mut sealed);
+        ClusterKeys::new([NEW], "default")
+            .seal(&message, now_ms(), &mut sealed)
+            .unwrap();
         seed.send_to(&sealed, from).await.unwrap();
-        right.seal(&message, now_ms() - 60_000, &mut sealed);
+        right
+            .seal(&message, now_ms() - 60_000, &mut sealed)
+            .unwrap();
         seed.send_to(&sealed, from).await.unwrap();
         seed.send_to(b"plain garbage", from).await.unwrap();
     };

@@ -339,14 +339,23 @@ async fn handshake(
         Some(_) => return Err(Some(RefuseReason::BadHello)),
         None => return Err(None),
     };
-    let version = wire::negotiate(&hello, &inner.cluster_id, &inner.self_id).map_err(Some)?;
-    if certificate.is_some_and(|cert| !crate::tls::names(cert, hello.node_id.as_str())) {
-        return Err(Some(RefuseReason::BadCertificate));
-    }
+    let checked = |hello: &Hello| {
+        let version = wire::negotiate(hello, &inner.cluster_id, &inner.self_id).map_err(Some)?;
+        if certificate.is_some_and(|cert| !crate::tls::names(cert, hello.node_id.as_str())) {
+            return Err(Some(RefuseReason::BadCertificate));
+        }
+        Ok(version)
+    };
     let Some(keys) = &inner.protection.keys else {
+        let version = checked(&hello)?;
         return Ok((hello, Frame::Welcome { version }));
     };
-    let ours = security::random();
+    // With a secret, the node says nothing about itself (its cluster id, its node id) to a
+    // dialer that has not proved it knows one.
+    if hello.magic != wire::MAGIC {
+        return Err(Some(RefuseReason::BadHello));
+    }
+    let ours = security::random().map_err(|_| None)?;
     let mut codec = FrameCodec::new(HANDSHAKE_FRAME_LIMIT);
     if codec
         .encode(&Frame::Challenge { nonce: ours }, out)
@@ -363,15 +372,17 @@ async fn handshake(
         _ => return Err(Some(RefuseReason::BadSecret)),
     };
     let hello_bytes = wire::hello_bytes(&hello);
-    let transcript = Transcript {
+    let mut transcript = Transcript {
         hello: &hello_bytes,
         listener_nonce: &ours,
         dialer_nonce: &theirs,
-        version,
+        version: 0,
     };
     let key = keys
         .check(Role::Dialer, &transcript, &proof)
         .ok_or(Some(RefuseReason::BadSecret))?;
+    let version = checked(&hello)?;
+    transcript.version = version;
     let mac = keys.prove(key, Role::Listener, &transcript);
     Ok((hello, Frame::Verified { version, mac }))
 }

@@ -330,7 +330,7 @@ async fn connect(
                 return Err("the listener wants a cluster secret; this node has none".into())
             }
             (Frame::Challenge { nonce: theirs }, Some(keys)) => {
-                let ours = security::random();
+                let ours = security::random().map_err(|e| e.to_string())?;
                 let hello_bytes = wire::hello_bytes(&hello);
                 let mut transcript = Transcript {
                     hello: &hello_bytes,

@@ -37,8 +37,8 @@ use crate::metrics as m;
 use crate::security::{ClusterKeys, ReplayGuard, SEAL_OVERHEAD};
 
 /// Peers with a relay socket at once; past it the one heard from least recently gives its
-/// socket up.
-pub const MAX_RELAYS: usize = 1024;
+/// socket up. Each is a file descriptor: well under the usual limit of 1024 a process.
+pub const MAX_RELAYS: usize = 256;
 
 /// The largest UDP payload over IPv4.
 const MAX_DATAGRAM: usize = 65_507;
@@ -48,9 +48,10 @@ const MAX_SEALED_MESSAGE: usize = MAX_DATAGRAM - SEAL_OVERHEAD;
 
 /// The first byte of a sealed message: a whole chitchat datagram follows.
 const WHOLE: u8 = 0;
-/// The first byte of a sealed message: a part follows, after `index (1) | count (1) | id (4)`.
+/// The first byte of a sealed message: a part follows, after `index (1) | count (1) | id (8)`
+/// (a random id per message and sender).
 const PART: u8 = 1;
-const PART_HEADER: usize = 7;
+const PART_HEADER: usize = 11;
 
 /// Parts a message is sealed in at most (a chitchat datagram needs two).
 const MAX_PARTS: u8 = 4;
@@ -100,7 +101,7 @@ impl Transport for SealedTransport {
             message: Vec::with_capacity(MAX_DATAGRAM),
             sealed: Vec::with_capacity(MAX_DATAGRAM),
             parts: Parts::new(Duration::from_millis(self.replay_window_ms)),
-            next_id: u32::from_be_bytes(crate::security::random()),
+            next_id: u64::from_be_bytes(crate::security::random()?),
             node: self.node.clone(),
             log: Limiter::new(DROP_LINES_PER_SEC),
         }))
@@ -108,7 +109,7 @@ impl Transport for SealedTransport {
 }
 
 struct Relay {
-    socket: TokioUdpSocket,
+    socket: std::net::UdpSocket,
     addr: SocketAddr,
     /// When it was last used, in uses of any relay.
     used: u64,
@@ -136,7 +137,7 @@ struct SealedSocket {
     /// Messages received in parts, not complete yet.
     parts: Parts,
     /// The id of the next message sent in parts.
-    next_id: u32,
+    next_id: u64,
     node: String,
     log: Limiter,
 }
@@ -144,7 +145,7 @@ struct SealedSocket {
 /// A message received in parts, not complete yet.
 struct Partial {
     from: SocketAddr,
-    id: u32,
+    id: u64,
     parts: Vec<Option<Vec<u8>>>,
     since: std::time::Instant,
 }
@@ -168,7 +169,7 @@ impl Parts {
     fn add(
         &mut self,
         from: SocketAddr,
-        id: u32,
+        id: u64,
         index: u8,
         count: u8,
         part: &[u8],
@@ -248,7 +249,7 @@ impl SealedSocket {
     }
 
     /// The relay socket that stands for `peer`, made if needed.
-    async fn relay(&mut self, peer: SocketAddr) -> anyhow::Result<&Relay> {
+    fn relay(&mut self, peer: SocketAddr) -> anyhow::Result<&Relay> {
         self.used += 1;
         if !self.relays.contains_key(&peer) {
             if self.relays.len() >= MAX_RELAYS {
@@ -262,9 +263,10 @@ impl SealedSocket {
                     self.peers.remove(&old_addr);
                 }
             }
-            let socket = TokioUdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
-                .await
+            // It only sends, at once (never waiting): a plain socket, without the runtime.
+            let socket = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
                 .context("failed to bind a gossip relay")?;
+            socket.set_nonblocking(true)?;
             let addr = socket.local_addr()?;
             self.peers.insert(addr, peer);
             self.relays.insert(
@@ -283,7 +285,8 @@ impl SealedSocket {
     }
 
     /// Opens a datagram read from the public socket and passes it on to chitchat's socket.
-    async fn pass_on(&mut self, len: usize, from: SocketAddr) -> anyhow::Result<()> {
+    /// Nothing in it waits, so a `recv` cancelled after a datagram was read cannot lose it.
+    fn pass_on(&mut self, len: usize, from: SocketAddr) -> anyhow::Result<()> {
         if len > MAX_DATAGRAM {
             self.dropped("unsealed", Some(from), len);
             return Ok(());
@@ -303,8 +306,8 @@ impl SealedSocket {
                 self.message.remove(0);
                 std::mem::take(&mut self.message)
             }
-            [PART, index, count, a, b, c, d, ..] => {
-                let id = u32::from_be_bytes([a, b, c, d]);
+            [PART, index, count, a, b, c, d, e, f, g, h, ..] => {
+                let id = u64::from_be_bytes([a, b, c, d, e, f, g, h]);
                 let part = &self.message[PART_HEADER..];
                 let now = std::time::Instant::now();
                 match self.parts.add(from, id, index, count, part, now) {
@@ -322,8 +325,8 @@ impl SealedSocket {
             }
         };
         let to = self.chitchat_addr;
-        let sent = match self.relay(from).await {
-            Ok(relay) => relay.socket.send_to(&message, to).await.map(|_| ()),
+        let sent = match self.relay(from) {
+            Ok(relay) => relay.socket.send_to(&message, to).map(|_| ()),
             Err(err) => Err(std::io::Error::other(err)),
         };
         self.message = message;
@@ -386,7 +389,9 @@ impl Socket for SealedSocket {
                 self.message
                     .extend_from_slice(&datagram[start..(start + part_len).min(len)]);
             }
-            self.keys.seal(&self.message, now, &mut self.sealed);
+            self.keys
+                .seal(&self.message, now, &mut self.sealed)
+                .context("cannot seal gossip")?;
             self.public
                 .send_to(&self.sealed, to)
                 .await
@@ -417,7 +422,7 @@ impl Socket for SealedSocket {
                         None => self.dropped("unsealed", Some(outcome.from_addr), 0),
                     }
                 }
-                Event::Public(Ok((len, from))) => self.pass_on(len, from).await?,
+                Event::Public(Ok((len, from))) => self.pass_on(len, from)?,
                 Event::Public(Err(err)) if is_transient(&err) => {}
                 Event::Public(Err(err)) => return Err(err).context("fatal UDP recv error"),
             }
@@ -457,7 +462,7 @@ mod tests {
         let later = now + Duration::from_secs(2);
         assert_eq!(parts.add(addr(2), 7, 1, 2, b"late", later), Ok(None));
         assert_eq!(parts.partial.len(), 1);
-        for id in 0..(MAX_PARTIAL as u32 * 2) {
+        for id in 0..(MAX_PARTIAL as u64 * 2) {
             assert_eq!(parts.add(addr(3), id, 0, 2, b"x", later), Ok(None));
         }
         assert_eq!(parts.partial.len(), MAX_PARTIAL);
