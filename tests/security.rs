@@ -12,8 +12,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio_util::codec::{Decoder, Encoder};
 
-use common::cluster::{from, options, to, Cluster};
-use common::{counter, node_config, publish, tolerant, wait_until, within, SERIAL};
+use common::cluster::{failed_forward_report, forward_all, Cluster};
+use common::{counter, node_config, tolerant, wait_until, within, SERIAL};
 use wamp_cluster::security::{ClusterKeys, ReplayGuard, Role, Secret, Transcript};
 use wamp_cluster::wire::{self, Frame, FrameCodec, Hello, RefuseReason};
 use wamp_cluster::{Config, Node, NodeHandle};
@@ -23,16 +23,6 @@ const NEW: &str = "new-secret-0123456789";
 
 fn with_secret(text: &'static str) -> impl Fn(&mut Config) {
     move |config| config.cluster_secret = Some(Secret::new(text))
-}
-
-/// Forwards `n` messages from `a` to `b`; every one must be acked.
-async fn forward_all(a: &NodeHandle, b: &str, n: u64) {
-    for i in 0..n {
-        a.forwarder()
-            .forward(from(a), to(b), publish(i), &options(10_000))
-            .await
-            .unwrap_or_else(|err| panic!("forward {i} to {b}: {err}"));
-    }
 }
 
 fn live_members(node: &NodeHandle) -> usize {
@@ -270,23 +260,12 @@ async fn a_dialer_refuses_a_listener_that_cannot_prove_the_secret() {
             }
         })
         .await;
-        let a = &c.nodes[0];
-        let mut reports = a.forwarder().subscribe_reports();
-        let sent = a
-            .forwarder()
-            .forward(from(a), to("node-1"), publish(1), &options(1_000))
-            .await;
-        assert!(sent.is_err(), "{sent:?}");
-        let report = within(Duration::from_secs(5), "a report", reports.recv())
-            .await
-            .unwrap();
-        match report.reason {
+        match failed_forward_report(&c, 1_000).await {
             wamp_cluster::BadReason::ConnectFailed(reason) => {
                 assert!(reason.contains(why), "{reason}")
             }
             other => panic!("{other:?}"),
         }
-        assert!(c.recorders[1].seen.lock().unwrap().is_empty());
         task.abort();
         c.stop().await;
     }

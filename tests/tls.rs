@@ -19,20 +19,11 @@ use tokio_rustls::TlsConnector;
 use tokio_util::codec::{Decoder, Encoder};
 
 use common::certs::Authority;
-use common::cluster::{from, options, to, Cluster};
-use common::{counter, publish, within, SERIAL};
+use common::cluster::{failed_forward_report, forward_all, Cluster};
+use common::{counter, within, SERIAL};
 use wamp_cluster::security::Secret;
 use wamp_cluster::wire::{self, Frame, FrameCodec, Hello, RefuseReason};
-use wamp_cluster::{BadReason, Config, NodeHandle};
-
-async fn forward_all(a: &NodeHandle, b: &str, n: u64) {
-    for i in 0..n {
-        a.forwarder()
-            .forward(from(a), to(b), publish(i), &options(10_000))
-            .await
-            .unwrap_or_else(|err| panic!("forward {i} to {b}: {err}"));
-    }
-}
+use wamp_cluster::{BadReason, Config};
 
 /// Members with certificates and a secret forward both ways.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,21 +215,10 @@ async fn a_node_whose_certificate_names_another_node_is_never_reached() {
         ca.configure(config, &name);
     })
     .await;
-    let a = &c.nodes[0];
-    let mut reports = a.forwarder().subscribe_reports();
-    let sent = a
-        .forwarder()
-        .forward(from(a), to("node-1"), publish(1), &options(2_000))
-        .await;
-    assert!(sent.is_err(), "{sent:?}");
-    let report = within(Duration::from_secs(5), "a report", reports.recv())
-        .await
-        .unwrap();
-    match report.reason {
+    match failed_forward_report(&c, 2_000).await {
         BadReason::ConnectFailed(why) => assert!(why.contains("TLS"), "{why}"),
         other => panic!("{other:?}"),
     }
-    assert!(c.recorders[1].seen.lock().unwrap().is_empty());
     c.stop().await;
 }
 

@@ -5,10 +5,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use wamp_cluster::{
-    Deliver, Delivery, ForwardOptions, NackReason, Node, NodeHandle, PeerId, Status, Verdict,
+    BadReason, Deliver, Delivery, ForwardOptions, NackReason, Node, NodeHandle, PeerId, Status,
+    Verdict,
 };
 
-use super::{node_config, tolerant, wait_until};
+use super::{node_config, publish, tolerant, wait_until, within};
 
 pub const ACCEPT: u8 = 0;
 pub const REFUSE: u8 = 1;
@@ -105,4 +106,31 @@ pub fn options(timeout_ms: u64) -> ForwardOptions {
         timeout: Some(Duration::from_millis(timeout_ms)),
         fail_if_full: false,
     }
+}
+
+/// Forwards `n` messages from `a` to `b`; every one must be acked.
+pub async fn forward_all(a: &NodeHandle, b: &str, n: u64) {
+    for i in 0..n {
+        a.forwarder()
+            .forward(from(a), to(b), publish(i), &options(10_000))
+            .await
+            .unwrap_or_else(|err| panic!("forward {i} to {b}: {err}"));
+    }
+}
+
+/// Forwards a message from `node-0` to `node-1` that must fail (within `timeout_ms`), and
+/// checks that `node-1`'s handler got nothing; the reason of the report `node-0` makes.
+pub async fn failed_forward_report(c: &Cluster, timeout_ms: u64) -> BadReason {
+    let a = &c.nodes[0];
+    let mut reports = a.forwarder().subscribe_reports();
+    let sent = a
+        .forwarder()
+        .forward(from(a), to("node-1"), publish(1), &options(timeout_ms))
+        .await;
+    assert!(sent.is_err(), "{sent:?}");
+    let report = within(Duration::from_secs(5), "a report", reports.recv())
+        .await
+        .unwrap();
+    assert!(c.recorders[1].seen.lock().unwrap().is_empty());
+    report.reason
 }
