@@ -170,6 +170,7 @@ impl Membership {
             Ok(Some(keys)) => Box::new(SealedTransport {
                 keys,
                 replay_window_ms: config.gossip.replay_window_ms,
+                relay_timeout: config.gossip.interval(),
                 node: config.node_id.clone(),
             }),
             Err(err) => return Err(start_error(err.to_string())),

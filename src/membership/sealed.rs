@@ -59,9 +59,6 @@ const MAX_PARTS: u8 = 4;
 /// Messages whose parts have not all arrived, kept at once; past it the oldest is dropped.
 pub const MAX_PARTIAL: usize = 16;
 
-/// How long a send waits for chitchat's bytes at the relay (they cross loopback at once).
-const RELAY_TIMEOUT: Duration = Duration::from_secs(1);
-
 /// Log lines a second about dropped datagrams.
 const DROP_LINES_PER_SEC: u32 = 10;
 
@@ -69,6 +66,9 @@ const DROP_LINES_PER_SEC: u32 = 10;
 pub(crate) struct SealedTransport {
     pub(crate) keys: ClusterKeys,
     pub(crate) replay_window_ms: u64,
+    /// How long a send waits for chitchat's bytes at the relay (they cross loopback at once):
+    /// `gossip.interval_ms`.
+    pub(crate) relay_timeout: Duration,
     /// The node id, for the metrics' `node` label.
     pub(crate) node: String,
 }
@@ -104,6 +104,7 @@ impl Transport for SealedTransport {
             next_id: u64::from_be_bytes(crate::security::random()?),
             node: self.node.clone(),
             log: Limiter::new(DROP_LINES_PER_SEC),
+            relay_timeout: self.relay_timeout,
         }))
     }
 }
@@ -140,6 +141,7 @@ struct SealedSocket {
     next_id: u64,
     node: String,
     log: Limiter,
+    relay_timeout: Duration,
 }
 
 /// A message received in parts, not complete yet.
@@ -355,7 +357,7 @@ impl Socket for SealedSocket {
         // Bytes left by a send that was cancelled half-way belong to nobody now.
         while self.out.try_recv_from(&mut self.buf).is_ok() {}
         self.chitchat.send(self.out_addr, envelope).await?;
-        let deadline = tokio::time::Instant::now() + RELAY_TIMEOUT;
+        let deadline = tokio::time::Instant::now() + self.relay_timeout;
         let len = loop {
             let (len, from) = tokio::time::timeout_at(deadline, self.out.recv_from(&mut self.buf))
                 .await
@@ -472,6 +474,7 @@ mod tests {
         let transport = SealedTransport {
             keys: keys.clone(),
             replay_window_ms: 30_000,
+            relay_timeout: Duration::from_millis(200),
             node: "test".into(),
         };
         transport.open(addr(0)).await.unwrap()
