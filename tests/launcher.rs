@@ -106,8 +106,8 @@ async fn a_node_that_acks_without_delivering_fails_invariant_2() {
     assert!(not_delivered.iter().all(|m| m[1] == "node-2"), "{report}");
 }
 
-/// Five nodes under a fixed fault schedule for 30 s (kill -9, pause, restart, leave, join,
-/// start again), no namespaces: every invariant holds, the faults were applied, the same seed
+/// Five nodes with a cluster secret under a fixed fault schedule for 30 s (kill -9, pause,
+/// restart, leave, join, start again), no namespaces: every invariant holds, the faults were applied, the same seed
 /// planned the same schedule, and the timeline was drawn.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chaos_run_holds_every_invariant() {
@@ -123,6 +123,9 @@ async fn a_chaos_run_holds_every_invariant() {
         "30",
         "--fault-every",
         "2.5",
+        // With sealed gossip and proved handshakes.
+        "--secret",
+        "a-secret-for-the-chaos-run-0123",
     ];
     let (code, out, report) = run(dir.path(), &args, Duration::from_secs(180));
     assert_eq!(failed(&report), Vec::<u64>::new(), "{out}");

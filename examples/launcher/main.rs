@@ -75,6 +75,10 @@ struct Args {
     /// Print the status table as plain lines instead of refreshing it in place.
     #[arg(long)]
     plain: bool,
+    /// Give every node this cluster secret (as `WAMP_CLUSTER_SECRET`): sealed gossip and
+    /// proved handshakes.
+    #[arg(long, value_name = "SECRET")]
+    secret: Option<String>,
     /// Print the fault schedule of --chaos with these arguments, and exit.
     #[arg(long, requires = "chaos")]
     plan_only: bool,
@@ -189,6 +193,7 @@ struct Launcher {
     dir: PathBuf,
     rate: f64,
     broken: Option<String>,
+    secret: Option<String>,
     /// Fields drop in order: the slots' processes die before their namespaces go.
     slots: Vec<Slot>,
     netns: Option<netns::Netns>,
@@ -403,6 +408,9 @@ impl Launcher {
         }
         if self.broken.as_deref() == Some(name.as_str()) {
             command.arg("--test-ack-without-delivery");
+        }
+        if let Some(secret) = &self.secret {
+            command.env("WAMP_CLUSTER_SECRET", secret);
         }
         // SAFETY: prctl(2) and getppid(2) only, between fork and exec. The node dies with the
         // launcher's main thread, which starts every node (the runtime runs `run` with
@@ -933,6 +941,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         dir: dir.clone(),
         rate: args.rate,
         broken: args.test_ack_without_delivery.clone(),
+        secret: args.secret.clone(),
         netns,
         slots: Vec::new(),
         given_ports: Vec::new(),
