@@ -458,20 +458,30 @@ async fn a_hundred_thousand_forwards_are_all_acked_in_order_once() {
     const N: u64 = 100_000;
     const WINDOW: usize = 1000;
     let mut ids = std::collections::VecDeque::with_capacity(WINDOW);
+    // Each failure names the message and the time, for a failure seen once under load.
+    let started = Instant::now();
     for i in 0..N {
         if ids.len() == WINDOW {
             f.receive_ack(ids.pop_front().unwrap(), Duration::from_secs(10))
                 .await
-                .unwrap();
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "ack of {} at {:?}: {e}",
+                        i - WINDOW as u64,
+                        started.elapsed()
+                    )
+                });
         }
         ids.push_back(
             f.async_forward(from(a), to("node-1"), publish(i), &options(10_000))
                 .await
-                .unwrap(),
+                .unwrap_or_else(|e| panic!("forward {i} at {:?}: {e}", started.elapsed())),
         );
     }
     for id in ids {
-        f.receive_ack(id, Duration::from_secs(10)).await.unwrap();
+        f.receive_ack(id, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("a last ack at {:?}: {e}", started.elapsed()));
     }
     let seen = std::mem::take(&mut *c.recorders[1].seen.lock().unwrap());
     assert_eq!(seen.len() as u64, N);
