@@ -77,6 +77,7 @@ impl NodeBuilder {
     pub async fn start(self) -> Result<NodeHandle, NodeError> {
         self.config.validate()?;
         let token = self.config.admin_token()?.map(Arc::from);
+        // Read once, for gossip and forwarding alike.
         let protection = Protection {
             keys: self.config.cluster_keys()?,
             tls: Tls::load(&self.config.tls)?,
@@ -100,7 +101,8 @@ impl NodeBuilder {
                     addr: self.config.forward_addr,
                     source,
                 })?;
-        let membership = Membership::start(&self.config, Some(admin_addr)).await?;
+        let membership =
+            Membership::start(&self.config, Some(admin_addr), protection.keys.clone()).await?;
         let (deliver, log): (Arc<dyn Deliver>, _) = match self.deliver {
             Some(deliver) => (deliver, self.counters),
             None => {

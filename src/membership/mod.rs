@@ -41,6 +41,7 @@ pub use view::{LiveView, Member, MembershipEvent};
 use crate::config::Config;
 use crate::error::MembershipError;
 use crate::metrics as m;
+use crate::security::ClusterKeys;
 use crate::NodeId;
 use view::{derive_view, diff_events, GossipNode, Unreachable, ViewInput};
 
@@ -138,10 +139,12 @@ impl Membership {
     /// Starts gossip from a validated configuration. `admin_addr` is published when given.
     /// Returns once the gossip socket is bound; the node starts as `joining` and turns `ready`
     /// once it hears from another node, or after `gossip.join_timeout_ms`, or at once when no
-    /// seed other than itself is configured.
+    /// seed other than itself is configured. With `secret` (the cluster secret's keys, see
+    /// [`Config::cluster_keys`]) gossip datagrams are sealed.
     pub async fn start(
         config: &Config,
         admin_addr: Option<SocketAddr>,
+        secret: Option<ClusterKeys>,
     ) -> Result<Membership, MembershipError> {
         let generation = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -165,15 +168,14 @@ impl Membership {
             addr: config.gossip_addr,
             message,
         };
-        let transport: Box<dyn Transport> = match config.cluster_keys() {
-            Ok(None) => Box::new(UdpTransport),
-            Ok(Some(keys)) => Box::new(SealedTransport {
+        let transport: Box<dyn Transport> = match secret {
+            None => Box::new(UdpTransport),
+            Some(keys) => Box::new(SealedTransport {
                 keys,
                 replay_window_ms: config.gossip.replay_window_ms,
                 relay_timeout: config.gossip.interval(),
                 node: config.node_id.clone(),
             }),
-            Err(err) => return Err(start_error(err.to_string())),
         };
 
         let (started_tx, started_rx) = oneshot::channel();

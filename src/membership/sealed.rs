@@ -288,10 +288,10 @@ impl SealedSocket {
 
     /// Opens a datagram read from the public socket and passes it on to chitchat's socket.
     /// Nothing in it waits, so a `recv` cancelled after a datagram was read cannot lose it.
-    fn pass_on(&mut self, len: usize, from: SocketAddr) -> anyhow::Result<()> {
+    fn pass_on(&mut self, len: usize, from: SocketAddr) {
         if len > MAX_DATAGRAM {
             self.dropped("unsealed", Some(from), len);
-            return Ok(());
+            return;
         }
         let opened = self.keys.open(
             &self.buf[..len],
@@ -301,7 +301,7 @@ impl SealedSocket {
         );
         if let Err(reason) = opened {
             self.dropped(reason.name(), Some(from), len);
-            return Ok(());
+            return;
         }
         let message = match *self.message.as_slice() {
             [WHOLE, ..] => {
@@ -314,16 +314,16 @@ impl SealedSocket {
                 let now = std::time::Instant::now();
                 match self.parts.add(from, id, index, count, part, now) {
                     Ok(Some(whole)) => whole,
-                    Ok(None) => return Ok(()),
+                    Ok(None) => return,
                     Err(()) => {
                         self.dropped("unsealed", Some(from), len);
-                        return Ok(());
+                        return;
                     }
                 }
             }
             _ => {
                 self.dropped("unsealed", Some(from), len);
-                return Ok(());
+                return;
             }
         };
         let to = self.chitchat_addr;
@@ -337,7 +337,6 @@ impl SealedSocket {
                 warn!(%err, "cannot pass a gossip datagram on");
             }
         }
-        Ok(())
     }
 }
 
@@ -424,7 +423,7 @@ impl Socket for SealedSocket {
                         None => self.dropped("unsealed", Some(outcome.from_addr), 0),
                     }
                 }
-                Event::Public(Ok((len, from))) => self.pass_on(len, from)?,
+                Event::Public(Ok((len, from))) => self.pass_on(len, from),
                 Event::Public(Err(err)) if is_transient(&err) => {}
                 Event::Public(Err(err)) => return Err(err).context("fatal UDP recv error"),
             }
