@@ -1,7 +1,7 @@
 //! Property tests of everything that reads bytes from the network: the frame decoder, the
 //! handshake (the hello and the proofs of the cluster secret), the gossip sealing and the WAMP
 //! JSON codec. The seeds are the WAMP project's test vectors
-//! (`../shared/wamp-testsuite`) and frames built from them; each case mutates a seed (bytes
+//! (`tests/data/wamp-testsuite`) and frames built from them; each case mutates a seed (bytes
 //! replaced, inserted, removed, cut) or is random. None may panic; what decodes must encode
 //! back to what decodes the same.
 //!
@@ -24,7 +24,7 @@ fn json_seeds() -> &'static [String] {
     static SEEDS: OnceLock<Vec<String>> = OnceLock::new();
     SEEDS.get_or_init(|| {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/wamp-testsuite/singlemessage");
+            .join("tests/data/wamp-testsuite/singlemessage");
         let mut texts = Vec::new();
         for dir in ["basic", "advanced"] {
             let dir = root.join(dir);

@@ -600,10 +600,10 @@ mod tests {
     use super::*;
     use crate::wamp::samples;
 
-    /// The WAMP project's test vectors, beside the repository.
+    /// The WAMP project's test vectors, copied into `tests/data/wamp-testsuite`.
     fn vector_files() -> Vec<PathBuf> {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/wamp-testsuite/singlemessage");
+            .join("tests/data/wamp-testsuite/singlemessage");
         let mut files = Vec::new();
         for dir in ["basic", "advanced"] {
             let dir = root.join(dir);
