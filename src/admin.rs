@@ -46,6 +46,35 @@ pub const MAX_PROBE_TIMEOUT_MS: u64 = 60_000;
 /// Most owners `/cluster/ring` returns.
 pub const MAX_RING_REPLICAS: usize = 1000;
 
+/// Shortest admin token accepted, in bytes: a short one can be guessed.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
+/// The admin API's bearer token, read from `admin_token_file` as the node starts. An
+/// unreadable file or a token that is too short or not visible ASCII is an error naming the
+/// key.
+pub(crate) fn load_token(path: &std::path::Path) -> Result<Arc<str>, crate::error::ConfigError> {
+    let invalid = |message: String| crate::error::ConfigError::Invalid {
+        key: "admin_token_file".into(),
+        message,
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| invalid(format!("cannot read {}: {err}", path.display())))?;
+    let token = text.trim();
+    if token.len() < MIN_ADMIN_TOKEN_LEN {
+        return Err(invalid(format!(
+            "the token in {} is shorter than {MIN_ADMIN_TOKEN_LEN} bytes",
+            path.display()
+        )));
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(format!(
+            "the token in {} holds characters other than visible ASCII",
+            path.display()
+        )));
+    }
+    Ok(Arc::from(token))
+}
+
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AdminState {
@@ -333,4 +362,33 @@ async fn stats(State(state): State<AdminState>) -> Json<Value> {
         }
     }
     Json(json!({ "node": state.membership.node_id(), "peers": peers }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_is_read_from_its_file_and_a_bad_one_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        for (text, why) in [
+            (None, "cannot read"),
+            (Some("short\n"), "shorter than 16"),
+            (Some("sixteen or more but with spaces"), "visible ASCII"),
+            (Some("token-\u{e9}-with-an-accent"), "visible ASCII"),
+        ] {
+            let _ = std::fs::remove_file(&file);
+            if let Some(text) = text {
+                std::fs::write(&file, text).unwrap();
+            }
+            let err = load_token(&file).unwrap_err().to_string();
+            assert!(
+                err.contains("admin_token_file") && err.contains(why),
+                "{err}"
+            );
+        }
+        std::fs::write(&file, "\n  0123456789abcdef-token \n").unwrap();
+        assert_eq!(&*load_token(&file).unwrap(), "0123456789abcdef-token");
+    }
 }

@@ -4,7 +4,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::wire::NackReason;
+use crate::delivery::NackReason;
 use crate::NodeId;
 
 /// A configuration that cannot be used. Nothing was started.

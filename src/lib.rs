@@ -55,6 +55,7 @@
 
 pub mod admin;
 pub mod config;
+mod delivery;
 pub mod error;
 pub mod forward;
 pub mod log_limit;
@@ -71,16 +72,16 @@ pub mod wamp;
 pub mod wire;
 
 pub use config::{Config, ForwardConfig, GossipConfig, LimitsConfig, TlsConfig};
+pub use delivery::{Deliver, Delivery, Discard, NackReason, Verdict};
 pub use error::{ConfigError, ForwardError, MembershipError, NodeError};
 pub use forward::{
-    AckId, BadNodeReport, BadReason, Broadcast, Deliver, Delivery, DeliveryCounters, DeliveryLog,
-    Discard, Dispatcher, ForwardOptions, Forwarder, Protection, Verdict,
+    AckId, BadNodeReport, BadReason, Broadcast, DeliveryCounters, DeliveryLog, Dispatcher,
+    ForwardOptions, Forwarder, Protection,
 };
 pub use membership::{LiveView, Member, Membership, MembershipEvent, Ring, Status};
 pub use node::{Node, NodeBuilder, NodeHandle};
 pub use node_id::NodeId;
 pub use peer_id::{PeerId, Realm, SessionId};
-pub use wire::NackReason;
 
 /// The version of wamp-cluster, published in gossip as `version`.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use membership::keys::THIS_VERSION as VERSION;

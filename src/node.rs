@@ -13,10 +13,12 @@ use tracing::{info, warn};
 
 use crate::admin;
 use crate::config::Config;
+use crate::delivery::Deliver;
 use crate::error::{MembershipError, NodeError};
-use crate::forward::{Deliver, DeliveryLog, Forwarder, Protection};
+use crate::forward::{DeliveryLog, Forwarder, Protection};
 use crate::membership::{LiveView, Membership};
 use crate::metrics::UPKEEP_INTERVAL;
+use crate::security::ClusterKeys;
 use crate::tls::Tls;
 use crate::NodeId;
 
@@ -75,12 +77,21 @@ impl NodeBuilder {
     /// gossip and the forwarder. Returns once both
     /// listen; the node is `joining` until it has joined (see [`Membership::start`]).
     pub async fn start(self) -> Result<NodeHandle, NodeError> {
-        self.config.validate()?;
-        let token = self.config.admin_token()?.map(Arc::from);
-        // Read once, for gossip and forwarding alike.
+        let config = &self.config;
+        config.validate()?;
+        // The files the configuration names, read once, for gossip and forwarding alike.
+        let token = config
+            .admin_token_file
+            .as_deref()
+            .map(admin::load_token)
+            .transpose()?;
         let protection = Protection {
-            keys: self.config.cluster_keys()?,
-            tls: Tls::load(&self.config.tls)?,
+            keys: ClusterKeys::load(
+                config.cluster_secret_file.as_deref(),
+                config.cluster_secret.as_ref(),
+                &config.cluster_id,
+            )?,
+            tls: Tls::load(&config.tls)?,
         };
         let listener = TcpListener::bind(self.config.admin_addr)
             .await
@@ -135,7 +146,7 @@ impl NodeBuilder {
             membership: membership.clone(),
             forwarder: forwarder.clone(),
             deliveries: log,
-            ack_timeout: self.config.forward.ack_timeout(),
+            ack_timeout: self.config.forward.ack_timeout_ms,
             prometheus: self.prometheus.clone(),
             leave_requested: leave_requested.clone(),
             token,

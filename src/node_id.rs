@@ -9,6 +9,16 @@ pub struct NodeId(Arc<str>);
 
 crate::shared_str::shared_string!(NodeId, "a node id");
 
+/// The DNS name a node id stands for in a TLS certificate, or why it cannot stand for one.
+pub(crate) fn dns_name(node_id: &str) -> Result<rustls::pki_types::ServerName<'static>, String> {
+    match rustls::pki_types::ServerName::try_from(node_id.to_owned()) {
+        Ok(name @ rustls::pki_types::ServerName::DnsName(_)) => Ok(name),
+        _ => Err(format!(
+            "node id `{node_id}` is not a DNS name, so no certificate can name it"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde::{Serialize, Serializer};

@@ -28,6 +28,10 @@ use sha2::Sha256;
 /// Shortest secret accepted, in bytes.
 pub const MIN_SECRET_LEN: usize = 16;
 
+/// The environment variable holding the cluster secret itself (the alternative to
+/// `cluster_secret_file`, for containers).
+pub const SECRET_ENV: &str = "WAMP_CLUSTER_SECRET";
+
 /// Most secrets one node accepts at once (each is tried on every datagram that does not open
 /// with the ones before it).
 pub const MAX_SECRETS: usize = 8;
@@ -185,6 +189,36 @@ impl ClusterKeys {
             })
             .collect();
         ClusterKeys { keys }
+    }
+
+    /// The keys of the cluster secret a configuration names: read from `file`
+    /// (`cluster_secret_file`), or given as `secret` (`WAMP_CLUSTER_SECRET`); `None` when
+    /// neither is. The node reads them as it starts. An unreadable file or a bad secret is an
+    /// error naming the key, never quoting a secret.
+    pub fn load(
+        file: Option<&std::path::Path>,
+        secret: Option<&Secret>,
+        cluster_id: &str,
+    ) -> Result<Option<ClusterKeys>, crate::error::ConfigError> {
+        let invalid = |key: &str, message: String| crate::error::ConfigError::Invalid {
+            key: key.into(),
+            message,
+        };
+        let (key, text) = match (file, secret) {
+            (None, None) => return Ok(None),
+            (Some(path), _) => (
+                "cluster_secret_file",
+                std::fs::read_to_string(path).map_err(|err| {
+                    invalid(
+                        "cluster_secret_file",
+                        format!("cannot read {}: {err}", path.display()),
+                    )
+                })?,
+            ),
+            (None, Some(secret)) => (SECRET_ENV, secret.expose().to_string()),
+        };
+        let secrets = parse_secrets(&text).map_err(|message| invalid(key, message))?;
+        Ok(Some(ClusterKeys::new(secrets, cluster_id)))
     }
 
     /// How many secrets.
@@ -393,6 +427,37 @@ mod tests {
 
     fn keys(secrets: &[&str]) -> ClusterKeys {
         ClusterKeys::new(secrets.iter().copied(), "c")
+    }
+
+    #[test]
+    fn the_secret_is_read_from_its_file_or_given_and_a_bad_one_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        assert!(ClusterKeys::load(None, None, "c").unwrap().is_none());
+        let given = Secret::new("from-the-environment-123");
+        let loaded = ClusterKeys::load(None, Some(&given), "c").unwrap();
+        assert_eq!(loaded.map(|k| k.len()), Some(1));
+        let unreadable = ClusterKeys::load(Some(&file), None, "c")
+            .unwrap_err()
+            .to_string();
+        assert!(unreadable.contains("`cluster_secret_file`") && unreadable.contains("cannot read"));
+        std::fs::write(&file, "first-secret-0123456789\nshort\n").unwrap();
+        let short = ClusterKeys::load(Some(&file), None, "c")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            short.contains("`cluster_secret_file`") && short.contains("secret 2"),
+            "{short}"
+        );
+        assert!(!short.contains("first-secret"), "{short}");
+        std::fs::write(&file, "first-secret-0123456789\nsecond-secret-0123456789\n").unwrap();
+        let loaded = ClusterKeys::load(Some(&file), None, "c").unwrap();
+        assert_eq!(loaded.map(|k| k.len()), Some(2));
+        let short = Secret::new("short");
+        let err = ClusterKeys::load(None, Some(&short), "c")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(SECRET_ENV), "{err}");
     }
 
     const A: &str = "aaaaaaaaaaaaaaaaaaaa";

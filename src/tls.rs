@@ -56,24 +56,14 @@ fn certificates(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, 
 }
 
 impl Tls {
-    /// Reads the files of `config`; `None` when `cert_file` is not set. Every error names the
-    /// key whose file is wrong.
+    /// Reads the files of a validated `config` (the node does, as it starts); `None` when
+    /// TLS is not configured. Every error names the key whose file is wrong.
     pub fn load(config: &TlsConfig) -> Result<Option<Tls>, ConfigError> {
-        let (cert_file, key_file, ca_file) =
-            match (&config.cert_file, &config.key_file, &config.ca_file) {
-                (None, None, None) => return Ok(None),
-                (Some(cert), Some(key), Some(ca)) => (cert, key, ca),
-                (None, ..) => {
-                    return Err(invalid(
-                        "tls.cert_file",
-                        "must be set with tls.key_file and tls.ca_file",
-                    ))
-                }
-                (_, None, _) => {
-                    return Err(invalid("tls.key_file", "must be set with tls.cert_file"))
-                }
-                (.., None) => return Err(invalid("tls.ca_file", "must be set with tls.cert_file")),
-            };
+        let (Some(cert_file), Some(key_file), Some(ca_file)) =
+            (&config.cert_file, &config.key_file, &config.ca_file)
+        else {
+            return Ok(None);
+        };
         let chain = certificates("tls.cert_file", cert_file)?;
         let key = PrivateKeyDer::from_pem_file(key_file).map_err(|err| {
             invalid(
@@ -130,20 +120,41 @@ impl Tls {
 }
 
 /// The server name a node id stands for in a certificate, or why it cannot stand for one.
-pub fn server_name(node_id: &str) -> Result<ServerName<'static>, String> {
-    match ServerName::try_from(node_id.to_owned()) {
-        Ok(name @ ServerName::DnsName(_)) => Ok(name),
-        _ => Err(format!(
-            "node id `{node_id}` is not a DNS name, so no certificate can name it"
-        )),
-    }
+pub(crate) fn server_name(node_id: &str) -> Result<ServerName<'static>, String> {
+    crate::node_id::dns_name(node_id)
 }
 
 /// Whether `certificate` (already verified against the authorities) names `node_id`.
-pub fn names(certificate: &CertificateDer<'_>, node_id: &str) -> bool {
+pub(crate) fn names(certificate: &CertificateDer<'_>, node_id: &str) -> bool {
     let Ok(name) = server_name(node_id) else {
         return false;
     };
     webpki::EndEntityCert::try_from(certificate)
         .is_ok_and(|cert| cert.verify_is_valid_for_subject_name(&name).is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_files_are_read_at_load_and_a_missing_or_bad_one_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| Some(dir.path().join(name));
+        assert!(Tls::load(&TlsConfig::default()).unwrap().is_none());
+        let config = TlsConfig {
+            cert_file: path("cert.pem"),
+            key_file: path("key.pem"),
+            ca_file: path("ca.pem"),
+            require_client_cert: true,
+        };
+        let missing = Tls::load(&config).unwrap_err().to_string();
+        assert!(missing.contains("`tls.cert_file`") && missing.contains("cannot read"));
+        std::fs::write(dir.path().join("cert.pem"), "not a certificate").unwrap();
+        let empty = Tls::load(&config).unwrap_err().to_string();
+        assert!(
+            empty.contains("`tls.cert_file`") && empty.contains("no PEM"),
+            "{empty}"
+        );
+    }
 }

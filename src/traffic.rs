@@ -31,11 +31,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::forward::{Deliver, Delivery, DeliveryLog, ForwardOptions, Forwarder, Verdict};
+use crate::delivery::{Deliver, Delivery, NackReason, Verdict};
+use crate::forward::{DeliveryLog, ForwardOptions, Forwarder};
 use crate::membership::Membership;
 use crate::peer_id::PeerId;
 use crate::wamp::{Dict, Payload, Value, WampMessage};
-use crate::wire::NackReason;
 use crate::NodeId;
 
 /// One message in this many goes out by `broadcast_live`; the others by `forward`.

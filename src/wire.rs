@@ -22,7 +22,7 @@ use bytes::{Buf, BufMut, BytesMut};
 use serde::{Deserialize, Serialize};
 use tokio_util::codec::{Decoder, Encoder};
 
-use crate::forward::Delivery;
+use crate::delivery::{Delivery, NackReason};
 use crate::peer_id::PeerId;
 use crate::wamp::WampMessage;
 use crate::NodeId;
@@ -491,7 +491,7 @@ mod by_hand {
 /// frame it gives is the one the serde path gives. Tests hold it to that.
 mod by_hand_de {
     use super::Forward;
-    use crate::forward::Delivery;
+    use crate::delivery::Delivery;
     use crate::peer_id::{PeerId, Realm};
     use crate::shared_str::Recent;
     use crate::wamp::{Dict, Payload, Value, WampMessage};
@@ -735,36 +735,6 @@ mod fixed_u32 {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
         <[u8; 4]>::deserialize(deserializer).map(u32::from_be_bytes)
-    }
-}
-
-/// Why a message was not delivered.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum NackReason {
-    /// Its time to live ran out before it could be delivered.
-    Expired,
-    /// The receiver's handler is overloaded.
-    Overloaded,
-    /// No such session on the receiving node.
-    NoSuchSession,
-    /// The receiving node is shutting down.
-    ShuttingDown,
-    /// The message type is not forwarded.
-    NotForwardable,
-    /// Any other refusal of the handler, in its words.
-    Refused(String),
-}
-
-impl fmt::Display for NackReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            NackReason::Expired => f.write_str("expired"),
-            NackReason::Overloaded => f.write_str("overloaded"),
-            NackReason::NoSuchSession => f.write_str("no such session"),
-            NackReason::ShuttingDown => f.write_str("shutting down"),
-            NackReason::NotForwardable => f.write_str("not forwardable"),
-            NackReason::Refused(reason) => f.write_str(reason),
-        }
     }
 }
 

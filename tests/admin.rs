@@ -162,8 +162,8 @@ async fn ready_is_503_while_joining_and_while_leaving() {
     let mut config = node_config("lonely", &[unreachable_seed], tolerant());
     // Wide windows: the first request must land before the join timeout, the last one during
     // the leave.
-    config.gossip.join_timeout_ms = 3000;
-    config.gossip.leave_rounds = 25;
+    config.gossip.join_timeout_ms = Duration::from_millis(3000);
+    config.gossip.leave_rounds = std::num::NonZeroU32::new(25).unwrap();
     let node = Node::builder(config).start().await.unwrap();
     let (status, body) = get_json(&node, "/ready").await;
     assert_eq!((status, &body["status"]), (503, &Value::from("joining")));

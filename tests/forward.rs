@@ -4,6 +4,7 @@ mod common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -702,7 +703,7 @@ async fn too_large_and_queue_full_fail_at_once() {
     let seed_addr = seed.gossip_addr;
     let mut small = seed.clone();
     small.forward.max_frame_bytes = 4096;
-    small.forward.queue_capacity = 4;
+    small.forward.queue_capacity = NonZeroUsize::new(4).unwrap();
     let a = Node::builder(small).start().await.unwrap();
     let silent = Arc::new(Recorder::default());
     silent.mode.store(HANG, Ordering::SeqCst);
@@ -822,7 +823,7 @@ impl Relay {
 async fn a_connection_that_dies_silently_is_replaced_after_an_unanswered_probe() {
     let _serial = SERIAL.lock().await;
     let mut a_config = node_config("node-0", &[], tolerant());
-    a_config.forward.connect_timeout_ms = 300;
+    a_config.forward.connect_timeout_ms = Duration::from_millis(300);
     let a = Node::builder(a_config).start().await.unwrap();
     let mut b_config = node_config("node-1", &[a.membership().gossip_addr()], tolerant());
     let relay = Relay::start(b_config.forward_addr).await;
@@ -962,11 +963,11 @@ async fn limits_close_trickling_silent_and_surplus_connections_while_good_peers_
     let _serial = SERIAL.lock().await;
     let prometheus = wamp_cluster::metrics::install_prometheus().unwrap();
     let c = Cluster::start_with(2, |config| {
-        config.limits.max_inbound_connections = 4;
-        config.limits.handshake_timeout_ms = 300;
+        config.limits.max_inbound_connections = NonZeroUsize::new(4).unwrap();
+        config.limits.handshake_timeout_ms = Duration::from_millis(300);
         // A wide margin: a keepalive late by a loaded machine must not look like silence.
-        config.limits.idle_timeout_ms = 1200;
-        config.limits.keepalive_interval_ms = 100;
+        config.limits.idle_timeout_ms = Duration::from_millis(1200);
+        config.limits.keepalive_interval_ms = Duration::from_millis(100);
     })
     .await;
     let (a, b) = (&c.nodes[0], &c.nodes[1]);
@@ -1066,7 +1067,10 @@ async fn limits_close_trickling_silent_and_surplus_connections_while_good_peers_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_beyond_the_pending_limit_fail_at_once_until_outcomes_are_taken() {
     let _serial = SERIAL.lock().await;
-    let c = Cluster::start_with(2, |config| config.limits.max_pending_acks_per_peer = 8).await;
+    let c = Cluster::start_with(2, |config| {
+        config.limits.max_pending_acks_per_peer = NonZeroUsize::new(8).unwrap()
+    })
+    .await;
     let a = &c.nodes[0];
     let f = a.forwarder();
     let mut ids = Vec::new();
@@ -1116,7 +1120,7 @@ async fn a_peer_over_its_frame_rate_is_read_more_slowly_and_others_are_not() {
     let _serial = SERIAL.lock().await;
     let prometheus = wamp_cluster::metrics::install_prometheus().unwrap();
     let c = Cluster::start_with(3, |config| {
-        config.limits.max_inbound_frames_per_sec_per_peer = 1000;
+        config.limits.max_inbound_frames_per_sec_per_peer = NonZeroU64::new(1000).unwrap();
     })
     .await;
     let (a, b) = (&c.nodes[0], &c.nodes[2]);

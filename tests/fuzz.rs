@@ -73,7 +73,7 @@ fn frame_seeds() -> &'static [Vec<u8>] {
             Frame::Ack { id: 1 << 33 },
             Frame::Nack {
                 id: 3,
-                reason: wire::NackReason::Refused("busy".into()),
+                reason: wamp_cluster::NackReason::Refused("busy".into()),
             },
             Frame::Ping { id: 0 },
             Frame::Pong { id: 9 },

@@ -54,7 +54,7 @@ async fn members_with_a_secret_in_common_form_a_cluster_and_a_node_with_another_
     let seed = c.nodes[0].membership().gossip_addr();
     let mut config = node_config("outsider", &[seed], tolerant());
     config.cluster_secret = Some(Secret::new("another-secret-0123456789"));
-    config.gossip.join_timeout_ms = 500;
+    config.gossip.join_timeout_ms = Duration::from_millis(500);
     let outsider = Node::builder(config).start().await.unwrap();
     let dropped = r#"wamp_cluster_gossip_dropped_total{node="node-0",reason="unsealed"}"#;
     let before = counter(&prometheus.render(), dropped);

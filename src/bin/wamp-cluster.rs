@@ -9,15 +9,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 use tokio_util::sync::CancellationToken;
+use wamp_cluster::config::{Key, Layers, Origin};
 use wamp_cluster::traffic::{record_events, run_traffic, RecordingDeliver};
-use wamp_cluster::{Config, Node};
+use wamp_cluster::{Config, ConfigError, Node, NodeError};
 
 #[derive(Parser)]
 #[command(
@@ -36,35 +37,13 @@ enum Command {
     Node(NodeArgs),
 }
 
+/// The flags of `wamp-cluster node` besides one per configuration key (those are added from
+/// the key table, see [`key_flags`]).
 #[derive(clap::Args)]
 struct NodeArgs {
     /// TOML configuration file (keys: see the README). Without it, defaults apply.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Overrides `node_id`.
-    #[arg(long)]
-    node_id: Option<String>,
-    /// Overrides `cluster_id`.
-    #[arg(long)]
-    cluster_id: Option<String>,
-    /// Overrides `gossip_addr` (UDP, IP:port).
-    #[arg(long)]
-    gossip_addr: Option<String>,
-    /// Overrides `gossip_advertise_addr`.
-    #[arg(long)]
-    gossip_advertise_addr: Option<String>,
-    /// Overrides `forward_addr` (TCP, IP:port).
-    #[arg(long)]
-    forward_addr: Option<String>,
-    /// Overrides `forward_advertise_addr`.
-    #[arg(long)]
-    forward_advertise_addr: Option<String>,
-    /// Overrides `admin_addr` (HTTP, IP:port; port 0 picks a free port).
-    #[arg(long)]
-    admin_addr: Option<String>,
-    /// A seed (`IP:port` or `host:port`); repeat for several. Replaces `seeds`.
-    #[arg(long = "seed", value_name = "ADDR")]
-    seeds: Vec<String>,
     /// Send test traffic to the other live nodes at this many messages per second (see the
     /// `traffic` module).
     #[arg(long, value_name = "PER_SECOND")]
@@ -87,36 +66,43 @@ enum LogFormat {
     Json,
 }
 
-impl NodeArgs {
-    /// The configuration: defaults, file, environment, flags; validated.
-    fn config(&self) -> anyhow::Result<Config> {
-        let mut config = match &self.config {
-            Some(path) => Config::from_file(path)?,
-            None => Config::default(),
-        };
-        config.apply_env(std::env::vars())?;
-        let flags = [
-            ("node_id", &self.node_id),
-            ("cluster_id", &self.cluster_id),
-            ("gossip_addr", &self.gossip_addr),
-            ("gossip_advertise_addr", &self.gossip_advertise_addr),
-            ("forward_addr", &self.forward_addr),
-            ("forward_advertise_addr", &self.forward_advertise_addr),
-            ("admin_addr", &self.admin_addr),
-        ];
-        for (key, value) in flags {
-            if let Some(value) = value {
-                config
-                    .set(key, value)
-                    .with_context(|| format!("flag --{}", key.replace('_', "-")))?;
+/// One flag per configuration key, from the key table: `--gossip-interval-ms` sets
+/// `gossip.interval_ms`. A list key's flag may be repeated, under its name or its singular
+/// (`--seed A --seed B`), and replaces the list.
+fn key_flags(command: clap::Command, keys: &[Key]) -> clap::Command {
+    keys.iter().fold(command, |command, key| {
+        let flag = key.flag();
+        let mut arg = clap::Arg::new(key.name.clone())
+            .long(flag.clone())
+            .value_name("VALUE")
+            .help(format!("Sets `{}`", key.name))
+            .allow_hyphen_values(true)
+            .help_heading("Configuration keys");
+        if key.list {
+            arg = arg.action(clap::ArgAction::Append);
+            if let Some(singular) = flag.strip_suffix('s') {
+                arg = arg.visible_alias(singular.to_string());
             }
         }
-        if !self.seeds.is_empty() {
-            config.seeds = self.seeds.clone();
-        }
-        config.validate()?;
-        Ok(config)
+        command.arg(arg)
+    })
+}
+
+/// The configuration: defaults, file, environment, flags; validated.
+fn config(args: &NodeArgs, matches: &clap::ArgMatches) -> Result<Config, ConfigError> {
+    let mut layers = Layers::new();
+    if let Some(path) = &args.config {
+        layers = layers.file(path)?;
     }
+    layers = layers.env(std::env::vars())?;
+    let keys = layers.keys().to_vec();
+    for key in keys {
+        if let Some(values) = matches.get_many::<String>(&key.name) {
+            let raw = values.map(String::as_str).collect::<Vec<_>>().join(",");
+            layers.set(&key.name, &raw, Origin::Flag(key.flag()))?;
+        }
+    }
+    layers.config()
 }
 
 /// Lines a second of chitchat's own logs: it warns for every datagram it cannot read, so a
@@ -153,10 +139,20 @@ fn init_logging(format: LogFormat) {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let keys = Layers::new().keys().to_vec();
+    let matches = Cli::command()
+        .mut_subcommand("node", |node| key_flags(node, &keys))
+        .get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
     let Command::Node(args) = cli.command;
+    let Some(node_matches) = matches.subcommand_matches("node") else {
+        return ExitCode::from(2);
+    };
     init_logging(args.log_format);
-    let config = match args.config() {
+    let config = match config(&args, node_matches) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("wamp-cluster: {err:#}");
@@ -186,7 +182,12 @@ fn main() -> ExitCode {
         Err(err) => {
             error!("{err:#}");
             eprintln!("wamp-cluster: {err:#}");
-            ExitCode::FAILURE
+            // A file the configuration names, read as the node starts, is a configuration
+            // error too.
+            match err.downcast_ref::<NodeError>() {
+                Some(NodeError::Config(_)) => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -11,7 +11,7 @@ use std::sync::{Mutex, PoisonError};
 
 use serde::Serialize;
 
-use super::deliver::{Deliver, Delivery, Verdict};
+use crate::delivery::{Deliver, Delivery, Verdict};
 use crate::NodeId;
 
 /// Senders (node and session) whose last request id is remembered; past this the memory is

@@ -9,8 +9,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::deliver::{Deliver, Delivery, Verdict};
-use crate::wire::NackReason;
+use crate::delivery::{Deliver, Delivery, NackReason, Verdict};
 
 /// A pool of workers that handle deliveries. Dropping it (or [`Dispatcher::close`]) lets each
 /// worker finish its queue and stop.

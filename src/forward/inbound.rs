@@ -30,12 +30,12 @@ use tokio::time::Instant;
 use tokio_util::codec::{Encoder, FramedRead};
 use tracing::{debug, info, warn};
 
-use super::deliver::{Deliver, Verdict};
 use super::stream::{self, Reader, Writer};
 use super::{BadReason, Inner};
+use crate::delivery::{Deliver, NackReason, Verdict};
 use crate::metrics as m;
 use crate::security::{self, Role, Transcript};
-use crate::wire::{self, Frame, FrameCodec, Hello, NackReason, RefuseReason};
+use crate::wire::{self, Frame, FrameCodec, Hello, RefuseReason};
 use crate::NodeId;
 
 /// Largest frame read before the handshake is done: a hello is small, and an unauthenticated
@@ -86,7 +86,7 @@ impl Current {
 
 /// Accepts connections until shutdown.
 pub(crate) async fn listen(inner: Arc<Inner>, listener: TcpListener, deliver: Arc<dyn Deliver>) {
-    let slots = Arc::new(Semaphore::new(inner.limits.max_inbound_connections));
+    let slots = Arc::new(Semaphore::new(inner.limits.max_inbound_connections.get()));
     let current = Arc::new(Current::default());
     loop {
         let accepted = tokio::select! {
@@ -140,7 +140,7 @@ async fn flush(inner: &Inner, write: &mut Writer, out: &mut BytesMut) -> bool {
     }
     let written = tokio::select! {
         _ = inner.shutdown.cancelled() => return false,
-        written = tokio::time::timeout(inner.limits.idle_timeout(), async {
+        written = tokio::time::timeout(inner.limits.idle_timeout_ms, async {
             write.write_all(out).await?;
             write.flush().await
         }) => written,
@@ -221,7 +221,7 @@ async fn connection(
     current: &Current,
 ) {
     let _ = stream.set_nodelay(true);
-    let deadline = Instant::now() + inner.limits.handshake_timeout();
+    let deadline = Instant::now() + inner.limits.handshake_timeout_ms;
     let mut certificate = None;
     let (read, mut write) = match &inner.protection.tls {
         None => stream::plain(stream),
@@ -409,7 +409,7 @@ async fn serve(
     // Time spent waiting on handlers since the connection last waited for the socket: frames
     // read now may have been waiting that long.
     let mut stalled = Duration::ZERO;
-    let mut rate = FrameRate::new(inner.limits.max_inbound_frames_per_sec_per_peer);
+    let mut rate = FrameRate::new(inner.limits.max_inbound_frames_per_sec_per_peer.get());
 
     let ended = loop {
         if let Some(wait) = rate.take() {
@@ -435,7 +435,7 @@ async fn serve(
                     return None;
                 }
                 stalled = Duration::ZERO;
-                let idle = inner.limits.idle_timeout();
+                let idle = inner.limits.idle_timeout_ms;
                 tokio::select! {
                     _ = inner.shutdown.cancelled() => return None,
                     next = tokio::time::timeout(idle, reader.next()) => match next {

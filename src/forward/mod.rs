@@ -10,14 +10,12 @@
 //!
 //! - [`pending`]: the table of pending acks.
 //! - `queue`: a link's send queue, bounded in frames and bytes.
-//! - [`deliver`]: the receiving side's handler trait.
 //! - [`dispatcher`]: a worker pool behind that trait, ordered per session.
 //! - [`delivery_log`]: a handler that counts deliveries, duplicates and reordering.
 //! - [`stats`]: the sending side's counters per peer.
 //! - [`outbound`]: one link per peer: dial, handshake, queue, batched writes, redial.
 //! - [`inbound`]: the listener: handshake, delivery in arrival order, batched acks.
 
-pub mod deliver;
 pub mod delivery_log;
 pub mod dispatcher;
 pub mod inbound;
@@ -43,11 +41,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-pub use deliver::{Deliver, Delivery, Discard, Verdict};
 pub use delivery_log::{DeliveryCounters, DeliveryLog};
 pub use dispatcher::Dispatcher;
 
 use crate::config::{ForwardConfig, LimitsConfig};
+use crate::delivery::Deliver;
 use crate::error::ForwardError;
 use crate::membership::Membership;
 use crate::peer_id::PeerId;
@@ -428,7 +426,7 @@ impl Inner {
         fail_if_full: bool,
         encode: impl FnOnce(u64, &mut dyn FnMut(&[u8]) -> Offered) -> Result<Offered, wire::WireError>,
     ) -> Result<(u64, Arc<Link>), ForwardError> {
-        let max = self.limits.max_pending_acks_per_peer;
+        let max = self.limits.max_pending_acks_per_peer.get();
         if link.peer().pending() >= max {
             let node = node.clone();
             return Err(ForwardError::TooManyPending { node, max });
@@ -515,7 +513,7 @@ impl Inner {
 
     /// The time now, and the deadline of a call with these options made now.
     fn deadline(&self, options: &ForwardOptions) -> (Instant, Instant) {
-        let timeout = options.timeout.unwrap_or(self.config.ack_timeout());
+        let timeout = options.timeout.unwrap_or(self.config.ack_timeout_ms);
         let now = Instant::now();
         (now, now + timeout.min(MAX_TIMEOUT))
     }
@@ -670,7 +668,7 @@ async fn probe_unreachable(inner: Arc<Inner>) {
                 *at <= now
             })
             .collect();
-        let timeout = inner.config.connect_timeout();
+        let timeout = inner.config.connect_timeout_ms;
         // Each link's signs of life before its probe.
         let before: Vec<Option<(Arc<Link>, u64)>> = {
             let links = inner.links();
@@ -693,7 +691,7 @@ async fn probe_unreachable(inner: Arc<Inner>) {
                         link.reset_if_silent_since(before);
                     }
                     if let Some((at, backoff)) = schedule.get_mut(&node) {
-                        *backoff = (*backoff * 2).min(inner.config.max_redial_backoff());
+                        *backoff = (*backoff * 2).min(inner.config.max_redial_backoff_ms);
                         *at = Instant::now() + *backoff;
                     }
                 }

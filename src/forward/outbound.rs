@@ -33,9 +33,10 @@ use super::queue::{Batch, Queued, Refused, SendQueue, Taken};
 use super::stats::PeerStats;
 use super::stream::{self, Reader, Writer};
 use super::{BadReason, Inner};
+use crate::delivery::NackReason;
 use crate::error::ForwardError;
 use crate::security::{self, Role, Transcript};
-use crate::wire::{self, Frame, FrameCodec, Hello, NackReason};
+use crate::wire::{self, Frame, FrameCodec, Hello};
 use crate::NodeId;
 
 /// A writer's buffer that grew larger than this for a burst is given back after the write.
@@ -76,7 +77,7 @@ impl Link {
         stats: Arc<PeerStats>,
     ) -> Arc<Link> {
         let queue = Arc::new(SendQueue::new(
-            inner.config.queue_capacity,
+            inner.config.queue_capacity.get(),
             inner.config.queue_capacity_bytes,
         ));
         let reset = Arc::new(Notify::new());
@@ -244,7 +245,7 @@ async fn run(
             _ = inner.shutdown.cancelled() => break,
             _ = tokio::time::sleep(jitter(backoff)) => {}
         }
-        backoff = (backoff * 2).min(inner.config.max_redial_backoff());
+        backoff = (backoff * 2).min(inner.config.max_redial_backoff_ms);
         // Redial only while the peer is live, at the address it now publishes.
         match inner
             .membership
@@ -363,7 +364,7 @@ async fn connect(
         }
         Ok((reader, write))
     };
-    tokio::time::timeout(inner.config.connect_timeout(), handshake)
+    tokio::time::timeout(inner.config.connect_timeout_ms, handshake)
         .await
         .unwrap_or_else(|_| Err("handshake timed out".into()))
 }
@@ -521,7 +522,7 @@ impl Connection<'_> {
             match queue.take_all(&mut batch) {
                 Taken::Some => self.prepare(&mut batch),
                 Taken::Empty => {
-                    let keepalive = limits.keepalive_interval();
+                    let keepalive = limits.keepalive_interval_ms;
                     if tokio::time::timeout(keepalive, queue.wait_ready())
                         .await
                         .is_ok()
@@ -540,10 +541,10 @@ impl Connection<'_> {
             }
             if !batch.bytes.is_empty() {
                 let write = write_out(&mut writer, &batch.bytes);
-                match tokio::time::timeout(limits.idle_timeout(), write).await {
+                match tokio::time::timeout(limits.idle_timeout_ms, write).await {
                     Ok(Ok(())) => {}
                     Ok(Err(err)) => return err,
-                    Err(_) => return format!("a write stalled for {:?}", limits.idle_timeout()),
+                    Err(_) => return format!("a write stalled for {:?}", limits.idle_timeout_ms),
                 }
                 self.stats.bytes_sent(batch.bytes.len());
             }

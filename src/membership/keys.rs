@@ -14,6 +14,9 @@ pub const ADMIN_ADDR: &str = "admin_addr";
 pub const STATUS: &str = "status";
 /// The version of wamp-cluster the node runs.
 pub const VERSION: &str = "version";
+
+/// The version of wamp-cluster this node runs, published in gossip as [`VERSION`].
+pub const THIS_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The node's labels, as a JSON object of strings.
 pub const LABELS: &str = "labels";
 

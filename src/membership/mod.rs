@@ -71,8 +71,8 @@ const SAMPLING_WINDOW: usize = 1000;
 /// freshly joined node's crash is detected as fast as an old one's), and dead nodes forgotten
 /// after `gossip.dead_node_grace_period_secs`.
 pub fn chitchat_config(config: &Config, generation: u64) -> ChitchatConfig {
-    let interval = config.gossip.interval();
-    let grace_period = Duration::from_secs(config.gossip.dead_node_grace_period_secs);
+    let interval = config.gossip.interval_ms;
+    let grace_period = config.gossip.dead_node_grace_period_secs;
     ChitchatConfig {
         chitchat_id: ChitchatId::new(
             config.node_id.as_str(),
@@ -156,14 +156,14 @@ impl Membership {
             forward_addr: Some(config.forward_public_addr()),
             admin_addr,
             status: Status::Joining,
-            version: Some(crate::VERSION.to_owned()),
+            version: Some(keys::THIS_VERSION.to_owned()),
             labels: config.labels.clone(),
         };
         let foreign_seeds = config
             .seeds
             .iter()
             .any(|seed| seed.parse::<SocketAddr>().ok() != Some(gossip_addr));
-        let join_timeout = Duration::from_millis(config.gossip.join_timeout_ms);
+        let join_timeout = config.gossip.join_timeout_ms;
         let start_error = |message: String| MembershipError::Start {
             addr: config.gossip_addr,
             message,
@@ -172,8 +172,9 @@ impl Membership {
             None => Box::new(UdpTransport),
             Some(keys) => Box::new(SealedTransport {
                 keys,
-                replay_window_ms: config.gossip.replay_window_ms,
-                relay_timeout: config.gossip.interval(),
+                replay_window_ms: u64::try_from(config.gossip.replay_window_ms.as_millis())
+                    .unwrap_or(u64::MAX),
+                relay_timeout: config.gossip.interval_ms,
                 node: config.node_id.clone(),
             }),
         };

@@ -10,15 +10,11 @@
 //!   tests use, compact and order-preserving.
 
 pub mod json;
-mod value_de;
+mod value;
 
-pub use value_de::MAX_DEPTH;
+pub use value::{Dict, Payload, Value, MAX_DEPTH};
 
-use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
-
-/// A dictionary of values; keys keep their insertion order.
-pub type Dict = IndexMap<String, Value>;
 
 /// A WAMP id (request, session, publication, subscription, registration): an integer from 0
 /// to 2^53.
@@ -27,90 +23,46 @@ pub type Id = u64;
 /// The largest WAMP id, 2^53.
 pub const MAX_ID: Id = 1 << 53;
 
-/// An application value. Decoding refuses values nested deeper than [`MAX_DEPTH`], so that a
-/// peer cannot exhaust the stack with a frame of nested lists.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub enum Value {
-    /// `null`
-    Null,
-    /// `true` / `false`
-    Bool(bool),
-    /// A signed integer.
-    Integer(i64),
-    /// An unsigned integer above `i64::MAX`.
-    Unsigned(u64),
-    /// A floating-point number.
-    Float(f64),
-    /// A string.
-    String(String),
-    /// Binary data (in JSON, a string of `\u0000` followed by base64). Encoded as a byte
-    /// string (a length, then the bytes in one copy), not as a sequence of numbers.
-    Bytes(#[serde(serialize_with = "value_de::byte_string")] Vec<u8>),
-    /// A list.
-    List(Vec<Value>),
-    /// A dictionary.
-    Dict(Dict),
-}
-
-/// The application payload at the end of PUBLISH, EVENT, CALL, RESULT, INVOCATION, YIELD and
-/// ERROR.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-pub enum Payload {
-    /// No arguments at all.
-    #[default]
-    Empty,
-    /// `Arguments` only.
-    Args(Vec<Value>),
-    /// `Arguments` and `ArgumentsKw`.
-    ArgsKw(
-        Vec<Value>,
-        #[serde(deserialize_with = "value_de::dict")] Dict,
-    ),
-    /// Payload passthrough mode (the options or details carry `enc_algo`): one value in place
-    /// of the arguments, carried untouched.
-    Transparent(Value),
-}
-
 /// A WAMP message. Field names follow the spec.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[allow(missing_docs)] // the fields are the spec's, named as it names them
 pub enum WampMessage {
     /// `[1, Realm|uri, Details|dict]`
     Hello {
-        #[serde(deserialize_with = "value_de::string")]
+        #[serde(deserialize_with = "value::string")]
         realm: String,
-        #[serde(deserialize_with = "value_de::dict")]
+        #[serde(deserialize_with = "value::dict")]
         details: Dict,
     },
     /// `[2, Session|id, Details|dict]`
     Welcome {
         session: Id,
-        #[serde(deserialize_with = "value_de::dict")]
+        #[serde(deserialize_with = "value::dict")]
         details: Dict,
     },
     /// `[3, Details|dict, Reason|uri]`
     Abort {
-        #[serde(deserialize_with = "value_de::dict")]
+        #[serde(deserialize_with = "value::dict")]
         details: Dict,
         reason: String,
     },
     /// `[4, AuthMethod|string, Extra|dict]`
     Challenge {
-        #[serde(deserialize_with = "value_de::string")]
+        #[serde(deserialize_with = "value::string")]
         auth_method: String,
-        #[serde(deserialize_with = "value_de::dict")]
+        #[serde(deserialize_with = "value::dict")]
         extra: Dict,
     },
     /// `[5, Signature|string, Extra|dict]`
     Authenticate {
-        #[serde(deserialize_with = "value_de::string")]
+        #[serde(deserialize_with = "value::string")]
         signature: String,
-        #[serde(deserialize_with = "value_de::dict")]
+        #[serde(deserialize_with = "value::dict")]
         extra: Dict,
     },
     /// `[6, Details|dict, Reason|uri]`
     Goodbye {
-        #[serde(deserialize_with = "value_de::dict")]
+        #[serde(deserialize_with = "value::dict")]
         details: Dict,
         reason: String,
     },
@@ -118,18 +70,18 @@ pub enum WampMessage {
     Error {
         request_type: u64,
         request: Id,
-        #[serde(deserialize_with = "value_de::dict")]
+        #[serde(deserialize_with = "value::dict")]
         details: Dict,
-        #[serde(deserialize_with = "value_de::string")]
+        #[serde(deserialize_with = "value::string")]
         error: String,
         payload: Payload,
     },
     /// `[16, Request|id, Options|dict, Topic|uri, Arguments?, ArgumentsKw?]`
     Publish {
         request: Id,
-        #[serde(deserialize_with = "value_de::dict")]
+        #[serde(deserialize_with = "value::dict")]
         options: Dict,
-        #[serde(deserialize_with = "value_de::string")]
+        #[serde(deserialize_with = "value::string")]
         topic: String,
         payload: Payload,
     },
@@ -138,9 +90,9 @@ pub enum WampMessage {
     /// `[32, Request|id, Options|dict, Topic|uri]`
     Subscribe {
         request: Id,
-        #[serde(deserialize_with = "value_de::dict")]
+        #[serde(deserialize_with = "value::dict")]
         options: Dict,
-        #[serde(deserialize_with = "value_de::string")]
+        #[serde(deserialize_with = "value::string")]
         topic: String,
     },
     /// `[33, SUBSCRIBE.Request|id, Subscription|id]`
@@ -153,38 +105,38 @@ pub enum WampMessage {
     Event {
         subscription: Id,
         publication: Id,
-        #[serde(deserialize_with = "value_de::dict")]
+        #[serde(deserialize_with = "value::dict")]
         details: Dict,
         payload: Payload,
     },
     /// `[48, Request|id, Options|dict, Procedure|uri, Arguments?, ArgumentsKw?]`
     Call {
         request: Id,
-        #[serde(deserialize_with = "value_de::dict")]
+        #[serde(deserialize_with = "value::dict")]
         options: Dict,
-        #[serde(deserialize_with = "value_de::string")]
+        #[serde(deserialize_with = "value::string")]
         procedure: String,
         payload: Payload,
     },
     /// `[49, CALL.Request|id, Options|dict]`
     Cancel {
         request: Id,
-        #[serde(deserialize_with = "value_de::dict")]
+        #[serde(deserialize_with = "value::dict")]
         options: Dict,
     },
     /// `[50, CALL.Request|id, Details|dict, Arguments?, ArgumentsKw?]`
     Result {
         request: Id,
-        #[serde(deserialize_with = "value_de::dict")]
+        #[serde(deserialize_with = "value::dict")]
         details: Dict,
         payload: Payload,
     },
     /// `[64, Request|id, Options|dict, Procedure|uri]`
     Register {
         request: Id,
-        #[serde(deserialize_with = "value_de::dict")]
+        #[serde(deserialize_with = "value::dict")]
         options: Dict,
-        #[serde(deserialize_with = "value_de::string")]
+        #[serde(deserialize_with = "value::string")]
         procedure: String,
     },
     /// `[65, REGISTER.Request|id, Registration|id]`
@@ -197,20 +149,20 @@ pub enum WampMessage {
     Invocation {
         request: Id,
         registration: Id,
-        #[serde(deserialize_with = "value_de::dict")]
+        #[serde(deserialize_with = "value::dict")]
         details: Dict,
         payload: Payload,
     },
     /// `[69, INVOCATION.Request|id, Options|dict]`
     Interrupt {
         request: Id,
-        #[serde(deserialize_with = "value_de::dict")]
+        #[serde(deserialize_with = "value::dict")]
         options: Dict,
     },
     /// `[70, INVOCATION.Request|id, Options|dict, Arguments?, ArgumentsKw?]`
     Yield {
         request: Id,
-        #[serde(deserialize_with = "value_de::dict")]
+        #[serde(deserialize_with = "value::dict")]
         options: Dict,
         payload: Payload,
     },
@@ -357,21 +309,6 @@ impl WampMessage {
                 Some(Payload::ArgsKw(args, kw)) => args.iter().all(fits) && kw.values().all(fits),
                 Some(Payload::Transparent(value)) => fits(value),
             }
-    }
-}
-
-impl Value {
-    /// Whether this value, at nesting `depth`, nests at most [`MAX_DEPTH`] levels (recursing
-    /// at most that deep).
-    fn within_depth(&self, depth: usize) -> bool {
-        if depth > MAX_DEPTH {
-            return false;
-        }
-        match self {
-            Value::List(items) => items.iter().all(|v| v.within_depth(depth + 1)),
-            Value::Dict(dict) => dict.values().all(|v| v.within_depth(depth + 1)),
-            _ => true,
-        }
     }
 }
 

@@ -55,7 +55,7 @@ pub fn node_config(node_id: &str, seeds: &[SocketAddr], gossip: GossipConfig) ->
 /// timeout.
 pub fn detecting() -> GossipConfig {
     GossipConfig {
-        join_timeout_ms: 500,
+        join_timeout_ms: Duration::from_millis(500),
         ..GossipConfig::lan()
     }
 }
@@ -64,7 +64,7 @@ pub fn detecting() -> GossipConfig {
 /// node look dead.
 pub fn tolerant() -> GossipConfig {
     GossipConfig {
-        join_timeout_ms: 500,
+        join_timeout_ms: Duration::from_millis(500),
         ..GossipConfig::tolerant()
     }
 }

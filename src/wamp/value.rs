@@ -1,18 +1,79 @@
-//! Decoding of [`Value`] with a nesting limit. A derived `Deserialize` recurses once per level
-//! of nesting, and bincode has no depth limit of its own: a frame of a hundred thousand nested
-//! one-element lists would overflow the stack. This one counts the depth and refuses past
-//! [`MAX_DEPTH`]. It reads the same encoding the derived `Serialize` writes.
+//! Application values ([`Value`], [`Dict`]) and the payload ([`Payload`]) of the messages that
+//! carry one, with their serde encoding.
+//!
+//! Decoding counts nesting: a derived `Deserialize` recurses once per level of nesting, and
+//! bincode has no depth limit of its own, so a frame of a hundred thousand nested one-element
+//! lists would overflow the stack. This one refuses values nested deeper than [`MAX_DEPTH`]. It
+//! reads the same encoding the derived `Serialize` writes.
 
 use std::fmt;
 
+use indexmap::IndexMap;
 use serde::de::{self, DeserializeSeed, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor};
-use serde::{Deserialize, Deserializer};
-
-use super::{Dict, Value};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// The deepest nesting of lists and dicts a decoded value may have (JSON parsers commonly stop
 /// at 128; WAMP payloads are far shallower).
 pub const MAX_DEPTH: usize = 64;
+
+/// A dictionary of values; keys keep their insertion order.
+pub type Dict = IndexMap<String, Value>;
+
+/// An application value. Decoding refuses values nested deeper than [`MAX_DEPTH`], so that a
+/// peer cannot exhaust the stack with a frame of nested lists.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum Value {
+    /// `null`
+    Null,
+    /// `true` / `false`
+    Bool(bool),
+    /// A signed integer.
+    Integer(i64),
+    /// An unsigned integer above `i64::MAX`.
+    Unsigned(u64),
+    /// A floating-point number.
+    Float(f64),
+    /// A string.
+    String(String),
+    /// Binary data (in JSON, a string of `\u0000` followed by base64). Encoded as a byte
+    /// string (a length, then the bytes in one copy), not as a sequence of numbers.
+    Bytes(#[serde(serialize_with = "byte_string")] Vec<u8>),
+    /// A list.
+    List(Vec<Value>),
+    /// A dictionary.
+    Dict(Dict),
+}
+
+/// The application payload at the end of PUBLISH, EVENT, CALL, RESULT, INVOCATION, YIELD and
+/// ERROR.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub enum Payload {
+    /// No arguments at all.
+    #[default]
+    Empty,
+    /// `Arguments` only.
+    Args(Vec<Value>),
+    /// `Arguments` and `ArgumentsKw`.
+    ArgsKw(Vec<Value>, #[serde(deserialize_with = "dict")] Dict),
+    /// Payload passthrough mode (the options or details carry `enc_algo`): one value in place
+    /// of the arguments, carried untouched.
+    Transparent(Value),
+}
+
+impl Value {
+    /// Whether this value, at nesting `depth`, nests at most [`MAX_DEPTH`] levels (recursing
+    /// at most that deep).
+    pub(crate) fn within_depth(&self, depth: usize) -> bool {
+        if depth > MAX_DEPTH {
+            return false;
+        }
+        match self {
+            Value::List(items) => items.iter().all(|v| v.within_depth(depth + 1)),
+            Value::Dict(dict) => dict.values().all(|v| v.within_depth(depth + 1)),
+            _ => true,
+        }
+    }
+}
 
 const VARIANTS: &[&str] = &[
     "Null", "Bool", "Integer", "Unsigned", "Float", "String", "Bytes", "List", "Dict",
@@ -80,10 +141,7 @@ impl<'de> Visitor<'de> for ValueSeed {
 
 /// Writes `bytes` as a byte string: in bincode the same bytes as a sequence of `u8`, written
 /// in one copy rather than one call per byte.
-pub(super) fn byte_string<S: serde::Serializer>(
-    bytes: &[u8],
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
+fn byte_string<S: serde::Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_bytes(bytes)
 }
 
@@ -246,21 +304,21 @@ mod tests {
         for depth in [MAX_DEPTH, MAX_DEPTH + 1] {
             let mut options = Dict::new();
             options.insert("k".into(), nested(depth));
-            let in_dict = super::super::WampMessage::Publish {
+            let in_dict = crate::wamp::WampMessage::Publish {
                 request: 1,
                 options,
                 topic: "t".into(),
-                payload: super::super::Payload::Empty,
+                payload: Payload::Empty,
             };
-            let in_args = super::super::WampMessage::Publish {
+            let in_args = crate::wamp::WampMessage::Publish {
                 request: 1,
                 options: Dict::new(),
                 topic: "t".into(),
-                payload: super::super::Payload::Args(vec![nested(depth)]),
+                payload: Payload::Args(vec![nested(depth)]),
             };
             for message in [in_dict, in_args] {
                 let bytes = bincode::serde::encode_to_vec(&message, config).unwrap();
-                let decoded = bincode::serde::decode_from_slice::<super::super::WampMessage, _>(
+                let decoded = bincode::serde::decode_from_slice::<crate::wamp::WampMessage, _>(
                     &bytes, config,
                 );
                 assert_eq!(decoded.is_ok(), depth == MAX_DEPTH, "{message:?}");
