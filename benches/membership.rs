@@ -22,7 +22,7 @@ use chitchat::transport::UdpTransport;
 use chitchat::{spawn_chitchat, ChitchatHandle};
 use serde_json::json;
 use tokio::task::JoinSet;
-use wamp_cluster::security::Secret;
+use wamp_cluster::Secret;
 use wamp_cluster::{GossipConfig, Node, NodeHandle, Status};
 
 /// Longest any single measurement may take before the bench gives up on it.
@@ -43,9 +43,12 @@ trait Cluster: Sized {
 /// A wamp-cluster node, with a cluster secret if given.
 async fn start_node(name: &str, seed: Option<SocketAddr>, secret: Option<&str>) -> NodeHandle {
     let seeds: Vec<SocketAddr> = seed.into_iter().collect();
-    let mut config = common::node_config(name, &seeds, GossipConfig::lan());
+    let mut config = wamp_cluster::testkit::node_config(name, &seeds, GossipConfig::lan());
     config.cluster_secret = secret.map(Secret::new);
-    Node::builder(config).start().await.expect("node starts")
+    Node::builder(config, |_, _| wamp_cluster::Discard)
+        .start()
+        .await
+        .expect("node starts")
 }
 
 impl Cluster for NodeHandle {
@@ -111,14 +114,14 @@ struct Bare {
 impl Cluster for Bare {
     async fn start(name: &str, seed: Option<SocketAddr>) -> Self {
         let seeds: Vec<SocketAddr> = seed.into_iter().collect();
-        let node = common::node_config(name, &seeds, GossipConfig::lan());
+        let node = wamp_cluster::testkit::node_config(name, &seeds, GossipConfig::lan());
         let addr = node.gossip_addr;
         let generation = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos() as u64;
         // The very configuration a wamp-cluster node gives chitchat.
-        let config = wamp_cluster::membership::chitchat_config(&node, generation);
+        let config = wamp_cluster::testkit::protocol::chitchat_config(&node, generation);
         let keys = vec![("status".to_string(), "ready".to_string())];
         let handle = spawn_chitchat(config, keys, &UdpTransport)
             .await
@@ -231,9 +234,9 @@ fn summary(samples: &[Duration]) -> (f64, f64) {
 fn idle_rss(settle: Duration) -> u64 {
     let dir = tempfile::tempdir().unwrap();
     let (gossip, admin, forward) = (
-        common::free_addr(),
-        common::free_addr(),
-        common::free_addr(),
+        wamp_cluster::testkit::free_addr(),
+        wamp_cluster::testkit::free_addr(),
+        wamp_cluster::testkit::free_addr(),
     );
     let mut child = Command::new(env!("CARGO_BIN_EXE_wamp-cluster"))
         .args(["node", "--node-id", "idle"])

@@ -11,12 +11,11 @@ use std::net::SocketAddr;
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use tokio_util::codec::Decoder;
-use wamp_cluster::membership::view::{derive_view, GossipNode, ViewInput};
-use wamp_cluster::membership::{NodeKeys, Ring, Status};
-use wamp_cluster::security::{ClusterKeys, ReplayGuard};
+use wamp_cluster::testkit::protocol::view::{derive_view, GossipNode, NodeKeys, ViewInput};
+use wamp_cluster::testkit::protocol::{self, ClusterKeys, FrameCodec, ReplayGuard};
 use wamp_cluster::wamp::{Dict, Payload, Value, WampMessage};
-use wamp_cluster::wire::{self, FrameCodec};
 use wamp_cluster::{LiveView, NodeId, PeerId};
+use wamp_cluster::{Ring, Status};
 
 /// The payload of every message: one 128-byte binary argument, as in the forward benchmark,
 /// plus a keyword argument for the types that carry details.
@@ -86,7 +85,7 @@ fn frames(c: &mut Criterion) {
         encode.throughput(Throughput::Elements(1));
         encode.bench_function(name, |b| {
             b.iter(|| {
-                wire::encode_forward(
+                protocol::encode_forward(
                     black_box(42),
                     &from,
                     &to,
@@ -100,7 +99,8 @@ fn frames(c: &mut Criterion) {
     encode.finish();
     let mut decode = c.benchmark_group("decode");
     for (name, message) in messages() {
-        let bytes = wire::encode_forward(42, &from, &to, &message, max, <[u8]>::to_vec).unwrap();
+        let bytes =
+            protocol::encode_forward(42, &from, &to, &message, max, <[u8]>::to_vec).unwrap();
         let mut codec = FrameCodec::new(max);
         decode.throughput(Throughput::Elements(1));
         decode.bench_function(name, |b| {

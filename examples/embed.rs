@@ -1,6 +1,7 @@
-//! How a router embeds wamp-cluster: start a node with a `Deliver` handler (here the
-//! `Dispatcher` worker pool), forward and broadcast, watch bad-node reports and membership
-//! events, shut down. Run two of them on one machine:
+//! How a router embeds wamp-cluster: start a node whose handler is a `Dispatcher` worker pool
+//! (made once the node's forwarder exists, so that it could forward answers back), forward and
+//! broadcast, watch bad-node reports and membership events, and stop in any of the ways a node
+//! stops. Run two of them on one machine:
 //!
 //! ```text
 //! cargo run --example embed -- router-1 7946
@@ -8,18 +9,43 @@
 //! ```
 //!
 //! Arguments: node id, gossip port (the forward port is the next one), then seeds. Every five
-//! seconds each router publishes an event to every other router. Ctrl-C leaves gracefully.
+//! seconds each router publishes an event to every other router. Ctrl-C (or SIGTERM) leaves
+//! gracefully, and so does `POST /cluster/leave` to the admin API it prints; either way it
+//! exits 0, and 1 if the node failed.
 
-use std::sync::Arc;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::broadcast::error::RecvError;
 use wamp_cluster::wamp::{Dict, Payload, Value, WampMessage};
-use wamp_cluster::{Config, Delivery, Dispatcher, ForwardOptions, Node, PeerId};
+use wamp_cluster::{
+    Config, Delivery, Dispatcher, ForwardOptions, NackReason, Node, PeerId, Stopped,
+};
+
+/// The realm this router serves.
+const REALM: &str = "realm1";
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(Stopped::Failed(err)) => {
+            eprintln!("the node failed: {err}");
+            ExitCode::FAILURE
+        }
+        Ok(stopped) => {
+            println!("stopped: {stopped:?}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("{err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<Stopped> {
     tracing_subscriber::fmt()
         .with_env_filter("warn,wamp_cluster=info")
         .init();
@@ -37,33 +63,44 @@ async fn main() -> anyhow::Result<()> {
     config.seeds = args.collect();
 
     // The router's side: messages from other nodes go to a worker pool, ordered per session.
-    // A real router would look up the target session here and write the message to it.
-    let dispatcher = Dispatcher::new(4, 10_000, |delivery: Delivery| async move {
-        println!("delivered from {}: {:?}", delivery.from, delivery.message);
-    });
-    let node = Node::builder(config)
-        .deliver(Arc::new(dispatcher))
-        .start()
-        .await?;
-    println!("admin API on http://{}", node.admin_addr());
+    // A real router would look up the target session and write the message to it; here,
+    // only the realm is served, and a message for another one is refused.
+    let node = Node::builder(config, |_forwarder, _membership| {
+        Dispatcher::new(4, 10_000, |delivery: Delivery| async move {
+            if delivery.to.realm != REALM {
+                return Err(NackReason::NoSuchSession);
+            }
+            println!("delivered from {}: {:?}", delivery.from, delivery.message);
+            Ok(())
+        })
+    })
+    .start()
+    .await?;
+    if let Some(admin) = node.admin_addr() {
+        println!("admin API on http://{admin}");
+    }
 
+    let mut sigterm = signal(SignalKind::terminate())?;
     let mut events = node.membership().subscribe_events();
     let mut reports = node.forwarder().subscribe_reports();
     let mut ticker = tokio::time::interval(Duration::from_secs(5));
-    let me = PeerId::session("realm1", node_id.as_str(), 1);
+    let me = PeerId::session(REALM, node_id.as_str(), 1);
     let mut publication = 0;
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            _ = tokio::signal::ctrl_c() => return Ok(node.leave().await),
+            _ = sigterm.recv() => return Ok(node.leave().await),
+            // A leave through the admin API, or a failure: the node stopped by itself.
+            stopped = node.stopped() => return Ok(stopped),
             event = events.recv() => match event {
                 Ok(event) => println!("membership: {event:?}"),
                 Err(RecvError::Lagged(n)) => println!("missed {n} membership events"),
-                Err(RecvError::Closed) => break,
+                Err(RecvError::Closed) => return Ok(node.stopped().await),
             },
             Ok(report) = reports.recv() => println!("bad node: {} ({})", report.node, report.reason),
             _ = ticker.tick() => {
                 // The hot path reads a lock-free snapshot: targets and ring owners.
-                let view = node.view();
+                let view = node.membership().view();
                 let owner = view.ring().owner("com.example.add");
                 println!("targets {:?}; com.example.add is owned by {owner:?}", view.broadcast_targets());
                 publication += 1;
@@ -79,9 +116,6 @@ async fn main() -> anyhow::Result<()> {
                     .await;
                 println!("broadcast: good {:?}, bad {:?}", result.good, result.bad);
             }
-            err = node.failed() => return Err(err.into()),
         }
     }
-    node.leave().await?;
-    Ok(())
 }

@@ -20,10 +20,13 @@
 //! is counted (`wamp_cluster_admin_unauthorized_total`). The `GET` routes stay open, for health
 //! checks and scrapes: the API binds to loopback unless told otherwise.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::forward::Forwarder;
+use crate::membership::{Member, Membership, Status};
+use crate::node::stop::Stop;
+use crate::NodeId;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -34,11 +37,6 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
-
-use crate::forward::{DeliveryLog, Forwarder};
-use crate::membership::{Member, Membership, Status};
-use crate::NodeId;
 
 /// Longest probe timeout accepted, in milliseconds.
 pub const MAX_PROBE_TIMEOUT_MS: u64 = 60_000;
@@ -77,25 +75,23 @@ pub(crate) fn load_token(path: &std::path::Path) -> Result<Arc<str>, crate::erro
 
 /// What the handlers share.
 #[derive(Clone)]
-pub struct AdminState {
+pub(crate) struct AdminState {
     /// The node's membership.
     pub membership: Membership,
     /// The node's forwarder.
     pub forwarder: Forwarder,
-    /// The delivery counters, when the node counts its deliveries.
-    pub deliveries: Option<Arc<DeliveryLog>>,
     /// The default timeout of probes.
     pub ack_timeout: Duration,
     /// The recorder whose output `/metrics` serves, if any.
     pub prometheus: Option<PrometheusHandle>,
-    /// Cancelled by `POST /cluster/leave`.
-    pub leave_requested: CancellationToken,
+    /// Where `POST /cluster/leave` asks the node to leave.
+    pub stop: Arc<Stop>,
     /// The bearer token the routes that change or probe anything need, if any.
     pub token: Option<Arc<str>>,
 }
 
 /// The admin API's routes.
-pub fn router(state: AdminState) -> Router {
+pub(crate) fn router(state: AdminState) -> Router {
     let guarded = Router::new()
         .route("/cluster/leave", post(leave))
         .route("/cluster/probe", post(probe))
@@ -231,15 +227,9 @@ async fn ring(
 }
 
 async fn leave(State(state): State<AdminState>) -> Response {
-    // The leave starts here, so that it happens even if the embedding program does not watch
-    // for the request; the program learns of it through the token and waits for the end.
-    let membership = state.membership.clone();
-    tokio::spawn(async move {
-        if let Err(err) = membership.leave().await {
-            tracing::warn!(error = %err, "leave asked through the admin API failed");
-        }
-    });
-    state.leave_requested.cancel();
+    // The node carries the leave out itself, so that it happens whether or not the embedding
+    // program watches; the program learns of it from `NodeHandle::stopped`.
+    state.stop.ask_admin_leave();
     (StatusCode::OK, Json(json!({ "status": "leaving" }))).into_response()
 }
 
@@ -348,19 +338,7 @@ async fn broadcast(
 }
 
 async fn stats(State(state): State<AdminState>) -> Json<Value> {
-    let mut peers: BTreeMap<NodeId, serde_json::Map<String, Value>> = BTreeMap::new();
-    for (node, counters) in state.forwarder.stats() {
-        if let Ok(Value::Object(map)) = serde_json::to_value(counters) {
-            peers.entry(node).or_default().extend(map);
-        }
-    }
-    if let Some(log) = &state.deliveries {
-        for (node, counters) in log.counters() {
-            if let Ok(Value::Object(map)) = serde_json::to_value(counters) {
-                peers.entry(node).or_default().extend(map);
-            }
-        }
-    }
+    let peers = state.forwarder.stats();
     Json(json!({ "node": state.membership.node_id(), "peers": peers }))
 }
 

@@ -105,7 +105,7 @@ impl Deliver for Discard {
     }
 }
 
-impl<D: Deliver> Deliver for std::sync::Arc<D> {
+impl<D: Deliver + ?Sized> Deliver for std::sync::Arc<D> {
     fn deliver(&self, delivery: Delivery) -> Verdict {
         (**self).deliver(delivery)
     }

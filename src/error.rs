@@ -50,7 +50,7 @@ pub enum ConfigError {
 }
 
 /// Membership could not start, or stopped on its own.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum MembershipError {
     /// The gossip socket or runtime could not be set up. Nothing is left running.
     #[error("cannot start gossip on {addr}: {message}")]
@@ -112,6 +112,16 @@ pub enum NodeError {
         /// Why.
         source: io::Error,
     },
+}
+
+impl NodeError {
+    pub(crate) fn admin_bind(addr: SocketAddr, source: io::Error) -> NodeError {
+        NodeError::AdminBind { addr, source }
+    }
+
+    pub(crate) fn forward_bind(addr: SocketAddr, source: io::Error) -> NodeError {
+        NodeError::ForwardBind { addr, source }
+    }
 }
 
 /// Why a forward, a `receive_ack` or one node of a broadcast failed. Each variant says whether

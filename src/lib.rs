@@ -6,40 +6,73 @@
 //! report the nodes that fail to answer. The same library runs as the `wamp-cluster` node
 //! program and inside a router.
 //!
+//! # Using it
+//!
+//! ```no_run
+//! use wamp_cluster::{Config, Deliver, Delivery, Node, Stopped, Verdict};
+//!
+//! struct Router;
+//!
+//! impl Deliver for Router {
+//!     fn deliver(&self, delivery: Delivery) -> Verdict {
+//!         // Look up `delivery.to.session` and hand it the message, or refuse.
+//!         Verdict::Accepted
+//!     }
+//! }
+//!
+//! # async fn run() -> Result<(), wamp_cluster::NodeError> {
+//! let node = Node::builder(Config::new("node-1"), |_forwarder, _membership| Router)
+//!     .start()
+//!     .await?;
+//! // … forward with `node.forwarder()`, watch `node.membership().watch_view()` …
+//! match node.leave().await {
+//!     Stopped::Failed(err) => eprintln!("the node failed: {err}"),
+//!     stopped => println!("{stopped:?}"),
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Layout
 //!
-//! - [`config`]: the configuration keys, their defaults, validation, and the layering of file,
-//!   `WAMP_CLUSTER_*` environment variables and flags.
-//! - [`membership`]: chitchat on a thread of its own; the [`LiveView`] derived from gossip by
-//!   pure functions ([`membership::view`]), the ring ([`membership::ring`]), membership events
-//!   and reachability reports.
-//! - [`wamp`]: WAMP messages and values, and their JSON array form.
-//! - [`wire`]: the node-to-node frames, their encoding and the handshake; the only module that
-//!   knows the wire format.
-//! - [`forward`]: the [`Forwarder`] (`forward`, `async_forward`, `receive_ack`, `broadcast`),
-//!   pending acks, one outbound link per peer, the inbound listener, the [`Deliver`] trait, the
-//!   [`Dispatcher`] worker pool, bad-node reports and probes.
-//! - [`node`]: [`Node::builder`] starts membership, the forwarder and the admin API together
-//!   from one [`Config`]; [`NodeHandle`] stops them.
-//! - [`admin`]: the HTTP admin API and `/metrics`.
-//! - [`traffic`]: test traffic and a record of it that survives `kill -9`, for checking a
-//!   cluster under faults.
-//! - [`security`]: the cluster secret: the keys derived from it, the proofs of the forwarding
-//!   handshake and the sealing of gossip datagrams.
-//! - [`tls`]: TLS on the forwarding connections.
-//! - [`metrics`]: metric names and the Prometheus recorder.
-//! - [`error`]: one error enum per layer.
+//! From the bottom up; a module uses only those above it in this list, never one below
+//! (`tests/layout.rs` checks that no file imports another that imports it back).
+//!
+//! - `node_id`, `peer_id` ([`NodeId`], [`PeerId`]) and [`wamp`] (WAMP messages, values, their
+//!   JSON form): the names and messages everything else speaks of.
+//! - `delivery`: what crosses to a handler on another node: [`Delivery`], [`Verdict`],
+//!   [`NackReason`], and the [`Deliver`] trait a router implements.
+//! - `wire`: the node-to-node frames (`frame`), the codec, and the hand-written fast paths of
+//!   forwarded frames; the only place that knows the encoding.
+//! - `security` (the cluster secret: keys, proofs, sealing, the replay guard) and
+//!   [`log_limit`]. [`metrics`]: metric names and the Prometheus recorder.
+//! - [`config`]: the keys, declared once ([`settings!`]) for file, environment and flags; their
+//!   layering; pure validation. `error`: one error enum per layer.
+//! - `tls`: TLS settings read from `[tls]`, certificates checked against node ids.
+//! - `membership`: chitchat on a thread of its own; the [`LiveView`] derived from gossip by
+//!   pure functions, the [`Ring`], [`MembershipEvent`]s, reachability reports, sealed gossip.
+//! - `forward`: the [`Forwarder`]. Its parts get a shared `context` (identity, settings,
+//!   pending acks, the `report`er of bad nodes, one shutdown signal), never the forwarder
+//!   itself: `handshake` (both sides), `link` (one per peer: queue, batched writes, redial),
+//!   `listener` (delivery in arrival order, pipelined verdicts), `pending` (the ack table),
+//!   `queue`, `stats`, `stream`, and the [`Dispatcher`] worker pool.
+//! - `admin`: the HTTP admin API. `node`: [`Node::builder`] starts everything from one
+//!   [`Config`]; [`NodeHandle`] and its `stop` task stop it, once.
+//! - `testkit` (feature `testkit`): clusters in one process, a relay that cuts connections,
+//!   test traffic and its invariants, charts, certificates.
 //!
 //! # How a message flows
 //!
 //! A router on node A calls [`Forwarder::forward`] with a PUBLISH, ERROR, INTERRUPT, INVOCATION
 //! or RESULT for a peer on node B. The forwarder checks B is live in the [`LiveView`], registers
 //! the pending ack, encodes a `Forward` frame and queues it on the link to B; the link's writer
-//! sets the frame's time to live and writes it in a batch. B's listener decodes it and calls the
-//! router's [`Deliver`] handler (for example a [`Dispatcher`]), then answers `Ack` or `Nack`. A's
-//! link reads the answer and completes the pending entry; `forward` returns. If B does not
-//! answer in time, or its connection fails, the call ends with a typed [`ForwardError`] and B is
-//! reported unreachable: [`Membership`] takes it out of the broadcast targets, subscribers get a
+//! sets the frame's time to live and writes it in a batch. B's listener decodes it, decides
+//! (expired? forwardable? addressed to B? the newest connection from A?) and hands it to the
+//! router's [`Deliver`] handler; the verdict (at once, or later from a [`Dispatcher`] worker)
+//! becomes an `Ack` or a `Nack`, written in arrival order. A's link reads the answer and
+//! completes the pending entry; `forward` returns. If B does not answer in time, or its
+//! connection fails, the call ends with a typed [`ForwardError`] and B is reported
+//! unreachable: [`Membership`] takes it out of the broadcast targets, subscribers get a
 //! [`BadNodeReport`], and background probes bring it back when it answers again.
 //!
 //! # How a membership change flows
@@ -48,38 +81,49 @@
 //! [`Membership`] reads chitchat's state, derives a new [`LiveView`], stores it in an `ArcSwap`
 //! (read without a lock by [`Membership::view`]) and sends it to view watchers, then sends the
 //! [`MembershipEvent`]s that lead to it and updates the metrics.
+//!
+//! # How a node stops
+//!
+//! [`NodeHandle::leave`], `POST /cluster/leave`, [`NodeHandle::abort`] (or dropping the handle)
+//! and a failure of membership all ask one task to stop the node; the first one wins. It stops
+//! membership (a leave announces `leaving` and gossips a few rounds first), then the forwarder,
+//! then lets the handler drain ([`Deliver::drain`]), then the admin API, and publishes why:
+//! [`NodeHandle::stopped`] returns it.
 
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 #![warn(clippy::await_holding_lock)]
 
-pub mod admin;
+mod admin;
 pub mod config;
 mod delivery;
-pub mod error;
-pub mod forward;
+mod error;
+mod forward;
 pub mod log_limit;
-pub mod membership;
+mod membership;
 pub mod metrics;
-pub mod node;
+mod node;
 mod node_id;
 mod peer_id;
-pub mod security;
+mod security;
 mod shared_str;
-pub mod tls;
-pub mod traffic;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+mod tls;
 pub mod wamp;
-pub mod wire;
+mod wire;
 
-pub use config::{Config, ForwardConfig, GossipConfig, LimitsConfig, TlsConfig};
+pub use config::{Config, ForwardConfig, GossipConfig, LimitsConfig, Secret, TlsConfig};
 pub use delivery::{Deliver, Delivery, Discard, NackReason, Verdict};
 pub use error::{ConfigError, ForwardError, MembershipError, NodeError};
 pub use forward::{
-    AckId, BadNodeReport, BadReason, Broadcast, DeliveryCounters, DeliveryLog, Dispatcher,
-    ForwardOptions, Forwarder, Protection,
+    AckId, BadNodeReport, BadReason, Broadcast, Dispatcher, ForwardOptions, Forwarder,
+    PeerCounters, MAX_TIMEOUT, REPORT_CHANNEL_CAPACITY,
 };
-pub use membership::{LiveView, Member, Membership, MembershipEvent, Ring, Status};
-pub use node::{Node, NodeBuilder, NodeHandle};
+pub use membership::{
+    LiveView, Member, Membership, MembershipEvent, Ring, Status, EVENT_CHANNEL_CAPACITY,
+};
+pub use node::{Node, NodeBuilder, NodeHandle, Stopped};
 pub use node_id::NodeId;
 pub use peer_id::{PeerId, Realm, SessionId};
 

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub struct Limiter {
     per_second: u32,
-    state: Mutex<State>,
+    state: Mutex<Window>,
 }
 
 #[derive(Debug)]
-struct State {
+struct Window {
     /// The start of the current one-second window.
     window: Option<Instant>,
     /// Events let through in it.
@@ -28,7 +28,7 @@ impl Limiter {
     pub const fn new(per_second: u32) -> Limiter {
         Limiter {
             per_second,
-            state: Mutex::new(State {
+            state: Mutex::new(Window {
                 window: None,
                 passed: 0,
                 left_out: 0,

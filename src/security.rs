@@ -222,11 +222,13 @@ impl ClusterKeys {
     }
 
     /// How many secrets.
+    #[cfg(any(test, feature = "testkit"))]
     pub fn len(&self) -> usize {
         self.keys.len()
     }
 
     /// Whether there is no secret (such keys prove nothing and open nothing).
+    #[cfg(any(test, feature = "testkit"))]
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
@@ -416,6 +418,7 @@ impl ReplayGuard {
     }
 
     /// Nonces remembered now.
+    #[cfg(any(test, feature = "testkit"))]
     pub fn remembered(&self) -> usize {
         self.nonces.len()
     }

@@ -24,7 +24,7 @@ fn the_forward_bench_runs_quick_and_writes_every_figure() {
         .stderr(std::fs::File::create(out.path().join("bench.err")).unwrap())
         .spawn()
         .unwrap();
-    let status = common::wait_exit(&mut child, Duration::from_secs(1200));
+    let status = wamp_cluster::testkit::wait_exit(&mut child, Duration::from_secs(1200));
     let printed = std::fs::read_to_string(out.path().join("bench.out")).unwrap_or_default();
     let errors = std::fs::read_to_string(out.path().join("bench.err")).unwrap_or_default();
     assert!(

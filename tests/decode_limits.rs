@@ -6,7 +6,7 @@ use std::cell::Cell;
 
 use bytes::BytesMut;
 use tokio_util::codec::Decoder;
-use wamp_cluster::wire::FrameCodec;
+use wamp_cluster::testkit::protocol::FrameCodec;
 
 /// The system allocator, noting the largest single request made on each thread.
 struct Largest;

@@ -14,9 +14,9 @@ use std::sync::OnceLock;
 use bytes::BytesMut;
 use proptest::prelude::*;
 use tokio_util::codec::{Decoder, Encoder};
-use wamp_cluster::security::{ClusterKeys, ReplayGuard, Role, Transcript, Unopened};
+use wamp_cluster::testkit::protocol::{self, Frame, FrameCodec, Hello};
+use wamp_cluster::testkit::protocol::{ClusterKeys, ReplayGuard, Role, Transcript, Unopened};
 use wamp_cluster::wamp::{json, WampMessage};
-use wamp_cluster::wire::{self, Frame, FrameCodec, Hello};
 use wamp_cluster::{NodeId, PeerId};
 
 /// The JSON texts of every sample of the WAMP test vectors.
@@ -63,7 +63,8 @@ fn frame_seeds() -> &'static [Vec<u8>] {
             .filter(WampMessage::is_forwardable)
             .enumerate()
             .map(|(id, m)| {
-                wire::encode_forward(id as u64, &from, &to, &m, 1 << 20, <[u8]>::to_vec).unwrap()
+                protocol::encode_forward(id as u64, &from, &to, &m, 1 << 20, <[u8]>::to_vec)
+                    .unwrap()
             })
             .collect();
         assert!(frames.len() > 10, "{} forward seeds", frames.len());
@@ -86,9 +87,9 @@ fn frame_seeds() -> &'static [Vec<u8>] {
 
 fn hello() -> Hello {
     Hello {
-        magic: wire::MAGIC,
-        min_version: wire::MIN_VERSION,
-        max_version: wire::MAX_VERSION,
+        magic: protocol::MAGIC,
+        min_version: protocol::MIN_VERSION,
+        max_version: protocol::MAX_VERSION,
         cluster_id: "default".into(),
         node_id: "node-a".into(),
         generation: 1,
@@ -195,7 +196,7 @@ proptest! {
         let mut buf = BytesMut::from(&stream[..]);
         let mut taken = Vec::new();
         loop {
-            wire::take_acks(&mut buf, |id| taken.push(Frame::Ack { id }));
+            protocol::take_acks(&mut buf, |id| taken.push(Frame::Ack { id }));
             match codec.decode(&mut buf) {
                 Ok(Some(frame)) => taken.push(frame),
                 _ => break,
@@ -209,7 +210,7 @@ proptest! {
     /// common version, and then at a version both speak; never a panic.
     #[test]
     fn the_handshake_accepts_only_a_matching_hello(
-        magic in prop_oneof![Just(wire::MAGIC), any::<[u8; 4]>()],
+        magic in prop_oneof![Just(protocol::MAGIC), any::<[u8; 4]>()],
         min_version in 0u16..4,
         max_version in 0u16..4,
         cluster in prop_oneof![Just("default".to_string()), ".{0,12}"],
@@ -224,18 +225,18 @@ proptest! {
             ..hello()
         };
         let me = NodeId::from("node-b");
-        match wire::negotiate(&hello, "default", &me) {
+        match protocol::negotiate(&hello, "default", &me) {
             Ok(version) => {
-                prop_assert!(magic == wire::MAGIC && cluster == "default" && to_node == "node-b");
-                prop_assert!((wire::MIN_VERSION..=wire::MAX_VERSION).contains(&version));
+                prop_assert!(magic == protocol::MAGIC && cluster == "default" && to_node == "node-b");
+                prop_assert!((protocol::MIN_VERSION..=protocol::MAX_VERSION).contains(&version));
                 prop_assert!((min_version..=max_version).contains(&version));
             }
             Err(_) => prop_assert!(
-                magic != wire::MAGIC
+                magic != protocol::MAGIC
                     || cluster != "default"
                     || to_node != "node-b"
-                    || max_version < wire::MIN_VERSION
-                    || min_version > wire::MAX_VERSION
+                    || max_version < protocol::MIN_VERSION
+                    || min_version > protocol::MAX_VERSION
                     || min_version > max_version
             ),
         }
@@ -255,7 +256,7 @@ proptest! {
         edits in edits(),
     ) {
         let keys = ClusterKeys::new(["a-secret-for-properties-0123"], "default");
-        let hello = wire::hello_bytes(&hello());
+        let hello = protocol::hello_bytes(&hello());
         let t = Transcript {
             hello: &hello,
             listener_nonce: &listener_nonce,

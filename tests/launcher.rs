@@ -30,7 +30,8 @@ fn run(dir: &Path, args: &[&str], timeout: Duration) -> (Option<i32>, String, Va
         .stderr(Stdio::inherit())
         .spawn()
         .expect("the launcher example is built by cargo test");
-    let status = common::wait_exit(&mut child, timeout).expect("the launcher finishes in time");
+    let status = wamp_cluster::testkit::wait_exit(&mut child, timeout)
+        .expect("the launcher finishes in time");
     let out = std::fs::read_to_string(dir.join("launcher.out")).unwrap();
     let report = std::fs::read_to_string(dir.join("report.json"))
         .ok()
@@ -259,7 +260,7 @@ fn the_fault_schedule_follows_the_seed() {
 }
 
 /// Starts the launcher without a duration; returns it once the cluster formed.
-fn start_until_formed(dir: &Path) -> common::Reaped {
+fn start_until_formed(dir: &Path) -> wamp_cluster::testkit::Reaped {
     let child = Command::new(launcher())
         .args(["--nodes", "3", "--plain"])
         .arg("--binary")
@@ -271,7 +272,7 @@ fn start_until_formed(dir: &Path) -> common::Reaped {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let child = common::Reaped(child);
+    let child = wamp_cluster::testkit::Reaped(child);
     for _ in 0..600 {
         let out = std::fs::read_to_string(dir.join("launcher.out")).unwrap_or_default();
         if out.contains("formed a cluster") {
@@ -301,7 +302,8 @@ async fn ctrl_c_leaves_gracefully_and_reaps_every_node() {
     assert!(!nodes_of(dir.path()).is_empty());
     tokio::time::sleep(Duration::from_secs(2)).await;
     launcher.signal("-INT");
-    let status = common::wait_exit(&mut launcher.0, Duration::from_secs(90)).unwrap();
+    let status =
+        wamp_cluster::testkit::wait_exit(&mut launcher.0, Duration::from_secs(90)).unwrap();
     let out = std::fs::read_to_string(dir.path().join("launcher.out")).unwrap();
     assert!(status.success(), "{status:?}\n{out}");
     assert!(out.contains("6. no exit but by the launcher"), "{out}");
@@ -316,8 +318,8 @@ async fn the_nodes_die_with_a_killed_launcher() {
     let mut launcher = start_until_formed(dir.path());
     assert!(!nodes_of(dir.path()).is_empty());
     launcher.signal("-KILL");
-    let _ = common::wait_exit(&mut launcher.0, Duration::from_secs(10));
-    common::wait_until(Duration::from_secs(10), "the nodes die", || {
+    let _ = wamp_cluster::testkit::wait_exit(&mut launcher.0, Duration::from_secs(10));
+    wamp_cluster::testkit::wait_until(Duration::from_secs(10), "the nodes die", || {
         nodes_of(dir.path()).is_empty()
     })
     .await;

@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_addr, http, SERIAL};
+use common::{http, SERIAL};
 use serde_json::Value;
+use wamp_cluster::testkit::free_addr;
 
 const BIN: &str = env!("CARGO_BIN_EXE_wamp-cluster");
 
@@ -112,7 +113,7 @@ impl Proc {
 
     /// Waits for the process to exit, at most `timeout`.
     fn wait(&mut self, timeout: Duration) -> ExitStatus {
-        match common::wait_exit(&mut self.child, timeout) {
+        match wamp_cluster::testkit::wait_exit(&mut self.child, timeout) {
             Some(status) => status,
             None => panic!("{} did not exit: {}", self.name, self.log_text()),
         }
@@ -301,7 +302,7 @@ fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
         .stderr(fs::File::create(&stderr_path).unwrap())
         .spawn()
         .unwrap();
-    let status = common::wait_exit(&mut child, Duration::from_secs(10))
+    let status = wamp_cluster::testkit::wait_exit(&mut child, Duration::from_secs(10))
         .unwrap_or_else(|| panic!("{args:?} did not exit: the configuration was not refused"));
     (status.code(), fs::read_to_string(&stderr_path).unwrap())
 }
@@ -426,7 +427,7 @@ async fn a_node_with_the_secret_and_one_without_never_see_each_other() {
         .await;
     let dropped = "wamp_cluster_gossip_dropped_total{node=\"sealed\",reason=\"unsealed\"}";
     let deadline = Instant::now() + Duration::from_secs(10);
-    while common::counter(&sealed.get("/metrics").await, dropped) < 5 {
+    while wamp_cluster::testkit::counter(&sealed.get("/metrics").await, dropped) < 5 {
         assert!(Instant::now() < deadline, "no datagram of plain dropped");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -587,9 +588,9 @@ async fn traffic_is_recorded_and_every_acked_message_was_delivered_once_in_order
 
     let records: Vec<_> = ["one", "two"]
         .iter()
-        .map(|n| wamp_cluster::traffic::Run::clean(*n, dir.path().join(n)))
+        .map(|n| wamp_cluster::testkit::records::Run::clean(*n, dir.path().join(n)))
         .collect();
-    let checked = wamp_cluster::traffic::check(&records, 5000).unwrap();
+    let checked = wamp_cluster::testkit::records::check(&records, 5000).unwrap();
     assert!(checked.ok(), "{checked:?}");
     let failed: usize = checked.failed.values().sum();
     assert_eq!(

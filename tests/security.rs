@@ -12,10 +12,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio_util::codec::{Decoder, Encoder};
 
-use common::cluster::{failed_forward_report, forward_all, Cluster};
-use common::{counter, node_config, tolerant, wait_until, within, SERIAL};
-use wamp_cluster::security::{ClusterKeys, ReplayGuard, Role, Secret, Transcript};
-use wamp_cluster::wire::{self, Frame, FrameCodec, Hello, RefuseReason};
+use common::SERIAL;
+use wamp_cluster::testkit::cluster::{failed_forward_report, forward_all, Cluster};
+use wamp_cluster::testkit::protocol::{self, Frame, FrameCodec, Hello, RefuseReason};
+use wamp_cluster::testkit::protocol::{ClusterKeys, ReplayGuard, Role, Transcript};
+use wamp_cluster::testkit::{counter, node_config, tolerant, wait_until, within};
+use wamp_cluster::Discard;
+use wamp_cluster::Secret;
 use wamp_cluster::{Config, Node, NodeHandle};
 
 const OLD: &str = "old-secret-0123456789";
@@ -26,7 +29,12 @@ fn with_secret(text: &'static str) -> impl Fn(&mut Config) {
 }
 
 fn live_members(node: &NodeHandle) -> usize {
-    node.view().members().iter().filter(|m| m.live).count()
+    node.membership()
+        .view()
+        .members()
+        .iter()
+        .filter(|m| m.live)
+        .count()
 }
 
 /// Nodes in the middle of a change of secret (one seals with the new one, one still with the
@@ -55,7 +63,7 @@ async fn members_with_a_secret_in_common_form_a_cluster_and_a_node_with_another_
     let mut config = node_config("outsider", &[seed], tolerant());
     config.cluster_secret = Some(Secret::new("another-secret-0123456789"));
     config.gossip.join_timeout_ms = Duration::from_millis(500);
-    let outsider = Node::builder(config).start().await.unwrap();
+    let outsider = Node::builder(config, |_, _| Discard).start().await.unwrap();
     let dropped = r#"wamp_cluster_gossip_dropped_total{node="node-0",reason="unsealed"}"#;
     let before = counter(&prometheus.render(), dropped);
     wait_until(
@@ -70,7 +78,7 @@ async fn members_with_a_secret_in_common_form_a_cluster_and_a_node_with_another_
     for node in &c.nodes {
         assert_eq!(live_members(node), 3, "{}", node.node_id());
     }
-    outsider.abort().await.unwrap();
+    outsider.abort().await;
     c.stop().await;
 }
 
@@ -100,9 +108,9 @@ fn encode(frame: &Frame) -> Vec<u8> {
 /// would take over that member's connection once accepted).
 fn hello(cluster: &str) -> Hello {
     Hello {
-        magic: wire::MAGIC,
-        min_version: wire::MIN_VERSION,
-        max_version: wire::MAX_VERSION,
+        magic: protocol::MAGIC,
+        min_version: protocol::MIN_VERSION,
+        max_version: protocol::MAX_VERSION,
         cluster_id: cluster.into(),
         node_id: "tester".into(),
         generation: 1,
@@ -130,7 +138,7 @@ async fn handshake(
 }
 
 fn proof(keys: &ClusterKeys, listener_nonce: [u8; 32], dialer_nonce: [u8; 32]) -> Frame {
-    let hello = wire::hello_bytes(&hello("default"));
+    let hello = protocol::hello_bytes(&hello("default"));
     let transcript = Transcript {
         hello: &hello,
         listener_nonce: &listener_nonce,
@@ -174,14 +182,14 @@ async fn handshakes_without_a_fresh_proof_of_the_secret_are_refused_and_counted(
             panic!("a right proof is not verified: {answer:?}");
         };
         // The listener proves the secret in turn, over the same transcript.
-        let hello = wire::hello_bytes(&hello("default"));
+        let hello = protocol::hello_bytes(&hello("default"));
         let transcript = Transcript {
             hello: &hello,
             listener_nonce: &listener_nonce,
             dialer_nonce: &[2; 32],
             version,
         };
-        assert_eq!(version, wire::MAX_VERSION);
+        assert_eq!(version, protocol::MAX_VERSION);
         assert!(right.check_with(0, Role::Listener, &transcript, &mac));
         assert!(!wrong.check_with(0, Role::Listener, &transcript, &mac));
 

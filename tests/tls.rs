@@ -18,11 +18,12 @@ use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
 use tokio_util::codec::{Decoder, Encoder};
 
-use common::certs::Authority;
-use common::cluster::{failed_forward_report, forward_all, Cluster};
-use common::{counter, within, SERIAL};
-use wamp_cluster::security::Secret;
-use wamp_cluster::wire::{self, Frame, FrameCodec, Hello, RefuseReason};
+use common::SERIAL;
+use wamp_cluster::testkit::certs::Authority;
+use wamp_cluster::testkit::cluster::{failed_forward_report, forward_all, Cluster};
+use wamp_cluster::testkit::protocol::{self, Frame, FrameCodec, Hello, RefuseReason};
+use wamp_cluster::testkit::{counter, within};
+use wamp_cluster::Secret;
 use wamp_cluster::{BadReason, Config};
 
 /// Members with certificates and a secret forward both ways.
@@ -75,9 +76,9 @@ async fn hello_over_tls(target: std::net::SocketAddr, connector: &TlsConnector) 
         let mut tls = connector.connect(name, tcp).await.ok()?;
         let mut out = BytesMut::new();
         let hello = Frame::Hello(Hello {
-            magic: wire::MAGIC,
-            min_version: wire::MIN_VERSION,
-            max_version: wire::MAX_VERSION,
+            magic: protocol::MAGIC,
+            min_version: protocol::MIN_VERSION,
+            max_version: protocol::MAX_VERSION,
             cluster_id: "default".into(),
             node_id: "tester".into(),
             generation: 1,
@@ -129,7 +130,9 @@ async fn connections_without_the_right_certificate_are_refused_and_counted() {
     let intruders = async {
         let mut plain = TcpStream::connect(target).await.unwrap();
         plain
-            .write_all(&common::hello_bytes("default"))
+            .write_all(&wamp_cluster::testkit::protocol::hello_from_intruder(
+                "default",
+            ))
             .await
             .unwrap();
         let mut answer = Vec::new();

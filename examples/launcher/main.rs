@@ -13,24 +13,28 @@
 //! parent-death signal, even when the launcher itself is killed). Exit code: 0 when every
 //! invariant holds, 1 when one fails, 2 when the run could not be made.
 
+mod agreement;
 mod chaos;
+mod faults;
 mod netns;
+mod processes;
 mod report;
+mod status;
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
-use std::os::unix::process::CommandExt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
 use serde::Serialize;
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use chaos::{Fault, Plan, Planned};
+use processes::NodeProc;
+use status::get_json;
 
 #[derive(Parser)]
 #[command(about = "Run a local wamp-cluster with traffic, optionally chaos, and check it")]
@@ -110,27 +114,6 @@ pub enum State {
     Degraded,
 }
 
-/// A node process, killed and reaped when dropped.
-struct NodeProc(Child);
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl NodeProc {
-    fn signal(&self, signal: i32) {
-        if let Ok(pid) = i32::try_from(self.0.id()) {
-            // SAFETY: kill(2) on the pid of our own child, which is not reaped yet.
-            unsafe {
-                libc::kill(pid, signal);
-            }
-        }
-    }
-}
-
 /// One process start of a node.
 #[derive(Debug, Clone, Serialize)]
 pub struct Run {
@@ -197,7 +180,6 @@ struct Launcher {
     /// Fields drop in order: the slots' processes die before their namespaces go.
     slots: Vec<Slot>,
     netns: Option<netns::Netns>,
-    given_ports: Vec<u16>,
     start: Instant,
     /// When the chaos started, in milliseconds after the launcher's start.
     chaos_offset_ms: u64,
@@ -216,20 +198,8 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// A port free for UDP and TCP on `ip` now, not given out before by this launcher.
-fn free_port(ip: IpAddr, given: &mut Vec<u16>) -> anyhow::Result<u16> {
-    for _ in 0..1000 {
-        let tcp = TcpListener::bind((ip, 0))?;
-        let port = tcp.local_addr()?.port();
-        if UdpSocket::bind((ip, port)).is_ok() && !given.contains(&port) {
-            given.push(port);
-            return Ok(port);
-        }
-    }
-    bail!("no free port")
-}
-
-/// The wamp-cluster binary: given, or built with cargo (release) next to this example.
+/// The wamp-cluster binary: given, or built with cargo (release, with the `testkit` feature for
+/// its test traffic) next to this example.
 fn binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(path) = given {
         return Ok(path);
@@ -240,6 +210,8 @@ fn binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
         .args([
             "build",
             "--release",
+            "--features",
+            "testkit",
             "--bin",
             "wamp-cluster",
             "--manifest-path",
@@ -256,65 +228,6 @@ fn binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     Ok(target.join("release").join("wamp-cluster"))
 }
 
-async fn get_json(client: &reqwest::Client, admin: SocketAddr, path: &str) -> Option<Value> {
-    let response = client
-        .get(format!("http://{admin}{path}"))
-        .send()
-        .await
-        .ok()?;
-    response.json().await.ok()
-}
-
-/// What one node's admin API says.
-#[derive(Default)]
-struct Polled {
-    /// `/cluster/members`, if it answered.
-    members: Option<Value>,
-    acked: u64,
-    failed: u64,
-}
-
-async fn poll(client: &reqwest::Client, admin: SocketAddr) -> Polled {
-    let (members, stats) = tokio::join!(
-        get_json(client, admin, "/cluster/members"),
-        get_json(client, admin, "/stats")
-    );
-    let (mut acked, mut failed) = (0, 0);
-    if let Some(peers) = stats.as_ref().and_then(|s| s["peers"].as_object()) {
-        for peer in peers.values() {
-            acked += peer["acked"].as_u64().unwrap_or(0);
-            if let Some(f) = peer["failed"].as_object() {
-                failed += f.values().filter_map(Value::as_u64).sum::<u64>();
-            }
-        }
-    }
-    Polled {
-        members,
-        acked,
-        failed,
-    }
-}
-
-/// The members a node's `/cluster/members` shows live: `(node id, generation)`.
-fn live_members(members: &Value) -> Vec<(String, String)> {
-    let mut live: Vec<(String, String)> = members["members"]
-        .as_array()
-        .map(|all| {
-            all.iter()
-                .filter(|m| m["live"] == true)
-                .map(|m| {
-                    (
-                        m["node_id"].as_str().unwrap_or("").to_owned(),
-                        m["generation"].as_str().unwrap_or("").to_owned(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    live.sort();
-    live
-}
-
 /// The generation a process start announced on the first line of its outcomes record (only
 /// that line is read: the record grows all through the run).
 pub fn generation_of(run: &Run) -> Option<u64> {
@@ -323,504 +236,6 @@ pub fn generation_of(run: &Run) -> Option<u64> {
     let mut first = String::new();
     std::io::BufReader::new(file).read_line(&mut first).ok()?;
     first.strip_suffix('\n')?.strip_prefix("G ")?.parse().ok()
-}
-
-impl Launcher {
-    fn now_ms(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64
-    }
-
-    fn set_state(&mut self, slot: usize, state: State) {
-        if self.slots[slot].state != state {
-            self.slots[slot].state = state;
-            let now = self.now_ms();
-            self.transitions.push((now, slot, state));
-        }
-    }
-
-    /// Adds slot `number` (from 1) if it does not exist yet.
-    fn ensure_slot(&mut self, number: usize) -> anyhow::Result<usize> {
-        while self.slots.len() < number {
-            let n = self.slots.len() + 1;
-            if let Some(netns) = &mut self.netns {
-                netns.add(n).map_err(anyhow::Error::msg)?;
-            }
-            self.slots.push(Slot {
-                name: format!("node-{n}"),
-                number: n,
-                proc: None,
-                runs: Vec::new(),
-                state: State::Down,
-                leaving: false,
-                until: None,
-            });
-        }
-        Ok(number - 1)
-    }
-
-    /// Starts a new process for `slot`, seeded by a running node.
-    fn start_node(&mut self, slot: usize) -> anyhow::Result<()> {
-        let number = self.slots[slot].number;
-        let ip = match &self.netns {
-            Some(netns) => IpAddr::V4(netns.ip(number)),
-            None => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        };
-        let bind = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        let mut port = || free_port(bind, &mut self.given_ports);
-        let (gossip, forward, admin) = (
-            SocketAddr::new(ip, port()?),
-            SocketAddr::new(ip, port()?),
-            SocketAddr::new(ip, port()?),
-        );
-        let seed = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(i, s)| *i != slot && s.running() && s.state == State::Up && !s.leaving)
-            .find_map(|(_, s)| s.runs.last().map(|r| r.gossip));
-        let name = self.slots[slot].name.clone();
-        let record = self
-            .dir
-            .join(&name)
-            .join(format!("run-{}", self.slots[slot].runs.len() + 1));
-        std::fs::create_dir_all(&record)
-            .with_context(|| format!("creating {}", record.display()))?;
-        let log = std::fs::File::create(record.join("node.log"))?;
-        let mut command = match &self.netns {
-            Some(netns) => netns.command(number, &self.binary),
-            None => Command::new(&self.binary),
-        };
-        command
-            .args(["node", "--node-id", &name, "--cluster-id", "launcher"])
-            .args(["--gossip-addr", &gossip.to_string()])
-            .args(["--forward-addr", &forward.to_string()])
-            .args(["--admin-addr", &admin.to_string()])
-            .args(["--traffic-rate", &self.rate.to_string()])
-            .arg("--record-dir")
-            .arg(&record)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            // Ctrl-C in the terminal reaches the launcher only; it stops the nodes itself.
-            .process_group(0);
-        if let Some(seed) = seed {
-            command.args(["--seed", &seed.to_string()]);
-        }
-        if self.broken.as_deref() == Some(name.as_str()) {
-            command.arg("--test-ack-without-delivery");
-        }
-        if let Some(secret) = &self.secret {
-            command.env("WAMP_CLUSTER_SECRET", secret);
-        }
-        // SAFETY: prctl(2) and getppid(2) only, between fork and exec. The node dies with the
-        // launcher's main thread, which starts every node (the runtime runs `run` with
-        // `block_on` on it); if the launcher died before the prctl, the node does not start.
-        let launcher = std::process::id();
-        unsafe {
-            command.pre_exec(move || {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                if u32::try_from(libc::getppid()).ok() != Some(launcher) {
-                    libc::_exit(1);
-                }
-                Ok(())
-            });
-        }
-        let child = command
-            .spawn()
-            .with_context(|| format!("starting {}", self.binary.display()))?;
-        let now = self.now_ms();
-        let s = &mut self.slots[slot];
-        s.proc = Some(NodeProc(child));
-        s.leaving = false;
-        s.until = None;
-        s.runs.push(Run {
-            dir: record,
-            admin,
-            gossip,
-            started_ms: now,
-            ended_ms: None,
-            killed: false,
-            paused: false,
-            unexpected_exit: None,
-        });
-        self.set_state(slot, State::Up);
-        Ok(())
-    }
-
-    /// `kill -9`.
-    fn kill_node(&mut self, slot: usize) {
-        let now = self.now_ms();
-        let s = &mut self.slots[slot];
-        if let Some(proc) = s.proc.take() {
-            drop(proc);
-            if let Some(run) = s.runs.last_mut() {
-                run.killed = true;
-                run.ended_ms = Some(now);
-            }
-        }
-        self.heal(slot);
-        self.set_state(slot, State::Down);
-    }
-
-    /// SIGTERM: the node leaves and exits by itself.
-    fn leave_node(&mut self, slot: usize) {
-        self.resume(slot);
-        self.heal(slot);
-        let s = &mut self.slots[slot];
-        if let Some(proc) = &s.proc {
-            proc.signal(libc::SIGTERM);
-            s.leaving = true;
-        }
-        self.set_state(slot, State::Left);
-    }
-
-    fn pause(&mut self, slot: usize, ms: u64) {
-        let s = &mut self.slots[slot];
-        if let Some(proc) = &s.proc {
-            proc.signal(libc::SIGSTOP);
-            s.until = Some(Instant::now() + Duration::from_millis(ms));
-            if let Some(run) = s.runs.last_mut() {
-                run.paused = true;
-            }
-            self.set_state(slot, State::Paused);
-        }
-    }
-
-    /// SIGCONT if paused.
-    fn resume(&mut self, slot: usize) {
-        if self.slots[slot].state == State::Paused {
-            if let Some(proc) = &self.slots[slot].proc {
-                proc.signal(libc::SIGCONT);
-            }
-            self.slots[slot].until = None;
-            self.set_state(slot, State::Up);
-        }
-    }
-
-    /// Removes network faults from the node's namespace.
-    fn heal(&mut self, slot: usize) {
-        let state = self.slots[slot].state;
-        if matches!(state, State::Partitioned | State::Degraded) {
-            if let Some(netns) = &self.netns {
-                netns.heal(self.slots[slot].number);
-            }
-            self.slots[slot].until = None;
-            self.set_state(slot, State::Up);
-        }
-    }
-
-    /// Reaps processes that exited; an exit the launcher did not ask for is recorded.
-    fn reap(&mut self) {
-        let now = self.now_ms();
-        for i in 0..self.slots.len() {
-            let s = &mut self.slots[i];
-            let Some(proc) = s.proc.as_mut() else {
-                continue;
-            };
-            let status = match proc.0.try_wait() {
-                Ok(Some(status)) => status,
-                Ok(None) => continue,
-                Err(err) => {
-                    eprintln!("launcher: cannot wait for {}: {err}", s.name);
-                    continue;
-                }
-            };
-            s.proc = None;
-            let leaving = s.leaving;
-            if let Some(run) = s.runs.last_mut() {
-                run.ended_ms = Some(now);
-                if !leaving {
-                    run.unexpected_exit = Some(format!("exited by itself: {status}"));
-                } else if !status.success() {
-                    run.unexpected_exit = Some(format!("left with {status}"));
-                }
-            }
-            if !leaving {
-                self.set_state(i, State::Down);
-            }
-        }
-    }
-
-    /// Applies one fault; a fault that cannot be applied is recorded as skipped.
-    fn apply(&mut self, planned: &Planned) -> anyhow::Result<()> {
-        let at_ms = self.now_ms();
-        let fault = planned.fault.clone();
-        let mut skipped = None;
-        let slots: Vec<usize> = fault.nodes().iter().map(|n| n - 1).collect();
-        for &n in &fault.nodes() {
-            self.ensure_slot(n)?;
-        }
-        let generations = slots
-            .iter()
-            .map(|&i| {
-                let s = &self.slots[i];
-                s.running()
-                    .then(|| s.runs.last().and_then(generation_of))
-                    .flatten()
-            })
-            .collect();
-        let needs_running = !matches!(fault, Fault::Start { .. } | Fault::Join { .. });
-        let healthy = |s: &Slot| s.running() && s.state == State::Up && !s.leaving;
-        if needs_running && !slots.iter().all(|&i| healthy(&self.slots[i])) {
-            skipped = Some("the node is not up and healthy".to_owned());
-        } else if !needs_running && slots.iter().any(|&i| self.slots[i].running()) {
-            skipped = Some("the node is still running".to_owned());
-        } else if fault.needs_netns() && self.netns.is_none() {
-            skipped = Some("no network namespaces".to_owned());
-        } else {
-            match &fault {
-                Fault::Crash { .. } => self.kill_node(slots[0]),
-                Fault::Pause { ms, .. } => self.pause(slots[0], *ms),
-                Fault::Restart { .. } => {
-                    self.kill_node(slots[0]);
-                    self.start_node(slots[0])?;
-                }
-                Fault::Leave { .. } => self.leave_node(slots[0]),
-                Fault::Start { .. } | Fault::Join { .. } => self.start_node(slots[0])?,
-                Fault::Partition { side, one_way, ms } => {
-                    let others: Vec<usize> = (1..=self.slots.len())
-                        .filter(|n| !side.contains(n))
-                        .collect();
-                    if let Some(netns) = &self.netns {
-                        for &n in side {
-                            if let Err(err) = netns.cut(n, &others, *one_way) {
-                                skipped = Some(err);
-                            }
-                        }
-                    }
-                    if skipped.is_none() {
-                        for &i in &slots {
-                            self.slots[i].until = Some(Instant::now() + Duration::from_millis(*ms));
-                            self.set_state(i, State::Partitioned);
-                        }
-                    } else if let Some(netns) = &self.netns {
-                        for &n in side {
-                            netns.heal(n);
-                        }
-                    }
-                }
-                Fault::Loss {
-                    node, percent, ms, ..
-                } => {
-                    let result = self.netns.as_ref().map(|ns| ns.loss(*node, *percent));
-                    skipped = self.degrade(slots[0], *ms, result);
-                }
-                Fault::Delay {
-                    node, delay_ms, ms, ..
-                } => {
-                    let result = self.netns.as_ref().map(|ns| ns.delay(*node, *delay_ms));
-                    skipped = self.degrade(slots[0], *ms, result);
-                }
-            }
-        }
-        println!(
-            "{:>7.1} s  {}{}",
-            at_ms.saturating_sub(self.chaos_offset_ms) as f64 / 1000.0,
-            report::describe(&fault),
-            skipped
-                .as_ref()
-                .map(|why| format!("  (skipped: {why})"))
-                .unwrap_or_default()
-        );
-        self.applied.push(Applied {
-            at_ms,
-            fault,
-            generations,
-            skipped,
-        });
-        Ok(())
-    }
-
-    fn degrade(
-        &mut self,
-        slot: usize,
-        ms: u64,
-        result: Option<Result<(), String>>,
-    ) -> Option<String> {
-        match result {
-            Some(Ok(())) => {
-                self.slots[slot].until = Some(Instant::now() + Duration::from_millis(ms));
-                self.set_state(slot, State::Degraded);
-                None
-            }
-            Some(Err(err)) => Some(err),
-            None => Some("no network namespaces".to_owned()),
-        }
-    }
-
-    /// Ends the pauses and network faults whose time is up (all of them with `all`).
-    fn end_faults(&mut self, all: bool) {
-        let now = Instant::now();
-        for i in 0..self.slots.len() {
-            if self.slots[i].until.is_some_and(|until| all || until <= now) {
-                self.resume(i);
-                self.heal(i);
-            }
-        }
-    }
-
-    /// Polls every running node that is not paused; prints the status table and samples the
-    /// traffic.
-    async fn status(&mut self, client: &reqwest::Client, plain: bool, first: bool) {
-        let targets: Vec<(usize, SocketAddr)> = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.running() && s.state != State::Paused)
-            .filter_map(|(i, s)| s.runs.last().map(|r| (i, r.admin)))
-            .collect();
-        let polled = futures_util::future::join_all(
-            targets
-                .iter()
-                .map(|&(i, admin)| async move { (i, poll(client, admin).await) }),
-        )
-        .await;
-        let polled: BTreeMap<usize, Polled> = polled.into_iter().collect();
-        let (mut acked_delta, mut failed_delta) = (0, 0);
-        let mut lines = vec![format!(
-            "{:<9} {:<12} {:>6} {:>7} {:>9} {:>7} {:>7} {:>10}",
-            "node", "status", "gen", "fwd/s", "acked", "failed", "reports", "detected"
-        )];
-        let detected = report::last_detections(self);
-        for (i, slot) in self.slots.iter().enumerate() {
-            let run_index = slot.runs.len().saturating_sub(1);
-            let p = polled.get(&i);
-            let (acked, failed) = p.map_or((0, 0), |p| (p.acked, p.failed));
-            let before = self.counted.get(&(i, run_index)).copied().unwrap_or((0, 0));
-            let rate = acked.saturating_sub(before.0);
-            if p.is_some() {
-                acked_delta += rate;
-                failed_delta += failed.saturating_sub(before.1);
-                self.counted.insert((i, run_index), (acked, failed));
-            }
-            let status = match (slot.state, p) {
-                (State::Up, Some(p)) => p
-                    .members
-                    .as_ref()
-                    .and_then(|m| {
-                        m["members"]
-                            .as_array()?
-                            .iter()
-                            .find(|x| x["node_id"] == slot.name.as_str())?["status"]
-                            .as_str()
-                            .map(str::to_owned)
-                    })
-                    .unwrap_or_else(|| "no answer".into()),
-                (state, _) => format!("{state:?}").to_lowercase(),
-            };
-            let run = slot.runs.last();
-            let generation = run
-                .and_then(generation_of)
-                .map(|g| format!("{:06}", g % 1_000_000))
-                .unwrap_or_else(|| "-".into());
-            let reports = run.map_or(0, report::reports);
-            let detected = detected
-                .get(&slot.name)
-                .map(|ms| format!("{ms} ms"))
-                .unwrap_or_else(|| "-".into());
-            lines.push(format!(
-                "{:<9} {:<12} {:>6} {:>7} {:>9} {:>7} {:>7} {:>10}",
-                slot.name,
-                status,
-                generation,
-                if p.is_some() {
-                    rate.to_string()
-                } else {
-                    "-".into()
-                },
-                acked,
-                failed,
-                reports,
-                detected
-            ));
-        }
-        self.samples.push(Sample {
-            t_s: self.start.elapsed().as_secs_f64(),
-            acked_per_s: acked_delta,
-            failed_per_s: failed_delta,
-        });
-        if plain {
-            for line in &lines {
-                println!("{line}");
-            }
-        } else {
-            if !first {
-                // Move the cursor up over the previous table to redraw it in place.
-                print!("\x1b[{}A", lines.len());
-            }
-            for line in &lines {
-                println!("{line}\x1b[K");
-            }
-        }
-    }
-
-    /// Waits until every running node shows the same live members as the launcher knows are
-    /// running (with their current generations). Returns how long it took, or `None` after
-    /// `bound`.
-    async fn agreement(&mut self, client: &reqwest::Client, bound: Duration) -> Option<u64> {
-        let begin = Instant::now();
-        loop {
-            self.reap();
-            let running: Vec<&Slot> = self.slots.iter().filter(|s| s.running()).collect();
-            let mut expected: Vec<(String, String)> = running
-                .iter()
-                .map(|s| {
-                    let generation = s.runs.last().and_then(generation_of);
-                    (
-                        s.name.clone(),
-                        generation.map(|g| g.to_string()).unwrap_or_default(),
-                    )
-                })
-                .collect();
-            expected.sort();
-            let views = futures_util::future::join_all(running.iter().filter_map(|s| {
-                let admin = s.runs.last()?.admin;
-                Some(async move { get_json(client, admin, "/cluster/members").await })
-            }))
-            .await;
-            let agreed = !expected.is_empty()
-                && views
-                    .iter()
-                    .all(|v| v.as_ref().is_some_and(|v| live_members(v) == expected));
-            if agreed {
-                return Some(begin.elapsed().as_millis() as u64);
-            }
-            if begin.elapsed() > bound {
-                for (slot, view) in running.iter().zip(&views) {
-                    println!("  {} sees {:?}", slot.name, view.as_ref().map(live_members));
-                }
-                println!("  expected {expected:?}");
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// SIGTERM to every running node, then waits for each to exit (killed after
-    /// [`LEAVE_TIMEOUT`]).
-    async fn stop_all(&mut self) {
-        for i in 0..self.slots.len() {
-            if self.slots[i].running() && !self.slots[i].leaving {
-                self.leave_node(i);
-            }
-        }
-        let deadline = Instant::now() + LEAVE_TIMEOUT;
-        while self.slots.iter().any(Slot::running) && Instant::now() < deadline {
-            self.reap();
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let now = self.now_ms();
-        for slot in &mut self.slots {
-            if let Some(proc) = slot.proc.take() {
-                println!("{} did not leave in time: killed", slot.name);
-                drop(proc);
-                if let Some(run) = slot.runs.last_mut() {
-                    run.ended_ms = Some(now);
-                    run.unexpected_exit = Some("did not leave in time".into());
-                }
-            }
-        }
-    }
 }
 
 /// A token cancelled at SIGINT, SIGTERM or SIGHUP.
@@ -944,7 +359,6 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         secret: args.secret.clone(),
         netns,
         slots: Vec::new(),
-        given_ports: Vec::new(),
         start: Instant::now(),
         chaos_offset_ms: 0,
         start_unix_ms: unix_ms(),

@@ -7,7 +7,8 @@ use std::fmt::Write as _;
 use plotters::prelude::*;
 use serde::Serialize;
 use serde_json::{json, Value};
-use wamp_cluster::traffic::{self, complete_lines};
+use wamp_cluster::testkit::chart::{Line, Lines};
+use wamp_cluster::testkit::records::{self, complete_lines};
 
 use crate::chaos::{Fault, Planned};
 use crate::{Applied, Launcher, Run, State};
@@ -263,11 +264,11 @@ impl Inputs<'_> {
     /// invariant holds.
     pub fn write(self) -> anyhow::Result<bool> {
         let l = self.launcher;
-        let runs: Vec<traffic::Run> = l
+        let runs: Vec<records::Run> = l
             .slots
             .iter()
             .flat_map(|s| {
-                s.runs.iter().map(|r| traffic::Run {
+                s.runs.iter().map(|r| records::Run {
                     node: s.name.clone(),
                     dir: r.dir.clone(),
                     killed: r.killed,
@@ -275,7 +276,7 @@ impl Inputs<'_> {
                 })
             })
             .collect();
-        let checked = traffic::check(&runs, self.forward_timeout_ms)?;
+        let checked = records::check(&runs, self.forward_timeout_ms)?;
 
         let detections = detections(l, self.detection_bound_ms, false, false);
         // Detection times in milliseconds, sorted: of every fault, of kills, of pauses.
@@ -620,47 +621,28 @@ fn timeline(
         .border_style(BLACK)
         .draw()?;
 
-    let most = l
-        .samples
-        .iter()
-        .map(|s| s.acked_per_s.max(s.failed_per_s))
-        .max()
-        .unwrap_or(0)
-        .max(1) as f64
-        * 1.1;
-    let mut chart = ChartBuilder::on(&bottom)
-        .caption("cluster forwards per second", ("sans-serif", 18))
-        .margin(10)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0f64..end_s * 1.15, 0f64..most)?;
-    chart.configure_mesh().x_desc("seconds").draw()?;
-    let series = |f: fn(&crate::Sample) -> u64| {
-        l.samples
-            .iter()
-            .map(move |s| (s.t_s, f(s) as f64))
-            .collect::<Vec<_>>()
+    let series = |f: fn(&crate::Sample) -> u64| -> Vec<(f64, f64)> {
+        l.samples.iter().map(|s| (s.t_s, f(s) as f64)).collect()
     };
-    chart
-        .draw_series(LineSeries::new(
-            series(|s| s.acked_per_s),
-            BLUE.stroke_width(2),
-        ))?
-        .label("acked")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], BLUE));
-    chart
-        .draw_series(LineSeries::new(
-            series(|s| s.failed_per_s),
-            RED.stroke_width(2),
-        ))?
-        .label("failed")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], RED));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
+    Lines {
+        title: "cluster forwards per second".into(),
+        x: "seconds".into(),
+        y: "forwards per second".into(),
+        log: false,
+        lines: vec![
+            Line {
+                name: "acked".into(),
+                points: series(|s| s.acked_per_s),
+                color: (0, 0, 255),
+            },
+            Line {
+                name: "failed".into(),
+                points: series(|s| s.failed_per_s),
+                color: (255, 0, 0),
+            },
+        ],
+    }
+    .draw(&bottom)?;
     root.present()?;
     Ok(())
 }

@@ -16,7 +16,7 @@ pub mod layers;
 pub mod sections;
 pub mod setting;
 
-pub use crate::security::SECRET_ENV;
+pub use crate::security::{Secret, SECRET_ENV};
 pub use layers::{Layers, Origin};
 pub use sections::{
     Config, ForwardConfig, GossipConfig, LimitsConfig, TlsConfig, MAX_ID_LEN, MAX_LABELS_BYTES,

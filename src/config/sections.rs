@@ -68,6 +68,11 @@ crate::settings! {
         pub seeds: Vec<String> = Vec::new(),
         /// Free-form labels, gossiped and shown in `/cluster/members`.
         pub labels: BTreeMap<String, String> = BTreeMap::new(),
+        /// How long stopping waits for each part of the node in turn: the forwarder's tasks,
+        /// the handler's drain of what it accepted, the admin API's open requests; 1 ms to 10
+        /// minutes.
+        #[serde(with = "crate::config::ms")]
+        pub stop_timeout_ms: Duration = Duration::from_millis(5000),
         /// Gossip and failure detection.
         pub gossip: GossipConfig = GossipConfig::lan(),
         /// Forwarding between nodes.
@@ -282,6 +287,13 @@ impl Config {
             }
         };
         let (ms, secs) = (Duration::from_millis, Duration::from_secs);
+        within(
+            "stop_timeout_ms",
+            self.stop_timeout_ms,
+            ms(1),
+            ms(600_000),
+            "1 and 600000",
+        )?;
         let g = &self.gossip;
         within(
             "gossip.interval_ms",

@@ -1,45 +1,59 @@
-//! The worker pool a router puts behind [`Deliver`]: N workers, each with a bounded queue;
+//! The worker pool a router can put behind [`Deliver`]: N workers, each with a bounded queue;
 //! messages are partitioned by their target session, so one session's messages are handled in
-//! order (Bondy's pool broke that order), and a full queue answers `Overloaded`.
+//! order (Bondy's pool broke that order). The handler's answer is the verdict the sender gets
+//! (an ack, or a nack with the handler's reason), sent once the handler has run; a full queue
+//! answers `Overloaded` at once. The node drains the pool when it stops.
 
 use std::future::Future;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::sync::mpsc;
+use futures_util::future::BoxFuture;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::delivery::{Deliver, Delivery, NackReason, Verdict};
 
-/// A pool of workers that handle deliveries. Dropping it (or [`Dispatcher::close`]) lets each
-/// worker finish its queue and stop.
+/// A delivery with the sender of its verdict.
+struct Job {
+    delivery: Delivery,
+    verdict: oneshot::Sender<Result<(), NackReason>>,
+}
+
+/// A pool of workers that handle deliveries. [`Dispatcher::close`] (which the node calls as it
+/// stops, through [`Deliver::drain`]) lets each worker finish its queue; deliveries after it
+/// are refused `ShuttingDown`.
 pub struct Dispatcher {
-    queues: Vec<mpsc::Sender<Delivery>>,
-    workers: Vec<JoinHandle<()>>,
+    queues: Vec<mpsc::Sender<Job>>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+    closing: CancellationToken,
 }
 
 impl Dispatcher {
     /// Starts `workers` workers (at least one) on the current runtime, each with a queue of
-    /// `queue_capacity` deliveries (at least one), running `handler` for each delivery.
+    /// `queue_capacity` deliveries (at least one), running `handler` for each delivery; the
+    /// handler's result is the verdict: `Ok(())` acks, `Err(reason)` nacks with the reason
+    /// (`NoSuchSession`, say).
     pub fn new<H, F>(workers: usize, queue_capacity: usize, handler: H) -> Dispatcher
     where
         H: Fn(Delivery) -> F + Send + Sync + 'static,
-        F: Future<Output = ()> + Send + 'static,
+        F: Future<Output = Result<(), NackReason>> + Send + 'static,
     {
         let handler = Arc::new(handler);
+        let closing = CancellationToken::new();
         let (queues, workers) = (0..workers.max(1))
             .map(|_| {
-                let (tx, mut rx) = mpsc::channel::<Delivery>(queue_capacity.max(1));
-                let handler = handler.clone();
-                let worker = tokio::spawn(async move {
-                    while let Some(delivery) = rx.recv().await {
-                        handler(delivery).await;
-                    }
-                });
+                let (tx, rx) = mpsc::channel::<Job>(queue_capacity.max(1));
+                let worker = tokio::spawn(work(rx, handler.clone(), closing.clone()));
                 (tx, worker)
             })
             .unzip();
-        Dispatcher { queues, workers }
+        Dispatcher {
+            queues,
+            workers: Mutex::new(workers),
+            closing,
+        }
     }
 
     /// The worker that handles deliveries to this target: by session, else by realm and node.
@@ -60,32 +74,64 @@ impl Dispatcher {
             .sum()
     }
 
-    /// Stops taking deliveries and waits for the workers to finish what is queued.
-    pub async fn close(self) {
-        let Dispatcher { queues, workers } = self;
-        drop(queues);
+    /// Stops taking deliveries and waits for the workers to finish what is queued. Calling it
+    /// again waits for nothing more.
+    pub async fn close(&self) {
+        self.closing.cancel();
+        let workers =
+            std::mem::take(&mut *self.workers.lock().unwrap_or_else(PoisonError::into_inner));
         for worker in workers {
-            // A worker that panicked has nothing left to finish.
+            // A worker that panicked has nothing left to finish: its queue's senders are gone,
+            // so those deliveries are nacked, not acked.
             let _ = worker.await;
         }
+    }
+}
+
+/// One worker: handles its queue in order until the pool closes and the queue is empty.
+async fn work<H, F>(mut queue: mpsc::Receiver<Job>, handler: Arc<H>, closing: CancellationToken)
+where
+    H: Fn(Delivery) -> F,
+    F: Future<Output = Result<(), NackReason>>,
+{
+    let mut closed = false;
+    loop {
+        let job = tokio::select! {
+            biased;
+            job = queue.recv() => job,
+            _ = closing.cancelled(), if !closed => {
+                // No more deliveries get in; what is queued is still handled.
+                queue.close();
+                closed = true;
+                continue;
+            }
+        };
+        let Some(job) = job else { return };
+        let verdict = handler(job.delivery).await;
+        // The connection may have given up on it (its time to live ran out).
+        let _ = job.verdict.send(verdict);
     }
 }
 
 impl Deliver for Dispatcher {
     fn deliver(&self, delivery: Delivery) -> Verdict {
         let queue = &self.queues[self.partition(&delivery)];
-        match queue.try_send(delivery) {
-            Ok(()) => Verdict::Accepted,
+        let (later, verdict) = Verdict::later();
+        match queue.try_send(Job { delivery, verdict }) {
+            Ok(()) => later,
             Err(mpsc::error::TrySendError::Full(_)) => Verdict::Refused(NackReason::Overloaded),
             Err(mpsc::error::TrySendError::Closed(_)) => Verdict::Refused(NackReason::ShuttingDown),
         }
+    }
+
+    fn drain(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.close())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
-    use std::sync::Mutex;
 
     use tokio::sync::Notify;
 
@@ -111,34 +157,52 @@ mod tests {
         }
     }
 
+    async fn verdict_of(verdict: Verdict) -> Result<(), NackReason> {
+        match verdict {
+            Verdict::Accepted => Ok(()),
+            Verdict::Refused(reason) => Err(reason),
+            Verdict::Later(answer) => answer.await.unwrap_or(Err(NackReason::ShuttingDown)),
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn each_sessions_messages_are_handled_in_order() {
+    async fn each_sessions_messages_are_handled_in_order_and_get_the_handlers_verdict() {
         let seen: Arc<Mutex<HashMap<u64, Vec<u64>>>> = Arc::default();
         let recorder = seen.clone();
         let dispatcher = Dispatcher::new(4, 10_000, move |d: Delivery| {
             let recorder = recorder.clone();
             async move {
                 tokio::task::yield_now().await;
-                let session = d.to.session.unwrap();
+                let session = d.to.session.unwrap_or_default();
+                if session == 13 {
+                    return Err(NackReason::NoSuchSession);
+                }
                 recorder
                     .lock()
                     .unwrap()
                     .entry(session)
                     .or_default()
                     .push(request(&d));
+                Ok(())
             }
         });
+        let mut verdicts = Vec::new();
         for request in 0..1000 {
             for session in 0..20 {
-                assert!(matches!(
-                    dispatcher.deliver(delivery(session, request)),
-                    Verdict::Accepted
-                ));
+                verdicts.push((session, dispatcher.deliver(delivery(session, request))));
             }
+        }
+        for (session, verdict) in verdicts {
+            let expected = if session == 13 {
+                Err(NackReason::NoSuchSession)
+            } else {
+                Ok(())
+            };
+            assert_eq!(verdict_of(verdict).await, expected);
         }
         dispatcher.close().await;
         let seen = seen.lock().unwrap();
-        assert_eq!(seen.len(), 20);
+        assert_eq!(seen.len(), 19);
         for requests in seen.values() {
             assert_eq!(*requests, (0..1000).collect::<Vec<_>>());
         }
@@ -150,7 +214,10 @@ mod tests {
         let held = gate.clone();
         let dispatcher = Dispatcher::new(1, 2, move |_| {
             let held = held.clone();
-            async move { held.notified().await }
+            async move {
+                held.notified().await;
+                Ok(())
+            }
         });
         let mut verdicts = Vec::new();
         for i in 0..5 {
@@ -165,6 +232,33 @@ mod tests {
         assert_eq!(overloaded, 2, "{verdicts:?}");
         assert_eq!(dispatcher.queued(), 2);
         gate.notify_waiters();
-        drop(dispatcher);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn closing_finishes_what_was_queued_and_refuses_what_comes_after() {
+        let handled = Arc::new(Mutex::new(Vec::new()));
+        let recorder = handled.clone();
+        let dispatcher = Dispatcher::new(2, 100, move |d: Delivery| {
+            let recorder = recorder.clone();
+            async move {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                recorder.lock().unwrap().push(request(&d));
+                Ok(())
+            }
+        });
+        let queued: Vec<Verdict> = (0..10)
+            .map(|i| dispatcher.deliver(delivery(i, i)))
+            .collect();
+        dispatcher.drain().await;
+        assert_eq!(handled.lock().unwrap().len(), 10);
+        for verdict in queued {
+            assert_eq!(verdict_of(verdict).await, Ok(()));
+        }
+        assert!(matches!(
+            dispatcher.deliver(delivery(1, 99)),
+            Verdict::Refused(NackReason::ShuttingDown)
+        ));
+        // A second close waits for nothing.
+        dispatcher.close().await;
     }
 }

@@ -16,13 +16,15 @@
 //! - [`outbound`]: one link per peer: dial, handshake, queue, batched writes, redial.
 //! - [`inbound`]: the listener: handshake, delivery in arrival order, batched acks.
 
-pub mod delivery_log;
-pub mod dispatcher;
-pub mod inbound;
-pub mod outbound;
-pub mod pending;
+mod context;
+mod dispatcher;
+mod handshake;
+mod link;
+mod listener;
+mod pending;
 mod queue;
-pub mod stats;
+mod report;
+mod stats;
 mod stream;
 
 use std::borrow::Borrow;
@@ -30,19 +32,18 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use bytes::BytesMut;
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
-use tokio_util::codec::Encoder;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
-pub use delivery_log::{DeliveryCounters, DeliveryLog};
 pub use dispatcher::Dispatcher;
+pub use report::{BadNodeReport, BadReason, REPORT_CHANNEL_CAPACITY};
+pub use stats::PeerCounters;
+
+pub(crate) use context::Protection;
 
 use crate::config::{ForwardConfig, LimitsConfig};
 use crate::delivery::Deliver;
@@ -50,10 +51,10 @@ use crate::error::ForwardError;
 use crate::membership::Membership;
 use crate::peer_id::PeerId;
 use crate::wamp::WampMessage;
-use crate::wire::{self, Frame, FrameCodec};
+use crate::wire;
 use crate::NodeId;
-use outbound::{Link, Offered};
-use pending::Pending;
+use context::Context;
+use link::{Link, Offered};
 
 /// The links by peer, looked up on every send: hashed with foldhash, several times cheaper
 /// than the standard library's SipHash for short keys (the keys are member ids, not chosen by
@@ -76,9 +77,6 @@ const PROBE_TICK: Duration = Duration::from_millis(100);
 /// timeout must not overflow the clock).
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
-/// Bad-node reports a subscriber may fall behind by before it loses the oldest.
-pub const REPORT_CHANNEL_CAPACITY: usize = 1024;
-
 /// The id of a pending ack, from [`Forwarder::async_forward`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct AckId(pub u64);
@@ -90,38 +88,6 @@ pub struct ForwardOptions {
     pub timeout: Option<Duration>,
     /// Fail at once with `QueueFull` rather than wait for room in a full send queue.
     pub fail_if_full: bool,
-}
-
-/// Why a node was reported bad.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BadReason {
-    /// No ack within the timeout.
-    AckTimeout,
-    /// Connecting or the handshake failed.
-    ConnectFailed(String),
-    /// An established connection broke.
-    ConnectionLost(String),
-}
-
-impl std::fmt::Display for BadReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            BadReason::AckTimeout => f.write_str("ack timeout"),
-            BadReason::ConnectFailed(why) => write!(f, "connect failed: {why}"),
-            BadReason::ConnectionLost(why) => write!(f, "connection lost: {why}"),
-        }
-    }
-}
-
-/// A node became unreachable from this one (one report per transition, not per failure).
-#[derive(Debug, Clone, PartialEq)]
-pub struct BadNodeReport {
-    /// The node.
-    pub node: NodeId,
-    /// Why.
-    pub reason: BadReason,
-    /// When.
-    pub at: SystemTime,
 }
 
 /// The outcome of a broadcast: the nodes that acked and those that did not, each with why.
@@ -139,78 +105,52 @@ pub struct Forwarder {
     inner: Arc<Inner>,
 }
 
-pub(crate) struct Inner {
-    pub(crate) self_id: NodeId,
-    pub(crate) cluster_id: String,
-    pub(crate) generation: u64,
-    pub(crate) config: ForwardConfig,
-    pub(crate) limits: LimitsConfig,
-    pub(crate) protection: Protection,
-    pub(crate) membership: Membership,
-    pub(crate) pending: Pending,
+struct Inner {
+    ctx: Arc<Context>,
     links: Mutex<Links>,
     /// Counters per peer; kept across links, dropped when the peer leaves the view.
     stats: Mutex<HashMap<NodeId, Arc<stats::PeerStats>>>,
-    reports: broadcast::Sender<BadNodeReport>,
-    pub(crate) shutdown: CancellationToken,
     /// Set just before `shutdown` is cancelled: read on every send, where the token's own
     /// check would take its lock, a line the tasks waiting on it share.
     stopping: AtomicBool,
-    /// Limits the log lines about what peers send.
-    pub(crate) bad_input_log: crate::log_limit::Limiter,
-    pub(crate) tasks: TaskTracker,
     local_addr: SocketAddr,
 }
 
-/// What protects a forwarder's connections: with keys, each handshake proves that both sides
-/// know the cluster secret; with TLS, connections are encrypted and certificates checked
-/// against node ids. Neither by default.
-#[derive(Debug, Clone, Default)]
-pub struct Protection {
-    /// The keys of the cluster secret.
-    pub keys: Option<crate::security::ClusterKeys>,
-    /// TLS settings.
-    pub tls: Option<crate::tls::Tls>,
-}
-
 impl Forwarder {
-    /// Starts the forwarder on a bound listener; inbound messages go to `deliver`.
-    pub fn start(
+    /// A forwarder of `membership`'s node whose listener is bound to `local_addr`; it sends
+    /// at once, and delivers once [`Forwarder::listen`] is called.
+    pub(crate) fn new(
         config: ForwardConfig,
         limits: LimitsConfig,
         protection: Protection,
-        listener: TcpListener,
         cluster_id: String,
         membership: Membership,
-        deliver: Arc<dyn Deliver>,
-    ) -> std::io::Result<Forwarder> {
-        let local_addr = listener.local_addr()?;
-        let (reports, _) = broadcast::channel(REPORT_CHANNEL_CAPACITY);
+        local_addr: SocketAddr,
+    ) -> Forwarder {
+        let ctx = Arc::new(Context::new(
+            config, limits, protection, cluster_id, membership,
+        ));
         let inner = Arc::new(Inner {
-            self_id: membership.node_id().clone(),
-            generation: membership.generation(),
-            cluster_id,
-            config,
-            limits,
-            protection,
-            membership,
-            pending: Pending::default(),
+            ctx: ctx.clone(),
             links: Mutex::new(Links::default()),
             stats: Mutex::new(HashMap::new()),
-            reports,
-            shutdown: CancellationToken::new(),
             stopping: AtomicBool::new(false),
-            bad_input_log: crate::log_limit::Limiter::new(inbound::BAD_INPUT_LINES_PER_SEC),
-            tasks: TaskTracker::new(),
             local_addr,
         });
-        inner
-            .tasks
-            .spawn(inbound::listen(inner.clone(), listener, deliver));
-        inner.tasks.spawn(sweep(inner.clone()));
-        inner.tasks.spawn(probe_unreachable(inner.clone()));
-        info!(node = %inner.self_id, %local_addr, "forwarder listening");
-        Ok(Forwarder { inner })
+        let span = tracing::info_span!("forwarder", node = %ctx.node, generation = ctx.generation);
+        ctx.tasks
+            .spawn(sweep(inner.clone()).instrument(span.clone()));
+        ctx.tasks
+            .spawn(probe_unreachable(inner.clone()).instrument(span));
+        Forwarder { inner }
+    }
+
+    /// Serves `listener`: messages from other nodes go to `deliver`.
+    pub(crate) fn listen(&self, listener: TcpListener, deliver: Arc<dyn Deliver>) {
+        let ctx = &self.inner.ctx;
+        info!(node = %ctx.node, local_addr = %self.inner.local_addr, "forwarder listening");
+        ctx.tasks
+            .spawn(listener::listen(ctx.clone(), listener, deliver));
     }
 
     /// The address the listener is bound to.
@@ -241,7 +181,7 @@ impl Forwarder {
     /// was never issued, was already received or expired is `UnknownAck`.
     pub async fn receive_ack(&self, id: AckId, timeout: Duration) -> Result<(), ForwardError> {
         // An outcome already in: no clock, no wait.
-        if let Some(outcome) = self.inner.pending.take_done(id.0) {
+        if let Some(outcome) = self.inner.ctx.pending.take_done(id.0) {
             return outcome;
         }
         let until = Instant::now() + timeout.min(MAX_TIMEOUT);
@@ -270,14 +210,16 @@ impl Forwarder {
     /// deadline (waiting for room in a full queue counts against it too). `good` and `bad` keep
     /// the order of `nodes`; this node, if listed, is bad with `LocalDestination`. The message is
     /// encoded once per node; `to` addresses the node as a whole (realm of `from`,
-    /// no session).
+    /// no session). Takes `from` and the message by value or by reference, as
+    /// [`Forwarder::forward`] does.
     pub async fn broadcast(
         &self,
-        from: &PeerId,
+        from: impl Borrow<PeerId>,
         nodes: &[NodeId],
-        message: &WampMessage,
+        message: impl Borrow<WampMessage>,
         options: &ForwardOptions,
     ) -> Broadcast {
+        let (from, message) = (from.borrow(), message.borrow());
         let (now, deadline) = self.inner.deadline(options);
         let calls = nodes.iter().map(|node| async move {
             let to = PeerId::node(from.realm.clone(), node.clone());
@@ -302,11 +244,17 @@ impl Forwarder {
     /// not self); the lists come sorted by node id.
     pub async fn broadcast_live(
         &self,
-        from: &PeerId,
-        message: &WampMessage,
+        from: impl Borrow<PeerId>,
+        message: impl Borrow<WampMessage>,
         options: &ForwardOptions,
     ) -> Broadcast {
-        let targets = self.inner.membership.view().broadcast_targets().to_vec();
+        let targets = self
+            .inner
+            .ctx
+            .membership
+            .view()
+            .broadcast_targets()
+            .to_vec();
         self.broadcast(from, &targets, message, options).await
     }
 
@@ -318,23 +266,35 @@ impl Forwarder {
 
     /// Bad-node reports from now on.
     pub fn subscribe_reports(&self) -> broadcast::Receiver<BadNodeReport> {
-        self.inner.reports.subscribe()
+        self.inner.ctx.reporter.subscribe()
     }
 
-    /// The forwarding counters of every peer this node has sent to and that is still a member.
+    /// The forwarding counters of every peer this node has sent to or received from, and that
+    /// is still a member.
     pub fn stats(&self) -> std::collections::BTreeMap<NodeId, stats::PeerCounters> {
-        self.inner
+        let mut peers: std::collections::BTreeMap<NodeId, stats::PeerCounters> = self
+            .inner
             .stats
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .map(|(node, stats)| (node.clone(), stats.counters()))
-            .collect()
+            .collect();
+        let received = self
+            .inner
+            .ctx
+            .received
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (node, received) in received.iter() {
+            received.add_to(peers.entry(node.clone()).or_default());
+        }
+        peers
     }
 
     /// Pending acks right now (finished outcomes not yet taken included).
     pub fn pending_acks(&self) -> usize {
-        self.inner.pending.len()
+        self.inner.ctx.pending.len()
     }
 
     /// Asks every task to stop without waiting.
@@ -344,11 +304,11 @@ impl Forwarder {
 
     /// Stops: fails every pending ack with `ShuttingDown`, closes the links and the listener,
     /// and waits (at most `timeout`) for its tasks.
-    pub async fn shutdown(&self, timeout: Duration) {
+    pub(crate) async fn stop(&self, timeout: Duration) {
         self.inner.stop();
-        self.inner.pending.fail_all(&ForwardError::ShuttingDown);
-        self.inner.tasks.close();
-        if tokio::time::timeout(timeout, self.inner.tasks.wait())
+        self.inner.ctx.pending.fail_all(&ForwardError::ShuttingDown);
+        self.inner.ctx.tasks.close();
+        if tokio::time::timeout(timeout, self.inner.ctx.tasks.wait())
             .await
             .is_err()
         {
@@ -380,19 +340,19 @@ impl Inner {
             });
         }
         let node = to.node.clone();
-        if node == self.self_id {
+        if node == self.ctx.node {
             return Err(ForwardError::LocalDestination);
         }
-        if !message.within_depth() {
-            return Err(ForwardError::TooDeep {
-                max: crate::wamp::MAX_DEPTH,
-            });
-        }
         let link = self.live_link(&node)?;
-        let max = self.config.max_frame_bytes;
+        let max = self.ctx.config.max_frame_bytes;
         // The time to live is set as the frame is written.
         let encode = |id, offer: &mut dyn FnMut(&[u8]) -> Offered| {
-            wire::encode_forward(id, from, to, message, max, offer)
+            wire::encode_forward(id, from, to, message, max, offer).map_err(|err| match err {
+                wire::EncodeError::TooLarge { len, max } => ForwardError::TooLarge { len, max },
+                wire::EncodeError::TooDeep => ForwardError::TooDeep {
+                    max: crate::wamp::MAX_DEPTH,
+                },
+            })
         };
         match self
             .enqueue(&node, link, now, deadline, fail_if_full, encode)
@@ -424,31 +384,25 @@ impl Inner {
         now: Instant,
         deadline: Instant,
         fail_if_full: bool,
-        encode: impl FnOnce(u64, &mut dyn FnMut(&[u8]) -> Offered) -> Result<Offered, wire::WireError>,
+        encode: impl FnOnce(u64, &mut dyn FnMut(&[u8]) -> Offered) -> Result<Offered, ForwardError>,
     ) -> Result<(u64, Arc<Link>), ForwardError> {
-        let max = self.limits.max_pending_acks_per_peer.get();
-        if link.peer().pending() >= max {
+        let max = self.ctx.limits.max_pending_acks_per_peer.get();
+        if link.pending().count() >= max {
             let node = node.clone();
             return Err(ForwardError::TooManyPending { node, max });
         }
         // An outcome nobody takes is kept for as long again as the call's timeout.
         let retain_until = deadline + deadline.saturating_duration_since(now);
         let id = self
+            .ctx
             .pending
-            .register(link.peer(), now, deadline, retain_until);
+            .register(link.pending(), now, deadline, retain_until);
         let mut offer = |frame: &[u8]| link.offer(id, deadline, fail_if_full, frame);
         let offered = match encode(id, &mut offer) {
             Ok(offered) => offered,
             Err(err) => {
-                self.pending.cancel(id);
-                let max = self.config.max_frame_bytes;
-                return Err(match err {
-                    wire::WireError::TooLarge { len, max } => ForwardError::TooLarge { len, max },
-                    other => {
-                        warn!(error = %other, "a message could not be encoded");
-                        ForwardError::TooLarge { len: 0, max }
-                    }
-                });
+                self.ctx.pending.cancel(id);
+                return Err(err);
             }
         };
         let queued = match offered {
@@ -457,7 +411,7 @@ impl Inner {
             Offered::Refused(err) => Err(err),
         };
         if let Err(err) = queued {
-            self.pending.cancel(id);
+            self.ctx.pending.cancel(id);
             return Err(err);
         }
         Ok((id, link))
@@ -470,19 +424,13 @@ impl Inner {
         node: &NodeId,
         timeout: Duration,
     ) -> Result<Duration, ForwardError> {
-        if *node == self.self_id {
+        if *node == self.ctx.node {
             return Err(ForwardError::LocalDestination);
         }
         let link = self.live_link(node)?;
         let start = Instant::now();
         let deadline = start + timeout.min(MAX_TIMEOUT);
-        let max = self.config.max_frame_bytes;
-        let ping = |id, offer: &mut dyn FnMut(&[u8]) -> Offered| {
-            let mut bytes = BytesMut::new();
-            FrameCodec::new(max)
-                .encode(&Frame::Ping { id }, &mut bytes)
-                .map(|()| offer(&bytes))
-        };
+        let ping = |id, offer: &mut dyn FnMut(&[u8]) -> Offered| Ok(offer(&wire::ping(id)));
         let (id, _) = self
             .enqueue(node, link, start, deadline, false, ping)
             .await?;
@@ -494,12 +442,12 @@ impl Inner {
     /// Waits for entry `id` until `until`; a timeout past the entry's deadline reports the
     /// node, and counts a failed forward when `count`.
     async fn receive(&self, id: u64, until: Instant, count: bool) -> Result<(), ForwardError> {
-        let (outcome, timed_out_node) = self.pending.wait(id, until).await;
+        let (outcome, timed_out_node) = self.ctx.pending.wait(id, until).await;
         if let Some(node) = timed_out_node {
             if count {
                 self.timed_out(&node, 1);
             } else {
-                self.report_bad(&node, BadReason::AckTimeout);
+                self.ctx.reporter.bad(&node, BadReason::AckTimeout);
             }
         }
         outcome
@@ -508,12 +456,12 @@ impl Inner {
     /// Tells every task to stop.
     fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
-        self.shutdown.cancel();
+        self.ctx.shutdown.cancel();
     }
 
     /// The time now, and the deadline of a call with these options made now.
     fn deadline(&self, options: &ForwardOptions) -> (Instant, Instant) {
-        let timeout = options.timeout.unwrap_or(self.config.ack_timeout_ms);
+        let timeout = options.timeout.unwrap_or(self.ctx.config.ack_timeout_ms);
         let now = Instant::now();
         (now, now + timeout.min(MAX_TIMEOUT))
     }
@@ -522,7 +470,7 @@ impl Inner {
     fn timed_out(&self, node: &NodeId, count: u64) {
         let timeout = ForwardError::Timeout { node: node.clone() };
         self.peer_stats(node).failed(&timeout, count);
-        self.report_bad(node, BadReason::AckTimeout);
+        self.ctx.reporter.bad(node, BadReason::AckTimeout);
     }
 
     /// The counters of `node`, created if there are none.
@@ -530,7 +478,7 @@ impl Inner {
         let mut stats = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
         stats
             .entry(node.clone())
-            .or_insert_with(|| Arc::new(stats::PeerStats::new(&self.self_id, node)))
+            .or_insert_with(|| Arc::new(stats::PeerStats::new(&self.ctx.node, node)))
             .clone()
     }
 
@@ -540,10 +488,10 @@ impl Inner {
     fn live_link(self: &Arc<Self>, node: &NodeId) -> Result<Arc<Link>, ForwardError> {
         let mut links = self.links();
         let link = links.get(node).filter(|l| !l.is_closed());
-        if let Some(link) = link.filter(|l| l.live_in() == self.membership.view_epoch()) {
+        if let Some(link) = link.filter(|l| l.live_in() == self.ctx.membership.view_epoch()) {
             return Ok(link.clone());
         }
-        let view = self.membership.peek_view();
+        let view = self.ctx.membership.peek_view();
         let epoch = view.epoch();
         let addr = view
             .member(node.as_str())
@@ -555,7 +503,7 @@ impl Inner {
             return Ok(link.clone());
         }
         let stats = self.peer_stats(node);
-        let link = Link::start(self.clone(), node.clone(), addr, stats);
+        let link = Link::start(self.ctx.clone(), node.clone(), addr, stats);
         link.set_live_in(epoch);
         links.insert(node.clone(), link.clone());
         Ok(link)
@@ -563,9 +511,9 @@ impl Inner {
 
     /// Sets the gauges and drops the counters and closed links of peers no longer in the view.
     fn update_gauges(&self) {
-        metrics::gauge!(crate::metrics::PENDING_ACKS, "node" => self.self_id.to_string())
-            .set(self.pending.len() as f64);
-        let view = self.membership.view();
+        metrics::gauge!(crate::metrics::PENDING_ACKS, "node" => self.ctx.node.to_string())
+            .set(self.ctx.pending.len() as f64);
+        let view = self.ctx.membership.view();
         let mut links = self.links();
         links.retain(|_, link| !link.is_closed());
         for link in links.values() {
@@ -576,52 +524,12 @@ impl Inner {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .retain(|node, _| view.member(node.as_str()).is_some());
+        self.ctx
+            .received
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|node, _| view.member(node.as_str()).is_some());
     }
-
-    /// Reports `node` unreachable: to membership, and on the transition to subscribers and the
-    /// log.
-    pub(crate) fn report_bad(&self, node: &NodeId, reason: BadReason) {
-        // A node that announced its leave closes its connections on purpose: not a bad node.
-        let view = self.membership.view();
-        if view
-            .member(node.as_str())
-            .is_some_and(|m| m.status == crate::membership::Status::Leaving)
-        {
-            return;
-        }
-        if self
-            .membership
-            .report_unreachable(node.as_str(), reason.to_string())
-        {
-            warn!(node = %self.self_id, peer = %node, %reason, "node reported bad");
-            metrics::counter!(
-                crate::metrics::BAD_NODE_REPORTS,
-                "node" => self.self_id.to_string(),
-                "peer" => node.to_string(),
-                "reason" => match reason {
-                    BadReason::AckTimeout => "ack_timeout",
-                    BadReason::ConnectFailed(_) => "connect_failed",
-                    BadReason::ConnectionLost(_) => "connection_lost",
-                }
-            )
-            .increment(1);
-            let _ = self.reports.send(BadNodeReport {
-                node: node.clone(),
-                reason,
-                at: SystemTime::now(),
-            });
-        }
-    }
-
-    /// The node answered: reachable again if it was reported.
-    pub(crate) fn report_good(&self, node: &NodeId) {
-        self.membership.report_reachable(node.as_str());
-    }
-}
-
-/// Milliseconds of a timeout as a frame's time to live.
-pub(crate) fn ttl_ms(timeout: Duration) -> u32 {
-    u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX)
 }
 
 /// Probes, with backoff, the nodes this node reported unreachable while gossip still shows them
@@ -631,12 +539,12 @@ async fn probe_unreachable(inner: Arc<Inner>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Per node: when to probe next, and the pause after the next failure.
     let mut schedule: HashMap<NodeId, (Instant, Duration)> = HashMap::new();
-    let mut views = inner.membership.watch_view();
+    let mut views = inner.ctx.membership.watch_view();
     loop {
         if schedule.is_empty() {
             // Nothing unreachable: no ticking, until a view may say otherwise.
             tokio::select! {
-                _ = inner.shutdown.cancelled() => return,
+                _ = inner.ctx.shutdown.cancelled() => return,
                 changed = views.changed() => {
                     if changed.is_err() {
                         // Membership stopped: no more views; look now and then.
@@ -646,7 +554,7 @@ async fn probe_unreachable(inner: Arc<Inner>) {
             }
         } else {
             tokio::select! {
-                _ = inner.shutdown.cancelled() => return,
+                _ = inner.ctx.shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
         }
@@ -654,7 +562,7 @@ async fn probe_unreachable(inner: Arc<Inner>) {
         let unreachable: Vec<NodeId> = view
             .members()
             .iter()
-            .filter(|m| m.live && !m.reachable && m.node_id != inner.self_id)
+            .filter(|m| m.live && !m.reachable && m.node_id != inner.ctx.node)
             .map(|m| m.node_id.clone())
             .collect();
         schedule.retain(|node, _| unreachable.contains(node));
@@ -668,7 +576,7 @@ async fn probe_unreachable(inner: Arc<Inner>) {
                 *at <= now
             })
             .collect();
-        let timeout = inner.config.connect_timeout_ms;
+        let timeout = inner.ctx.config.connect_timeout_ms;
         // Each link's signs of life before its probe.
         let before: Vec<Option<(Arc<Link>, u64)>> = {
             let links = inner.links();
@@ -691,7 +599,7 @@ async fn probe_unreachable(inner: Arc<Inner>) {
                         link.reset_if_silent_since(before);
                     }
                     if let Some((at, backoff)) = schedule.get_mut(&node) {
-                        *backoff = (*backoff * 2).min(inner.config.max_redial_backoff_ms);
+                        *backoff = (*backoff * 2).min(inner.ctx.config.max_redial_backoff_ms);
                         *at = Instant::now() + *backoff;
                     }
                 }
@@ -705,7 +613,7 @@ async fn sweep(inner: Arc<Inner>) {
     let mut last_gauges = Instant::now();
     loop {
         let now = Instant::now();
-        let swept = inner.pending.sweep(now);
+        let swept = inner.ctx.pending.sweep(now);
         let mut counts: HashMap<&NodeId, u64> = HashMap::new();
         for node in &swept.timed_out {
             *counts.entry(node).or_default() += 1;
@@ -717,11 +625,11 @@ async fn sweep(inner: Arc<Inner>) {
             last_gauges = Instant::now();
             inner.update_gauges();
         }
-        let next = inner.pending.next_sweep(now, LONGEST_SWEEP_PAUSE);
+        let next = inner.ctx.pending.next_sweep(now, LONGEST_SWEEP_PAUSE);
         tokio::select! {
-            _ = inner.shutdown.cancelled() => return,
+            _ = inner.ctx.shutdown.cancelled() => return,
             _ = tokio::time::sleep_until(next.min(last_gauges + GAUGE_INTERVAL)) => {}
-            _ = inner.pending.sweep_wanted() => {}
+            _ = inner.ctx.pending.sweep_wanted() => {}
         }
     }
 }

@@ -44,59 +44,59 @@ const TICK_NANOS: u64 = TICK.as_nanos() as u64;
 /// Buckets in the wheel: one turn is 4096 × 10 ms, about 41 s.
 const BUCKETS: usize = 4096;
 
-/// A peer whose pending entries are counted: each entry holds it, and counts itself out when
-/// it goes, however it goes.
+/// The count of one peer's pending entries: each entry holds it, and counts itself out when it
+/// goes, however it goes.
 #[derive(Debug)]
-pub struct Peer {
+pub struct PendingCount {
     /// The peer's node id.
     pub node: NodeId,
     pending: AtomicUsize,
 }
 
-impl Peer {
+impl PendingCount {
     /// A peer with no pending entries.
-    pub fn new(node: NodeId) -> Peer {
-        Peer {
+    pub fn new(node: NodeId) -> PendingCount {
+        PendingCount {
             node,
             pending: AtomicUsize::new(0),
         }
     }
 
     /// Its entries in the table, finished or not.
-    pub fn pending(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.pending.load(Ordering::Relaxed)
     }
 }
 
 /// One count of a peer's pending entries, given back when dropped.
-struct Counted(Arc<Peer>);
+struct CountGuard(Arc<PendingCount>);
 
-impl Drop for Counted {
+impl Drop for CountGuard {
     fn drop(&mut self) {
         self.0.pending.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 struct Entry {
-    peer: Counted,
+    peer: CountGuard,
     registered: Instant,
     deadline: Instant,
     /// When a finished outcome nobody took is dropped.
     retain_until: Instant,
-    state: State,
+    state: Progress,
 }
 
 impl Entry {
     /// When the sweep next has something to do with the entry.
     fn due(&self) -> Instant {
         match self.state {
-            State::Waiting(_) => self.deadline,
-            State::Done(_) => self.retain_until,
+            Progress::Waiting(_) => self.deadline,
+            Progress::Done(_) => self.retain_until,
         }
     }
 }
 
-enum State {
+enum Progress {
     /// No outcome yet; the sender is told when it comes, if someone waits.
     Waiting(Option<oneshot::Sender<Outcome>>),
     /// The outcome, kept for a later `wait`.
@@ -238,7 +238,7 @@ impl Table {
     }
 
     /// Changes the state of slot `index`, moving it to the bucket of its new due time.
-    fn set_state(&mut self, index: usize, state: State) {
+    fn set_state(&mut self, index: usize, state: Progress) {
         self.unschedule(index);
         if let Some(entry) = self.slots[index].entry.as_mut() {
             entry.state = state;
@@ -256,7 +256,7 @@ impl Pending {
     /// outcome is kept until `retain_until` if nobody takes it. Returns its id.
     pub fn register(
         &self,
-        peer: &Arc<Peer>,
+        peer: &Arc<PendingCount>,
         now: Instant,
         deadline: Instant,
         retain_until: Instant,
@@ -264,11 +264,11 @@ impl Pending {
         peer.pending.fetch_add(1, Ordering::Relaxed);
         let mut t = self.lock();
         let entry = Entry {
-            peer: Counted(peer.clone()),
+            peer: CountGuard(peer.clone()),
             registered: now,
             deadline,
             retain_until: retain_until.max(deadline),
-            state: State::Waiting(None),
+            state: Progress::Waiting(None),
         };
         let index = match t.free.pop_front() {
             Some(index) => index as usize,
@@ -299,11 +299,6 @@ impl Pending {
         t.slots.len() - t.free.len()
     }
 
-    /// Whether the table is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Removes entry `id` without an outcome (its frame was never queued).
     pub fn cancel(&self, id: u64) {
         let mut t = self.lock();
@@ -318,7 +313,7 @@ impl Pending {
     pub fn complete(&self, id: u64, outcome: Outcome, now: Instant) -> Option<Duration> {
         let mut t = self.lock();
         let (index, entry) = t.entry(id)?;
-        let State::Waiting(waiter) = &mut entry.state else {
+        let Progress::Waiting(waiter) = &mut entry.state else {
             return None;
         };
         let elapsed = now.saturating_duration_since(entry.registered);
@@ -331,7 +326,7 @@ impl Pending {
             }
             // Left in the bucket of its deadline: most outcomes are taken long before it, and
             // the sweep moves those still there to the bucket of their retention.
-            None => entry.state = State::Done(outcome),
+            None => entry.state = Progress::Done(outcome),
         }
         Some(elapsed)
     }
@@ -358,12 +353,12 @@ impl Pending {
     pub fn take_done(&self, id: u64) -> Option<Outcome> {
         let mut t = self.lock();
         let (index, entry) = t.entry(id)?;
-        if !matches!(entry.state, State::Done(_)) {
+        if !matches!(entry.state, Progress::Done(_)) {
             return None;
         }
         match t.remove(index) {
             Some(Entry {
-                state: State::Done(outcome),
+                state: Progress::Done(outcome),
                 ..
             }) => Some(outcome),
             _ => None,
@@ -381,9 +376,9 @@ impl Pending {
                 return (Err(ForwardError::UnknownAck { id }), None);
             };
             match &mut entry.state {
-                State::Done(_) => {
+                Progress::Done(_) => {
                     let Some(Entry {
-                        state: State::Done(outcome),
+                        state: Progress::Done(outcome),
                         ..
                     }) = t.remove(index)
                     else {
@@ -391,11 +386,11 @@ impl Pending {
                     };
                     return (outcome, None);
                 }
-                State::Waiting(Some(_)) => {
+                Progress::Waiting(Some(_)) => {
                     // Someone already waits for it: a second wait is a misuse.
                     return (Err(ForwardError::UnknownAck { id }), None);
                 }
-                State::Waiting(waiter) => {
+                Progress::Waiting(waiter) => {
                     let (tx, rx) = oneshot::channel();
                     *waiter = Some(tx);
                     (rx, entry.deadline, entry.peer.0.node.clone())
@@ -452,7 +447,7 @@ impl Pending {
                     Some(e) if e.due() <= now => due.push(index as usize),
                     // Finished before its deadline, still in the deadline's bucket.
                     Some(Entry {
-                        state: State::Done(_),
+                        state: Progress::Done(_),
                         ..
                     }) => moved.push(index as usize),
                     _ => {}
@@ -467,7 +462,7 @@ impl Pending {
                     continue;
                 };
                 match &mut entry.state {
-                    State::Waiting(waiter) => {
+                    Progress::Waiting(waiter) => {
                         let node = entry.peer.0.node.clone();
                         let timeout = Err(ForwardError::Timeout { node: node.clone() });
                         swept.timed_out.push(node);
@@ -476,10 +471,10 @@ impl Pending {
                                 t.remove(index);
                                 let _ = waiter.send(timeout);
                             }
-                            None => t.set_state(index, State::Done(timeout)),
+                            None => t.set_state(index, Progress::Done(timeout)),
                         }
                     }
-                    State::Done(_) => {
+                    Progress::Done(_) => {
                         t.remove(index);
                         swept.dropped += 1;
                     }
@@ -528,8 +523,8 @@ mod tests {
         NodeId::from("b")
     }
 
-    fn peer() -> Arc<Peer> {
-        Arc::new(Peer::new(node()))
+    fn peer() -> Arc<PendingCount> {
+        Arc::new(PendingCount::new(node()))
     }
 
     fn register(p: &Pending, timeout: Duration) -> u64 {
@@ -555,21 +550,21 @@ mod tests {
             register(TICK),
             register(100 * SECOND),
         );
-        assert_eq!(peer.pending(), 5);
+        assert_eq!(peer.count(), 5);
         assert!(p.complete(taken, Ok(()), now).is_some());
         assert_eq!(p.take_done(taken), Some(Ok(())));
         p.cancel(cancelled);
-        assert_eq!(peer.pending(), 3);
+        assert_eq!(peer.count(), 3);
         // A wait that runs out removes its entry; the sweep times one out and, its retention
         // past too, drops it.
         assert!(p.wait(waited, now + TICK).await.0.is_err());
-        assert_eq!(peer.pending(), 2);
+        assert_eq!(peer.count(), 2);
         tokio::time::advance(4 * TICK).await;
         assert_eq!(p.sweep(Instant::now()).timed_out.len(), 1);
-        assert_eq!(peer.pending(), 1);
+        assert_eq!(peer.count(), 1);
         p.fail_all(&ForwardError::ShuttingDown);
         assert_eq!(p.take_done(kept), Some(Err(ForwardError::ShuttingDown)));
-        assert_eq!(peer.pending(), 0);
+        assert_eq!(peer.count(), 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -616,7 +611,7 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(p.complete(id, Ok(()), Instant::now()).is_some());
         assert_eq!(waiter.await.unwrap(), (Ok(()), None));
-        assert!(p.is_empty());
+        assert_eq!(p.len(), 0);
         let (outcome, _) = p.wait(id, Instant::now() + SECOND).await;
         assert_eq!(outcome, Err(ForwardError::UnknownAck { id }));
         assert!(
@@ -642,7 +637,7 @@ mod tests {
         );
         let (outcome, _) = p.wait(id, Instant::now() + SECOND).await;
         assert_eq!(outcome, Err(ForwardError::Expired { node: node() }));
-        assert!(p.is_empty());
+        assert_eq!(p.len(), 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -654,7 +649,7 @@ mod tests {
         assert_eq!(outcome, Err(ForwardError::Timeout { node: node() }));
         assert_eq!(report, Some(node()));
         assert_eq!(start.elapsed(), SECOND);
-        assert!(p.is_empty());
+        assert_eq!(p.len(), 0);
         assert!(
             p.complete(id, Ok(()), Instant::now()).is_none(),
             "the ack after the timeout is late"
@@ -668,7 +663,7 @@ mod tests {
         let (outcome, report) = p.wait(id, Instant::now() + SECOND).await;
         assert_eq!(outcome, Err(ForwardError::Timeout { node: node() }));
         assert_eq!(report, None);
-        assert!(p.is_empty());
+        assert_eq!(p.len(), 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -685,7 +680,7 @@ mod tests {
         tokio::time::advance(SECOND).await;
         let swept = p.sweep(Instant::now());
         assert_eq!(swept.dropped, 2);
-        assert!(p.is_empty());
+        assert_eq!(p.len(), 0);
         let (outcome, _) = p.wait(silent, Instant::now() + SECOND).await;
         assert_eq!(outcome, Err(ForwardError::UnknownAck { id: silent }));
     }
@@ -703,7 +698,7 @@ mod tests {
             assert_eq!(swept.timed_out.len(), usize::from(second == 1));
             assert_eq!(swept.dropped, if second == 3 { 2 } else { 0 });
         }
-        assert!(p.is_empty());
+        assert_eq!(p.len(), 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -724,7 +719,7 @@ mod tests {
             p.wait(cancelled, Instant::now() + SECOND).await.0,
             Err(ForwardError::UnknownAck { id: cancelled })
         );
-        assert!(p.is_empty());
+        assert_eq!(p.len(), 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -741,7 +736,7 @@ mod tests {
         assert_eq!((swept.timed_out.len(), swept.dropped), (2, 1));
         tokio::time::advance(TICK).await;
         assert_eq!(p.sweep(Instant::now()).dropped, 1);
-        assert!(p.is_empty());
+        assert_eq!(p.len(), 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -801,7 +796,7 @@ mod tests {
         }
         tokio::time::advance(2 * SECOND).await;
         p.sweep(Instant::now());
-        assert!(p.is_empty());
+        assert_eq!(p.len(), 0);
         assert!(p.lock().wheel.iter().all(Vec::is_empty));
     }
 }

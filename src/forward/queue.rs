@@ -105,7 +105,7 @@ pub(crate) enum Taken {
 }
 
 #[derive(Default)]
-struct State {
+struct Contents {
     items: Batch,
     /// Tickets of the senders waiting for room, oldest first.
     waiting: VecDeque<u64>,
@@ -114,7 +114,7 @@ struct State {
 
 /// The queue of one link.
 pub(crate) struct SendQueue {
-    state: Mutex<State>,
+    state: Mutex<Contents>,
     capacity: usize,
     capacity_bytes: usize,
     closed: AtomicBool,
@@ -131,7 +131,7 @@ impl SendQueue {
     /// that still goes in when the queue is empty).
     pub fn new(capacity: usize, capacity_bytes: usize) -> SendQueue {
         SendQueue {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(Contents::default()),
             capacity: capacity.max(1),
             capacity_bytes,
             closed: AtomicBool::new(false),
@@ -141,7 +141,7 @@ impl SendQueue {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, Contents> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -156,7 +156,7 @@ impl SendQueue {
     }
 
     /// Whether a frame of `len` bytes has room now.
-    fn fits(&self, state: &State, len: usize) -> bool {
+    fn fits(&self, state: &Contents, len: usize) -> bool {
         let items = &state.items;
         items.is_empty()
             || (items.frames.len() < self.capacity

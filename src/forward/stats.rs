@@ -1,5 +1,7 @@
-//! Forwarding counters per peer: kept as atomics for `/stats` and exported as metrics through
-//! handles registered once per peer, so that counting costs an atomic add on the hot path.
+//! Forwarding counters per peer: what this node sent to it ([`PeerStats`], kept as atomics for
+//! `/stats` and exported as metrics through handles registered once per peer, so that counting
+//! costs an atomic add on the hot path), and what its connections delivered here
+//! ([`Received`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -45,8 +47,8 @@ pub(crate) struct PeerStats {
     pub(crate) queue_depth: Gauge,
 }
 
-/// What `/stats` shows of one peer.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// What `/stats` shows of one peer: what this node sent it, and what it sent this node.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct PeerCounters {
     /// Messages queued to the peer.
     pub sent: u64,
@@ -58,6 +60,45 @@ pub struct PeerCounters {
     pub late_acks: u64,
     /// Connections made after the first.
     pub reconnects: u64,
+    /// Messages from the peer that this node's handler accepted (acked).
+    pub delivered: u64,
+    /// Messages from the peer that were refused (nacked), expired ones aside.
+    pub refused: u64,
+    /// Messages from the peer whose time to live ran out before they could be delivered.
+    pub expired: u64,
+}
+
+/// What the connections from one peer delivered here, counted as their answers are written.
+#[derive(Debug, Default)]
+pub(crate) struct Received {
+    delivered: AtomicU64,
+    refused: AtomicU64,
+    expired: AtomicU64,
+}
+
+impl Received {
+    /// Counts the answer to a forwarded message (a pong is none).
+    pub(crate) fn answered(&self, answer: &crate::wire::Frame) {
+        use crate::delivery::NackReason;
+        use crate::wire::Frame;
+        let counter = match answer {
+            Frame::Ack { .. } => &self.delivered,
+            Frame::Nack {
+                reason: NackReason::Expired,
+                ..
+            } => &self.expired,
+            Frame::Nack { .. } => &self.refused,
+            _ => return,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds these counts to `counters`.
+    pub(crate) fn add_to(&self, counters: &mut PeerCounters) {
+        counters.delivered += self.delivered.load(Ordering::Relaxed);
+        counters.refused += self.refused.load(Ordering::Relaxed);
+        counters.expired += self.expired.load(Ordering::Relaxed);
+    }
 }
 
 impl PeerStats {
@@ -130,6 +171,7 @@ impl PeerStats {
                 .collect(),
             late_acks: self.late_acks.load(Ordering::Relaxed),
             reconnects: self.reconnects.load(Ordering::Relaxed),
+            ..PeerCounters::default()
         }
     }
 }

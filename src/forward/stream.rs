@@ -1,74 +1,109 @@
-//! The halves of a forwarding connection: plain TCP, or TLS over TCP.
+//! The halves of a forwarding connection: plain TCP, or TLS over TCP; and a read side that
+//! counts the bytes it reads.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use metrics::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsStream;
 
 /// The read half of a connection.
-pub(crate) enum Reader {
+pub(crate) enum ReadSide {
     Plain(OwnedReadHalf),
     Tls(ReadHalf<TlsStream<TcpStream>>),
 }
 
 /// The write half of a connection.
-pub(crate) enum Writer {
+pub(crate) enum WriteSide {
     Plain(OwnedWriteHalf),
     Tls(WriteHalf<TlsStream<TcpStream>>),
 }
 
 /// Splits a plain connection.
-pub(crate) fn plain(stream: TcpStream) -> (Reader, Writer) {
+pub(crate) fn plain(stream: TcpStream) -> (ReadSide, WriteSide) {
     let (read, write) = stream.into_split();
-    (Reader::Plain(read), Writer::Plain(write))
+    (ReadSide::Plain(read), WriteSide::Plain(write))
 }
 
 /// Splits a TLS connection.
-pub(crate) fn tls(stream: TlsStream<TcpStream>) -> (Reader, Writer) {
+pub(crate) fn tls(stream: TlsStream<TcpStream>) -> (ReadSide, WriteSide) {
     let (read, write) = tokio::io::split(stream);
-    (Reader::Tls(read), Writer::Tls(write))
+    (ReadSide::Tls(read), WriteSide::Tls(write))
 }
 
-impl AsyncRead for Reader {
+impl AsyncRead for ReadSide {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Reader::Plain(read) => Pin::new(read).poll_read(cx, buf),
-            Reader::Tls(read) => Pin::new(read).poll_read(cx, buf),
+            ReadSide::Plain(read) => Pin::new(read).poll_read(cx, buf),
+            ReadSide::Tls(read) => Pin::new(read).poll_read(cx, buf),
         }
     }
 }
 
-impl AsyncWrite for Writer {
+impl AsyncWrite for WriteSide {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Writer::Plain(write) => Pin::new(write).poll_write(cx, buf),
-            Writer::Tls(write) => Pin::new(write).poll_write(cx, buf),
+            WriteSide::Plain(write) => Pin::new(write).poll_write(cx, buf),
+            WriteSide::Tls(write) => Pin::new(write).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Writer::Plain(write) => Pin::new(write).poll_flush(cx),
-            Writer::Tls(write) => Pin::new(write).poll_flush(cx),
+            WriteSide::Plain(write) => Pin::new(write).poll_flush(cx),
+            WriteSide::Tls(write) => Pin::new(write).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Writer::Plain(write) => Pin::new(write).poll_shutdown(cx),
-            Writer::Tls(write) => Pin::new(write).poll_shutdown(cx),
+            WriteSide::Plain(write) => Pin::new(write).poll_shutdown(cx),
+            WriteSide::Tls(write) => Pin::new(write).poll_shutdown(cx),
         }
+    }
+}
+
+/// A read side that counts what it reads once told where to (the peer is known after the
+/// handshake).
+pub(crate) struct CountingRead {
+    read: ReadSide,
+    bytes: Option<Counter>,
+}
+
+impl CountingRead {
+    pub(crate) fn new(read: ReadSide) -> CountingRead {
+        CountingRead { read, bytes: None }
+    }
+
+    /// Counts the bytes read from now on in `bytes`.
+    pub(crate) fn count_in(&mut self, bytes: Counter) {
+        self.bytes = Some(bytes);
+    }
+}
+
+impl AsyncRead for CountingRead {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.read).poll_read(cx, buf);
+        if let Some(bytes) = &self.bytes {
+            bytes.increment((buf.filled().len() - before) as u64);
+        }
+        polled
     }
 }

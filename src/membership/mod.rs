@@ -12,9 +12,9 @@
 //! - [`ring`]: consistent hashing over the live, ready members.
 
 pub mod keys;
-pub mod ring;
+mod ring;
 mod sealed;
-pub mod view;
+pub(crate) mod view;
 
 use sealed::SealedTransport;
 use std::collections::HashSet;
@@ -30,7 +30,6 @@ use chitchat::{
     ProtocolVersion,
 };
 use tokio::sync::{broadcast, oneshot, watch, Notify};
-use tokio_stream::wrappers::{BroadcastStream, WatchStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -141,10 +140,11 @@ impl Membership {
     /// once it hears from another node, or after `gossip.join_timeout_ms`, or at once when no
     /// seed other than itself is configured. With `secret` (the cluster secret's keys, see
     /// [`Config::cluster_keys`]) gossip datagrams are sealed.
-    pub async fn start(
+    pub(crate) async fn start(
         config: &Config,
         admin_addr: Option<SocketAddr>,
         secret: Option<ClusterKeys>,
+        transport: Option<Box<dyn Transport>>,
     ) -> Result<Membership, MembershipError> {
         let generation = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -168,9 +168,10 @@ impl Membership {
             addr: config.gossip_addr,
             message,
         };
-        let transport: Box<dyn Transport> = match secret {
-            None => Box::new(UdpTransport),
-            Some(keys) => Box::new(SealedTransport {
+        let transport: Box<dyn Transport> = match (transport, secret) {
+            (Some(transport), _) => transport,
+            (None, None) => Box::new(UdpTransport),
+            (None, Some(keys)) => Box::new(SealedTransport {
                 keys,
                 replay_window_ms: u64::try_from(config.gossip.replay_window_ms.as_millis())
                     .unwrap_or(u64::MAX),
@@ -296,22 +297,10 @@ impl Membership {
         self.shared.view_tx.subscribe()
     }
 
-    /// The stream of views: the current one first, then every new one (a slow reader skips to
-    /// the latest).
-    pub fn view_stream(&self) -> WatchStream<Arc<LiveView>> {
-        WatchStream::new(self.watch_view())
-    }
-
     /// A receiver of membership events from now on. One that falls [`EVENT_CHANNEL_CAPACITY`]
     /// events behind loses the oldest and is told how many (`RecvError::Lagged`).
     pub fn subscribe_events(&self) -> broadcast::Receiver<MembershipEvent> {
         self.shared.events_tx.subscribe()
-    }
-
-    /// The stream of membership events from now on; a reader that falls
-    /// [`EVENT_CHANNEL_CAPACITY`] events behind gets `Err(Lagged(n))` in place of what it lost.
-    pub fn event_stream(&self) -> BroadcastStream<MembershipEvent> {
-        BroadcastStream::new(self.subscribe_events())
     }
 
     /// Marks `node` unreachable in its current generation: it leaves the broadcast targets (not
@@ -355,7 +344,7 @@ impl Membership {
     /// and later see it `Left`, not `Down`), then stops gossip. Bounded by the leave duration
     /// plus the thread's stop timeout. Calling it again while a leave is under way waits for
     /// that leave.
-    pub async fn leave(&self) -> Result<(), MembershipError> {
+    pub(crate) async fn leave(&self) -> Result<(), MembershipError> {
         if self.shared.stop.is_cancelled() {
             return self.shutdown().await;
         }
@@ -381,7 +370,7 @@ impl Membership {
 
     /// Stops gossip at once, without announcing a leave: peers see the node `Down`. Returns how
     /// membership ended (an error if it had stopped on its own, such as a node id conflict).
-    pub async fn shutdown(&self) -> Result<(), MembershipError> {
+    pub(crate) async fn shutdown(&self) -> Result<(), MembershipError> {
         self.shared.stop.cancel();
         match tokio::time::timeout(THREAD_START_STOP_TIMEOUT, self.stopped()).await {
             Ok(result) => result,
@@ -398,7 +387,7 @@ impl Membership {
 
     /// Resolves when membership has stopped: `Ok` after [`Membership::leave`] or
     /// [`Membership::shutdown`], the error when it stopped on its own.
-    pub async fn stopped(&self) -> Result<(), MembershipError> {
+    pub(crate) async fn stopped(&self) -> Result<(), MembershipError> {
         let mut stopped = self.shared.stopped.subscribe();
         // Bound to a name so that the borrow of `stopped` ends before it is dropped.
         let result = match stopped.wait_for(|s| s.is_some()).await {

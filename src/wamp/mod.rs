@@ -279,39 +279,6 @@ impl WampMessage {
     }
 }
 
-impl WampMessage {
-    /// Whether every value of a forwardable message is nested at most [`MAX_DEPTH`] levels,
-    /// as a receiving node requires (a frame it cannot decode ends its connection). Other
-    /// messages are never sent: `true`.
-    pub fn within_depth(&self) -> bool {
-        use WampMessage::*;
-        let (dict, payload) = match self {
-            Publish {
-                options, payload, ..
-            } => (options, Some(payload)),
-            Error {
-                details, payload, ..
-            }
-            | Invocation {
-                details, payload, ..
-            }
-            | Result {
-                details, payload, ..
-            } => (details, Some(payload)),
-            Interrupt { options, .. } => (options, None),
-            _ => return true,
-        };
-        let fits = |v: &Value| v.within_depth(0);
-        dict.values().all(fits)
-            && match payload {
-                None | Some(Payload::Empty) => true,
-                Some(Payload::Args(args)) => args.iter().all(fits),
-                Some(Payload::ArgsKw(args, kw)) => args.iter().all(fits) && kw.values().all(fits),
-                Some(Payload::Transparent(value)) => fits(value),
-            }
-    }
-}
-
 /// The name of a message type code, for the codes this crate models.
 pub fn name_of(code: u64) -> Option<&'static str> {
     Some(match code {

@@ -60,21 +60,6 @@ pub enum Payload {
     Transparent(Value),
 }
 
-impl Value {
-    /// Whether this value, at nesting `depth`, nests at most [`MAX_DEPTH`] levels (recursing
-    /// at most that deep).
-    pub(crate) fn within_depth(&self, depth: usize) -> bool {
-        if depth > MAX_DEPTH {
-            return false;
-        }
-        match self {
-            Value::List(items) => items.iter().all(|v| v.within_depth(depth + 1)),
-            Value::Dict(dict) => dict.values().all(|v| v.within_depth(depth + 1)),
-            _ => true,
-        }
-    }
-}
-
 const VARIANTS: &[&str] = &[
     "Null", "Bool", "Integer", "Unsigned", "Float", "String", "Bytes", "List", "Dict",
 ];

@@ -12,31 +12,30 @@
 //! unreachable node gets no pong within `forward.connect_timeout_ms` and the connection read
 //! nothing else meanwhile, `Link::reset_if_silent_since` drops it and the link dials anew.
 
-use crossbeam_utils::CachePadded;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::BytesMut;
+use crossbeam_utils::CachePadded;
 use futures_util::{FutureExt, StreamExt};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_util::codec::{Encoder, FramedRead};
-use tracing::debug;
+use tokio_util::codec::FramedRead;
+use tracing::{debug, Instrument};
 
-use super::pending::{Outcome, Peer};
+use super::context::Context;
+use super::handshake;
+use super::pending::{Outcome, PendingCount};
 use super::queue::{Batch, Queued, Refused, SendQueue, Taken};
+use super::report::BadReason;
 use super::stats::PeerStats;
-use super::stream::{self, Reader, Writer};
-use super::{BadReason, Inner};
+use super::stream::{ReadSide, WriteSide};
 use crate::delivery::NackReason;
 use crate::error::ForwardError;
-use crate::security::{self, Role, Transcript};
-use crate::wire::{self, Frame, FrameCodec, Hello};
+use crate::wire::{self, Frame, FrameCodec};
 use crate::NodeId;
 
 /// A writer's buffer that grew larger than this for a burst is given back after the write.
@@ -47,6 +46,14 @@ const CLOCK_EVERY: u32 = 64;
 
 /// The first pause before a redial; it doubles up to `forward.max_redial_backoff_ms`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Link connection numbers, unique in the process (for logs).
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
+
+/// Milliseconds of a timeout as a frame's time to live.
+pub(crate) fn ttl_ms(timeout: Duration) -> u32 {
+    u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX)
+}
 
 /// The sending side of the link to one peer.
 ///
@@ -63,7 +70,7 @@ pub(crate) struct Link {
     /// The epoch of the last view the peer was found live in.
     live_in: AtomicU64,
     /// The peer's pending entries, counted.
-    peer: Arc<Peer>,
+    pending: Arc<PendingCount>,
     /// The peer's counters.
     pub stats: Arc<PeerStats>,
 }
@@ -71,28 +78,27 @@ pub(crate) struct Link {
 impl Link {
     /// Creates the link and starts its task.
     pub fn start(
-        inner: Arc<Inner>,
+        ctx: Arc<Context>,
         node: NodeId,
         addr: SocketAddr,
         stats: Arc<PeerStats>,
     ) -> Arc<Link> {
         let queue = Arc::new(SendQueue::new(
-            inner.config.queue_capacity.get(),
-            inner.config.queue_capacity_bytes,
+            ctx.config.queue_capacity.get(),
+            ctx.config.queue_capacity_bytes,
         ));
-        let reset = Arc::new(Notify::new());
-        let activity = Arc::new(CachePadded::new(AtomicU64::new(0)));
         let link = Arc::new(Link {
             node: node.clone(),
-            queue: queue.clone(),
-            reset: reset.clone(),
-            activity: activity.clone(),
+            queue,
+            reset: Arc::new(Notify::new()),
+            activity: Arc::new(CachePadded::new(AtomicU64::new(0))),
             live_in: AtomicU64::new(u64::MAX),
-            peer: Arc::new(Peer::new(node.clone())),
-            stats: stats.clone(),
+            pending: Arc::new(PendingCount::new(node.clone())),
+            stats,
         });
-        let tasks = inner.tasks.clone();
-        tasks.spawn(run(inner, node, addr, queue, stats, reset, activity));
+        let span = tracing::info_span!("link", node = %ctx.node, peer = %node);
+        let tasks = ctx.tasks.clone();
+        tasks.spawn(run(ctx, link.clone(), addr).instrument(span));
         link
     }
 
@@ -106,9 +112,9 @@ impl Link {
         self.live_in.store(epoch, Ordering::Relaxed);
     }
 
-    /// The peer, with its pending entries counted.
-    pub fn peer(&self) -> &Arc<Peer> {
-        &self.peer
+    /// The peer's pending entries, counted.
+    pub fn pending(&self) -> &Arc<PendingCount> {
+        &self.pending
     }
 
     /// Signs of life so far: frames read, and connections made.
@@ -178,76 +184,87 @@ pub(crate) enum Offered {
     Refused(ForwardError),
 }
 
+/// The next pause between dials after one of `backoff`: twice as long, at most `max`.
+fn next_backoff(backoff: Duration, max: Duration) -> Duration {
+    (backoff * 2).min(max)
+}
+
+/// Between half and all of `backoff`, so that many nodes redialling one peer spread out;
+/// `noise` is any number (the clock's nanoseconds).
+fn jitter(backoff: Duration, noise: u32) -> Duration {
+    backoff / 2 + backoff.mul_f64(f64::from(noise % 1000) / 2000.0)
+}
+
+fn clock_noise() -> u32 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+}
+
 /// The link's task: dial, serve, redial while the peer is live.
-async fn run(
-    inner: Arc<Inner>,
-    node: NodeId,
-    mut addr: SocketAddr,
-    queue: Arc<SendQueue>,
-    stats: Arc<PeerStats>,
-    reset: Arc<Notify>,
-    activity: Arc<CachePadded<AtomicU64>>,
-) {
+async fn run(ctx: Arc<Context>, link: Arc<Link>, mut addr: SocketAddr) {
+    let node = &link.node;
     let mut backoff = FIRST_BACKOFF;
     let mut connected_before = false;
     loop {
-        if inner.shutdown.is_cancelled() {
+        if ctx.shutdown.is_cancelled() {
             break;
         }
-        match connect(&inner, &node, addr).await {
+        let number = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::debug_span!("connection", number, %addr);
+        match handshake::dial(&ctx, node, addr)
+            .instrument(span.clone())
+            .await
+        {
             Ok((reader, writer)) => {
                 backoff = FIRST_BACKOFF;
                 if connected_before {
-                    stats.reconnected();
+                    link.stats.reconnected();
                 }
                 connected_before = true;
-                inner.report_good(&node);
-                activity.fetch_add(1, Ordering::Relaxed);
-                let written = Mutex::new(VecDeque::new());
+                ctx.reporter.good(node);
+                link.activity.fetch_add(1, Ordering::Relaxed);
+                let written = Mutex::new(Written::default());
                 let connection = Connection {
-                    inner: &inner,
-                    node: &node,
-                    stats: &stats,
-                    activity: &activity,
+                    ctx: &ctx,
+                    link: &link,
                     written: &written,
                 };
                 let why = tokio::select! {
-                    why = connection.serve(reader, writer, &queue) => why,
-                    _ = reset.notified() => "no pong to a probe in time: the connection is dead".to_string(),
+                    why = connection.serve(reader, writer).instrument(span.clone()) => why,
+                    _ = link.reset.notified() => "no pong to a probe in time: the connection is dead".to_string(),
                 };
-                if inner.shutdown.is_cancelled() {
+                if ctx.shutdown.is_cancelled() {
                     break;
                 }
                 // Written and not answered: maybe delivered, maybe not.
                 let lost = ForwardError::ConnectionLost { node: node.clone() };
                 let now = Instant::now();
-                let failed = written
+                let unanswered = written
                     .into_inner()
                     .unwrap_or_else(PoisonError::into_inner)
+                    .take();
+                let failed = unanswered
                     .into_iter()
-                    .filter(|id| {
-                        inner
-                            .pending
-                            .complete(*id, Err(lost.clone()), now)
-                            .is_some()
-                    })
+                    .filter(|id| ctx.pending.complete(*id, Err(lost.clone()), now).is_some())
                     .count();
-                stats.failed(&lost, failed as u64);
-                debug!(peer = %node, %why, failed, "connection lost");
-                inner.report_bad(&node, BadReason::ConnectionLost(why));
+                link.stats.failed(&lost, failed as u64);
+                span.in_scope(|| debug!(%why, failed, "connection lost"));
+                ctx.reporter.bad(node, BadReason::ConnectionLost(why));
             }
             Err(why) => {
-                debug!(peer = %node, %addr, %why, "connect failed");
-                inner.report_bad(&node, BadReason::ConnectFailed(why));
+                span.in_scope(|| debug!(%why, "connect failed"));
+                ctx.reporter
+                    .bad(node, BadReason::ConnectFailed(why.to_string()));
             }
         }
         tokio::select! {
-            _ = inner.shutdown.cancelled() => break,
-            _ = tokio::time::sleep(jitter(backoff)) => {}
+            _ = ctx.shutdown.cancelled() => break,
+            _ = tokio::time::sleep(jitter(backoff, clock_noise())) => {}
         }
-        backoff = (backoff * 2).min(inner.config.max_redial_backoff_ms);
+        backoff = next_backoff(backoff, ctx.config.max_redial_backoff_ms);
         // Redial only while the peer is live, at the address it now publishes.
-        match inner
+        match ctx
             .membership
             .view()
             .member(node.as_str())
@@ -259,163 +276,93 @@ async fn run(
         }
     }
     // Nothing queued will be sent: end those entries now rather than at their deadline.
-    queue.close();
-    let error = if inner.shutdown.is_cancelled() {
+    link.queue.close();
+    let error = if ctx.shutdown.is_cancelled() {
         ForwardError::ShuttingDown
     } else {
         ForwardError::UnknownNode { node: node.clone() }
     };
     let mut left = Batch::default();
-    queue.take_all(&mut left);
+    link.queue.take_all(&mut left);
     let now = Instant::now();
     for frame in left.frames {
-        inner.pending.complete(frame.id, Err(error.clone()), now);
+        ctx.pending.complete(frame.id, Err(error.clone()), now);
     }
 }
 
-/// Between half and all of `backoff`, so that many nodes redialling one peer spread out.
-fn jitter(backoff: Duration) -> Duration {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    backoff / 2 + backoff.mul_f64(f64::from(nanos % 1000) / 2000.0)
-}
+/// The ids of the frames written on a connection and not yet answered, in the order written:
+/// the listener answers in that order (it sends no answer only for a message whose handler did
+/// not answer in time).
+#[derive(Debug, Default)]
+struct Written(VecDeque<u64>);
 
-/// Connects and does the handshake within `forward.connect_timeout_ms`.
-async fn connect(
-    inner: &Inner,
-    node: &NodeId,
-    addr: SocketAddr,
-) -> Result<(FramedRead<Reader, FrameCodec>, Writer), String> {
-    let handshake = async {
-        let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        let (read, mut write) = match &inner.protection.tls {
-            None => stream::plain(stream),
-            Some(tls) => {
-                let name = crate::tls::server_name(node.as_str())?;
-                let tls = tls
-                    .connector
-                    .connect(name, stream)
-                    .await
-                    .map_err(|e| format!("TLS: {e}"))?;
-                stream::tls(tls.into())
-            }
-        };
-        let hello = Hello {
-            magic: wire::MAGIC,
-            min_version: wire::MIN_VERSION,
-            max_version: wire::MAX_VERSION,
-            cluster_id: inner.cluster_id.clone(),
-            node_id: inner.self_id.clone(),
-            generation: inner.generation,
-            to_node: node.clone(),
-        };
-        let mut codec = FrameCodec::new(inner.config.max_frame_bytes);
-        let mut buf = BytesMut::new();
-        let send = |frame: &Frame, buf: &mut BytesMut, codec: &mut FrameCodec| {
-            buf.clear();
-            codec.encode(frame, buf).map_err(|e| e.to_string())
-        };
-        send(&Frame::Hello(hello.clone()), &mut buf, &mut codec)?;
-        write_out(&mut write, &buf).await?;
-        let mut reader = FramedRead::with_capacity(read, codec, wire::READ_BUFFER_BYTES);
-        let version = match (next(&mut reader).await?, &inner.protection.keys) {
-            (Frame::Welcome { version }, None) => version,
-            (Frame::Welcome { .. }, Some(_)) => {
-                return Err(
-                    "the listener has no cluster secret: it cannot prove it is a member".into(),
-                )
-            }
-            (Frame::Challenge { .. }, None) => {
-                return Err("the listener wants a cluster secret; this node has none".into())
-            }
-            (Frame::Challenge { nonce: theirs }, Some(keys)) => {
-                let ours = security::random().map_err(|e| e.to_string())?;
-                let hello_bytes = wire::hello_bytes(&hello);
-                let mut transcript = Transcript {
-                    hello: &hello_bytes,
-                    listener_nonce: &theirs,
-                    dialer_nonce: &ours,
-                    version: 0,
-                };
-                let mac = keys.prove(0, Role::Dialer, &transcript);
-                send(
-                    &Frame::Proof { nonce: ours, mac },
-                    &mut buf,
-                    reader.decoder_mut(),
-                )?;
-                write_out(&mut write, &buf).await?;
-                let Frame::Verified { version, mac } = next(&mut reader).await? else {
-                    return Err("unexpected answer to the proof".into());
-                };
-                transcript.version = version;
-                if !keys.check_with(0, Role::Listener, &transcript, &mac) {
-                    return Err("the listener's proof of the cluster secret is wrong".into());
-                }
-                version
-            }
-            (other, _) => return Err(format!("unexpected answer to hello: {other:?}")),
-        };
-        if !(wire::MIN_VERSION..=wire::MAX_VERSION).contains(&version) {
-            return Err(format!(
-                "the listener chose protocol version {version}, which this node does not speak"
-            ));
+impl Written {
+    fn note(&mut self, id: u64) {
+        self.0.push_back(id);
+    }
+
+    /// Forgets `id`, answered, and the frames written before it: they got no answer and never
+    /// will. An id not in the list (a duplicate) changes nothing.
+    fn answered(&mut self, id: u64) {
+        if self.0.front() == Some(&id) {
+            self.0.pop_front();
+        } else if let Some(at) = self.0.iter().position(|w| *w == id) {
+            self.0.drain(..=at);
         }
-        Ok((reader, write))
-    };
-    tokio::time::timeout(inner.config.connect_timeout_ms, handshake)
-        .await
-        .unwrap_or_else(|_| Err("handshake timed out".into()))
-}
-
-/// Writes all of `bytes` and flushes them (through TLS).
-async fn write_out(write: &mut Writer, bytes: &[u8]) -> Result<(), String> {
-    write.write_all(bytes).await.map_err(|e| e.to_string())?;
-    write.flush().await.map_err(|e| e.to_string())
-}
-
-/// The next frame of the handshake; a refusal, an error or the end is an error.
-async fn next(reader: &mut FramedRead<Reader, FrameCodec>) -> Result<Frame, String> {
-    match reader.next().await {
-        Some(Ok(Frame::Refuse { reason })) => Err(format!("refused: {reason}")),
-        Some(Ok(frame)) => Ok(frame),
-        Some(Err(err)) => Err(err.to_string()),
-        None => Err("closed during the handshake".into()),
     }
+
+    /// Every id still unanswered.
+    fn take(self) -> VecDeque<u64> {
+        self.0
+    }
+}
+
+/// Readies a batch for its write at `now`: sets each frame's time to live, leaves out the
+/// frames whose sender gave up (the waiter or the sweep ends their entries), and notes the
+/// others as written.
+fn prepare(batch: &mut Batch, now: Instant, written: &mut Written) {
+    let (mut at, mut kept) = (0, 0);
+    for frame in &batch.frames {
+        let from = at;
+        at += frame.len;
+        if frame.deadline <= now {
+            continue;
+        }
+        if kept != from {
+            batch.bytes.copy_within(from..at, kept);
+        }
+        wire::set_ttl(
+            &mut batch.bytes[kept..kept + frame.len],
+            ttl_ms(frame.deadline - now),
+        );
+        kept += frame.len;
+        written.note(frame.id);
+    }
+    batch.bytes.truncate(kept);
 }
 
 /// One connection of a link, and what its reading and writing halves share.
 struct Connection<'a> {
-    inner: &'a Inner,
-    node: &'a NodeId,
-    stats: &'a PeerStats,
-    activity: &'a AtomicU64,
-    /// Ids of the frames written and not yet answered, in the order written: the listener
-    /// answers in that order (it sends no answer only for a message whose handler did not
-    /// answer in time). Both halves run in the link's task, so the lock is never contended.
-    written: &'a Mutex<VecDeque<u64>>,
+    ctx: &'a Context,
+    link: &'a Link,
+    /// Both halves run in the link's task, so the lock is never contended.
+    written: &'a Mutex<Written>,
 }
 
 impl Connection<'_> {
     /// Serves the connection until it breaks or the forwarder shuts down; returns why it
     /// ended.
-    async fn serve(
-        &self,
-        reader: FramedRead<Reader, FrameCodec>,
-        writer: Writer,
-        queue: &SendQueue,
-    ) -> String {
+    async fn serve(&self, reader: FramedRead<ReadSide, FrameCodec>, writer: WriteSide) -> String {
         tokio::select! {
             why = self.read(reader) => why,
-            why = self.write(writer, queue) => why,
-            _ = self.inner.shutdown.cancelled() => "shutting down".to_string(),
+            why = self.write(writer) => why,
+            _ = self.ctx.shutdown.cancelled() => "shutting down".to_string(),
         }
     }
 
     /// Reads answers and ends their pending entries.
-    async fn read(&self, mut reader: FramedRead<Reader, FrameCodec>) -> String {
-        let (inner, node) = (self.inner, self.node);
+    async fn read(&self, mut reader: FramedRead<ReadSide, FrameCodec>) -> String {
+        let node = &self.link.node;
         let mut answered = false;
         // The time answers are stamped with: read again after each wait for the socket and
         // every `CLOCK_EVERY` answers, not for each one.
@@ -429,7 +376,7 @@ impl Connection<'_> {
                 answered |= self.answer(id, Ok(()), true, now);
             });
             if acks > 0 {
-                self.activity.fetch_add(acks.into(), Ordering::Relaxed);
+                self.link.activity.fetch_add(acks.into(), Ordering::Relaxed);
                 unstamped += acks;
                 if unstamped >= CLOCK_EVERY {
                     (now, unstamped) = (Instant::now(), 0);
@@ -440,14 +387,8 @@ impl Connection<'_> {
                 None => {
                     // Before waiting: a node that answered is reachable again if it was
                     // reported (checked once per read, not per answer).
-                    if std::mem::take(&mut answered)
-                        && !inner
-                            .membership
-                            .peek_view()
-                            .member(node.as_str())
-                            .is_none_or(|m| m.reachable)
-                    {
-                        inner.report_good(node);
+                    if std::mem::take(&mut answered) {
+                        self.ctx.reporter.good(node);
                     }
                     let next = reader.next().await;
                     (now, unstamped) = (Instant::now(), 0);
@@ -463,7 +404,7 @@ impl Connection<'_> {
                 Some(Err(err)) => return err.to_string(),
                 Some(Ok(frame)) => frame,
             };
-            self.activity.fetch_add(1, Ordering::Relaxed);
+            self.link.activity.fetch_add(1, Ordering::Relaxed);
             // Pongs answer probes: they end their entries but are not forwards.
             let (id, outcome, counted) = match frame {
                 Frame::Ack { id } => (id, Ok(()), true),
@@ -478,7 +419,7 @@ impl Connection<'_> {
                     (id, Err(err), true)
                 }
                 Frame::Pong { id } => (id, Ok(()), false),
-                other => return format!("unexpected frame from the listener: {other:?}"),
+                other => return format!("unexpected {} frame from the listener", other.name()),
             };
             answered |= self.answer(id, outcome, counted, now);
         }
@@ -487,27 +428,22 @@ impl Connection<'_> {
     /// Ends the pending entry of answer `id` (known at `now`) with `outcome`, counted as a
     /// forward if `counted` (a pong is not); `false` if the entry had ended already.
     fn answer(&self, id: u64, outcome: Outcome, counted: bool, now: Instant) -> bool {
-        {
-            // Frames before the answered one got no answer and never will (their handler did
-            // not answer in time); an id not in the list (a duplicate) changes nothing.
-            let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
-            if written.front() == Some(&id) {
-                written.pop_front();
-            } else if let Some(at) = written.iter().position(|w| *w == id) {
-                written.drain(..=at);
-            }
-        }
+        self.written
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .answered(id);
         let failure = outcome.as_ref().err().cloned();
-        let Some(latency) = self.inner.pending.complete(id, outcome, now) else {
+        let stats = &self.link.stats;
+        let Some(latency) = self.ctx.pending.complete(id, outcome, now) else {
             if counted {
-                self.stats.late_ack();
+                stats.late_ack();
             }
             return false;
         };
         match failure {
             _ if !counted => {}
-            None => self.stats.acked(latency),
-            Some(err) => self.stats.failed(&err, 1),
+            None => stats.acked(latency),
+            Some(err) => stats.failed(&err, 1),
         }
         true
     }
@@ -515,12 +451,16 @@ impl Connection<'_> {
     /// Writes what the queue holds, all of it in one write, again and again; a ping when there
     /// was nothing to write for `limits.keepalive_interval_ms`. A write that stalls for
     /// `limits.idle_timeout_ms` ends the connection.
-    async fn write(&self, mut writer: Writer, queue: &SendQueue) -> String {
-        let limits = &self.inner.limits;
+    async fn write(&self, mut writer: WriteSide) -> String {
+        let limits = &self.ctx.limits;
+        let queue = &self.link.queue;
         let mut batch = Batch::default();
         loop {
             match queue.take_all(&mut batch) {
-                Taken::Some => self.prepare(&mut batch),
+                Taken::Some => {
+                    let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
+                    prepare(&mut batch, Instant::now(), &mut written);
+                }
                 Taken::Empty => {
                     let keepalive = limits.keepalive_interval_ms;
                     if tokio::time::timeout(keepalive, queue.wait_ready())
@@ -530,49 +470,103 @@ impl Connection<'_> {
                         continue;
                     }
                     // Id 0 is no pending entry's: its pong ends nothing.
-                    let ping = Frame::Ping { id: 0 };
-                    let mut bytes = BytesMut::new();
-                    if let Err(err) = FrameCodec::new(wire::FRAME_LIMIT).encode(&ping, &mut bytes) {
-                        return err.to_string();
-                    }
-                    batch.bytes.extend_from_slice(&bytes);
+                    batch.bytes.extend_from_slice(&wire::ping(0));
                 }
                 Taken::Closed => return "queue closed".to_string(),
             }
             if !batch.bytes.is_empty() {
-                let write = write_out(&mut writer, &batch.bytes);
+                let write = async {
+                    writer.write_all(&batch.bytes).await?;
+                    writer.flush().await
+                };
                 match tokio::time::timeout(limits.idle_timeout_ms, write).await {
                     Ok(Ok(())) => {}
-                    Ok(Err(err)) => return err,
+                    Ok(Err(err)) => return err.to_string(),
                     Err(_) => return format!("a write stalled for {:?}", limits.idle_timeout_ms),
                 }
-                self.stats.bytes_sent(batch.bytes.len());
+                self.link.stats.bytes_sent(batch.bytes.len());
             }
             batch.clear(WRITE_KEEP_BYTES);
         }
     }
+}
 
-    /// Readies a batch for its write: sets each frame's time to live, leaves out the frames
-    /// whose sender gave up (the waiter or the sweep ends their entries), and notes the others
-    /// as written.
-    fn prepare(&self, batch: &mut Batch) {
-        let now = Instant::now();
-        let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
-        let (mut at, mut kept) = (0, 0);
-        for frame in &batch.frames {
-            let from = at;
-            at += frame.len;
-            if frame.deadline <= now {
-                continue;
-            }
-            if kept != from {
-                batch.bytes.copy_within(from..at, kept);
-            }
-            let ttl = super::ttl_ms(frame.deadline - now);
-            wire::set_ttl(&mut batch.bytes[kept..kept + frame.len], ttl);
-            kept += frame.len;
-            written.push_back(frame.id);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_forgets_its_frame_and_those_written_before_it_and_a_duplicate_nothing() {
+        let mut written = Written::default();
+        for id in 1..=5 {
+            written.note(id);
         }
-        batch.bytes.truncate(kept);
+        written.answered(1);
+        // 2 got no answer (its handler did not answer in time): 3's answer forgets it.
+        written.answered(3);
+        written.answered(3);
+        written.answered(9);
+        assert_eq!(written.take(), [4, 5]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_keeps_the_frames_still_wanted_with_their_time_to_live_set() {
+        use crate::delivery::Delivery;
+        use crate::wamp::{Dict, WampMessage};
+        use crate::PeerId;
+        let now = Instant::now();
+        let from = PeerId::node("r", "a");
+        let to = PeerId::node("r", "b");
+        let message = WampMessage::Interrupt {
+            request: 1,
+            options: Dict::new(),
+        };
+        let frame =
+            |id| wire::encode_forward(id, &from, &to, &message, 1 << 20, <[u8]>::to_vec).unwrap();
+        let queue = SendQueue::new(10, 1 << 20);
+        // Frame 2's sender gave up already.
+        for (id, left) in [(1, 300), (2, 0), (3, 1500)] {
+            let deadline = now + Duration::from_millis(left);
+            queue.try_push(id, deadline, &frame(id)).unwrap();
+        }
+        let mut batch = Batch::default();
+        queue.take_all(&mut batch);
+        let mut written = Written::default();
+        prepare(&mut batch, now, &mut written);
+        assert_eq!(written.take(), [1, 3]);
+        let mut codec = FrameCodec::new(1 << 20);
+        let mut bytes = bytes::BytesMut::from(&batch.bytes[..]);
+        let mut seen = Vec::new();
+        while let Some(Frame::Forward(f)) =
+            tokio_util::codec::Decoder::decode(&mut codec, &mut bytes).unwrap()
+        {
+            seen.push((f.id, f.ttl_ms));
+            assert_eq!(
+                f.delivery,
+                Delivery {
+                    from: from.clone(),
+                    to: to.clone(),
+                    message: message.clone()
+                }
+            );
+        }
+        assert_eq!(seen, [(1, 300), (3, 1500)]);
+    }
+
+    #[test]
+    fn redials_back_off_twice_as_long_each_time_up_to_the_limit_with_jitter() {
+        let max = Duration::from_millis(2000);
+        let mut backoff = FIRST_BACKOFF;
+        let mut pauses = Vec::new();
+        for _ in 0..8 {
+            pauses.push(backoff.as_millis());
+            backoff = next_backoff(backoff, max);
+        }
+        assert_eq!(pauses, [50, 100, 200, 400, 800, 1600, 2000, 2000]);
+        for noise in [0, 1, 499, 999, 1000, u32::MAX] {
+            let pause = jitter(max, noise);
+            assert!(pause >= max / 2 && pause < max, "{pause:?}");
+        }
+        assert_ne!(jitter(max, 0), jitter(max, 500));
     }
 }

@@ -1,9 +1,11 @@
-//! Certificates for TLS tests, made at run time: no private key is ever committed.
+//! Certificates for TLS tests, made at run time: no private key is ever committed. Every
+//! failure here is a broken test setup, and panics.
 
 use std::path::PathBuf;
 
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-use wamp_cluster::Config;
+
+use crate::config::Config;
 
 /// An authority and the certificates it signs, written under a temporary folder.
 pub struct Authority {
@@ -12,7 +14,14 @@ pub struct Authority {
     key: KeyPair,
 }
 
+impl Default for Authority {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Authority {
+    /// A new authority, its certificate written to a temporary folder.
     pub fn new() -> Authority {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -23,6 +32,7 @@ impl Authority {
         Authority { dir, cert, key }
     }
 
+    /// The authority's certificate.
     pub fn ca_file(&self) -> PathBuf {
         self.dir.path().join("ca.pem")
     }

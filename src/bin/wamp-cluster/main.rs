@@ -9,16 +9,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+#[cfg(feature = "testkit")]
+mod traffic;
+
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
-use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::{error, info, warn};
+use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
-use tokio_util::sync::CancellationToken;
 use wamp_cluster::config::{Key, Layers, Origin};
-use wamp_cluster::traffic::{record_events, run_traffic, RecordingDeliver};
-use wamp_cluster::{Config, ConfigError, Node, NodeError};
+use wamp_cluster::{Config, ConfigError, Node, NodeError, Stopped};
 
 #[derive(Parser)]
 #[command(
@@ -44,17 +44,10 @@ struct NodeArgs {
     /// TOML configuration file (keys: see the README). Without it, defaults apply.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Send test traffic to the other live nodes at this many messages per second (see the
-    /// `traffic` module).
-    #[arg(long, value_name = "PER_SECOND")]
-    traffic_rate: Option<f64>,
-    /// Record deliveries (before acking) and traffic outcomes in this directory.
-    #[arg(long, value_name = "DIR")]
-    record_dir: Option<PathBuf>,
-    /// Test-only: ack test traffic without recording it, a broken node for the checker to
-    /// catch.
-    #[arg(long, hide = true, requires = "record_dir")]
-    test_ack_without_delivery: bool,
+    /// Test traffic and its record (with the `testkit` feature).
+    #[cfg(feature = "testkit")]
+    #[command(flatten)]
+    traffic: traffic::TrafficArgs,
     /// Log format on standard error. `RUST_LOG` filters (default `info`).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -166,18 +159,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(rate) = args.traffic_rate {
-        if !(rate.is_finite() && rate > 0.0 && rate <= 1_000_000.0) {
-            eprintln!("wamp-cluster: --traffic-rate must be between 0 and 1000000");
-            return ExitCode::from(2);
-        }
+    #[cfg(feature = "testkit")]
+    if let Err(err) = args.traffic.check() {
+        eprintln!("wamp-cluster: {err}");
+        return ExitCode::from(2);
     }
-    let traffic = Traffic {
-        rate: args.traffic_rate,
-        record_dir: args.record_dir.clone(),
-        ack_without_delivery: args.test_ack_without_delivery,
-    };
-    match runtime.block_on(run(config, traffic)) {
+    match runtime.block_on(run(config, args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             error!("{err:#}");
@@ -192,78 +179,48 @@ fn main() -> ExitCode {
     }
 }
 
-/// What the node does besides serving: test traffic and its record.
-struct Traffic {
-    rate: Option<f64>,
-    record_dir: Option<PathBuf>,
-    ack_without_delivery: bool,
-}
-
-/// How long stopping waits for the test traffic's calls to end (each ends by its timeout).
-const TRAFFIC_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-async fn run(config: Config, traffic: Traffic) -> anyhow::Result<()> {
+async fn run(config: Config, args: NodeArgs) -> anyhow::Result<()> {
     let prometheus = wamp_cluster::metrics::install_prometheus().map_err(anyhow::Error::msg)?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut builder = Node::builder(config).prometheus(prometheus);
-    if let Some(dir) = &traffic.record_dir {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating the record directory {}", dir.display()))?;
-        let mut recording = RecordingDeliver::open(dir).context("opening the delivery log")?;
-        if traffic.ack_without_delivery {
-            warn!("test switch: acking test traffic without delivering it");
-            recording = recording.ack_without_delivery();
-        }
-        let recording = Arc::new(recording);
-        builder = builder
-            .delivery_counters(recording.log.clone())
-            .deliver(recording);
-    }
-    let node = builder.start().await?;
-    let stop_traffic = CancellationToken::new();
-    let events = traffic.record_dir.clone().map(|dir| {
-        let membership = node.membership().clone();
-        let stop = stop_traffic.clone();
-        tokio::spawn(async move { record_events(membership, &dir, stop).await })
-    });
-    let sender = traffic.rate.map(|rate| {
-        let forwarder = node.forwarder().clone();
-        let membership = node.membership().clone();
-        let stop = stop_traffic.clone();
-        let dir = traffic.record_dir.clone();
-        tokio::spawn(
-            async move { run_traffic(forwarder, membership, rate, dir.as_deref(), stop).await },
-        )
-    });
-    tokio::select! {
-        _ = sigterm.recv() => info!("SIGTERM: leaving"),
-        _ = sigint.recv() => info!("SIGINT: leaving"),
-        _ = node.leave_requested() => info!("leave requested through the admin API"),
-        err = node.failed() => {
-            let _ = node.abort().await;
-            return Err(err.into());
-        }
-    }
-    stop_traffic.cancel();
-    if let Some(sender) = sender {
-        match tokio::time::timeout(TRAFFIC_STOP_TIMEOUT, sender).await {
-            Ok(Ok(Err(err))) => error!("test traffic failed: {err}"),
-            Ok(_) => {}
-            Err(_) => error!("test traffic did not stop in time"),
+    // Without a router, messages forwarded to this node are acked and dropped; with a record
+    // directory, test traffic is recorded before it is acked.
+    #[cfg(feature = "testkit")]
+    let handler = args.traffic.handler()?;
+    #[cfg(not(feature = "testkit"))]
+    let handler: std::sync::Arc<dyn wamp_cluster::Deliver> = {
+        let _ = &args;
+        std::sync::Arc::new(wamp_cluster::Discard)
+    };
+    let node = Node::builder(config, move |_, _| handler)
+        .prometheus(prometheus)
+        .start()
+        .await?;
+    #[cfg(feature = "testkit")]
+    let traffic = args.traffic.start(&node);
+    let stopped = tokio::select! {
+        _ = sigterm.recv() => { info!("SIGTERM: leaving"); None }
+        _ = sigint.recv() => { info!("SIGINT: leaving"); None }
+        // A leave through the admin API, or a failure: the node stopped by itself.
+        stopped = node.stopped() => Some(stopped),
+    };
+    // The traffic ends before the node leaves, so that its calls in flight end normally.
+    #[cfg(feature = "testkit")]
+    traffic.stop().await;
+    let stopped = match stopped {
+        Some(stopped) => stopped,
+        // A second signal during the leave means: stop now.
+        None => tokio::select! {
+            stopped = node.leave() => stopped,
+            _ = sigterm.recv() => anyhow::bail!("SIGTERM during the leave: stopped at once"),
+            _ = sigint.recv() => anyhow::bail!("SIGINT during the leave: stopped at once"),
+        },
+    };
+    match stopped {
+        Stopped::Failed(err) => Err(err.into()),
+        stopped => {
+            info!(?stopped, "left the cluster");
+            Ok(())
         }
     }
-    if let Some(events) = events {
-        if let Ok(Err(err)) = events.await {
-            error!("recording membership events failed: {err}");
-        }
-    }
-    // A second signal during the leave means: stop now.
-    tokio::select! {
-        result = node.leave() => result?,
-        _ = sigterm.recv() => anyhow::bail!("SIGTERM during the leave: stopped at once"),
-        _ = sigint.recv() => anyhow::bail!("SIGINT during the leave: stopped at once"),
-    }
-    info!("left the cluster");
-    Ok(())
 }

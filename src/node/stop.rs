@@ -1,0 +1,140 @@
+//! How a node stops: asked for once (the first request wins: a leave, a leave through the
+//! admin API, an abort), or on its own when membership fails; one task carries the stop out
+//! in order (membership, the forwarder, the handler's drain, the admin API) and publishes why
+//! it stopped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::delivery::Deliver;
+use crate::error::MembershipError;
+use crate::forward::Forwarder;
+use crate::membership::Membership;
+
+/// Why a node stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stopped {
+    /// It left gracefully, asked by [`NodeHandle::leave`].
+    Left,
+    /// It left gracefully, asked through the admin API (`POST /cluster/leave`).
+    LeaveRequested,
+    /// It stopped at once, asked by [`NodeHandle::abort`] or by dropping its handle; its peers
+    /// see it `Down`.
+    Aborted,
+    /// Membership stopped on its own (another process uses this node id, the gossip socket
+    /// broke), and the node with it.
+    Failed(MembershipError),
+}
+
+impl Stopped {
+    /// Whether the node stopped because it was asked to (a leave or an abort), not on a
+    /// failure.
+    pub fn is_requested(&self) -> bool {
+        !matches!(self, Stopped::Failed(_))
+    }
+}
+
+/// How the stop of a node was asked for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Request {
+    Leave,
+    AdminLeave,
+    Abort,
+}
+
+/// The stop of a node: asked for once (the first request wins), carried out by the node's
+/// stop task, and its outcome.
+pub(crate) struct Stop {
+    pub(crate) request: watch::Sender<Option<Request>>,
+    pub(crate) outcome: watch::Sender<Option<Stopped>>,
+}
+
+impl Stop {
+    pub(crate) fn new() -> Arc<Stop> {
+        Arc::new(Stop {
+            request: watch::channel(None).0,
+            outcome: watch::channel(None).0,
+        })
+    }
+
+    pub(crate) fn ask(&self, request: Request) {
+        self.request.send_if_modified(|asked| {
+            if asked.is_some() {
+                return false;
+            }
+            *asked = Some(request);
+            true
+        });
+    }
+
+    /// A graceful leave, asked through the admin API.
+    pub(crate) fn ask_admin_leave(&self) {
+        self.ask(Request::AdminLeave);
+    }
+
+    pub(crate) async fn outcome(&self) -> Stopped {
+        let mut outcome = self.outcome.subscribe();
+        // Bound to a name so that the borrow ends before `outcome` is dropped.
+        let stopped = match outcome.wait_for(Option::is_some).await {
+            Ok(stopped) => stopped.clone().unwrap_or(Stopped::Aborted),
+            // The stop task is gone without an outcome (its runtime shut down).
+            Err(_) => Stopped::Aborted,
+        };
+        stopped
+    }
+}
+
+/// What the stop task stops.
+pub(crate) struct Parts {
+    pub membership: Membership,
+    pub forwarder: Forwarder,
+    pub deliver: Arc<dyn Deliver>,
+    pub admin_stop: CancellationToken,
+    pub admin_tasks: TaskTracker,
+    pub stop_timeout: Duration,
+}
+
+/// Waits for a stop request or a failure of membership, stops every part in order and
+/// publishes why.
+pub(crate) async fn carry_out(stop: Arc<Stop>, parts: Parts) {
+    let mut requests = stop.request.subscribe();
+    let request = tokio::select! {
+        request = requests.wait_for(Option::is_some) => {
+            request.ok().and_then(|r| *r).unwrap_or(Request::Abort)
+        }
+        // Membership failed on its own: the rest stops at once, and the failure says why.
+        _ = parts.membership.stopped() => Request::Abort,
+    };
+    let ended = match request {
+        Request::Leave | Request::AdminLeave => parts.membership.leave().await,
+        Request::Abort => parts.membership.shutdown().await,
+    };
+    parts.forwarder.stop(parts.stop_timeout).await;
+    if tokio::time::timeout(parts.stop_timeout, parts.deliver.drain())
+        .await
+        .is_err()
+    {
+        warn!("the handler did not drain in time");
+    }
+    parts.admin_stop.cancel();
+    if tokio::time::timeout(parts.stop_timeout, parts.admin_tasks.wait())
+        .await
+        .is_err()
+    {
+        warn!("the admin API did not stop in time");
+    }
+    let stopped = match (ended, request) {
+        (Err(MembershipError::Stopped), Request::Abort) => Stopped::Aborted,
+        (Err(err), _) => Stopped::Failed(err),
+        (Ok(()), Request::Leave) => Stopped::Left,
+        (Ok(()), Request::AdminLeave) => Stopped::LeaveRequested,
+        (Ok(()), Request::Abort) => Stopped::Aborted,
+    };
+    info!(?stopped, "node stopped");
+    stop.outcome.send_replace(Some(stopped));
+}

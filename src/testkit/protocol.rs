@@ -1,0 +1,44 @@
+//! The wire format, the handshake's proofs and the gossip sealing, for tests that speak to a
+//! node byte by byte (bad input, impostors) and for the property tests of the decoders. A node
+//! keeps these to itself; they are shown here as they are.
+
+use bytes::BytesMut;
+use tokio_util::codec::Encoder;
+
+pub use crate::membership::chitchat_config;
+pub use crate::security::{ClusterKeys, ReplayGuard, Role, Transcript, Unopened};
+pub use crate::wire::frame::Forward;
+pub use crate::wire::{
+    encode_forward, hello_bytes, negotiate, set_ttl, take_acks, Frame, FrameCodec, Hello,
+    RefuseReason, WireError, FRAME_LIMIT, MAGIC, MAX_VERSION, MIN_VERSION,
+};
+
+/// `frame`, encoded as a node writes it.
+pub fn encode(frame: &Frame) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    // Encoding into a growable buffer fails only past the frame limit.
+    FrameCodec::new(FRAME_LIMIT)
+        .encode(frame, &mut buf)
+        .unwrap_or_else(|err| panic!("{} frame: {err}", frame.name()));
+    buf.to_vec()
+}
+
+/// A hello from `intruder` to `node-1` of `cluster`, encoded as a node sends it.
+pub fn hello_from_intruder(cluster: &str) -> Vec<u8> {
+    encode(&Frame::Hello(Hello {
+        magic: MAGIC,
+        min_version: MIN_VERSION,
+        max_version: MAX_VERSION,
+        cluster_id: cluster.into(),
+        node_id: "intruder".into(),
+        generation: 1,
+        to_node: "node-1".into(),
+    }))
+}
+
+/// The pure functions that derive a live view from gossip, for benchmarks that build a view
+/// without a cluster.
+pub mod view {
+    pub use crate::membership::keys::NodeKeys;
+    pub use crate::membership::view::{derive_view, GossipNode, ViewInput};
+}

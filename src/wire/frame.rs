@@ -1,0 +1,367 @@
+//! The frames of a node-to-node connection, the versions of the protocol and what a listener
+//! answers a hello.
+
+use std::fmt;
+use std::io;
+
+use bincode::config::Configuration;
+use serde::{Deserialize, Serialize};
+
+use crate::delivery::{Delivery, NackReason};
+use crate::NodeId;
+
+/// The first bytes of every [`Hello`].
+pub const MAGIC: [u8; 4] = *b"WAMC";
+
+/// The oldest protocol version this build speaks.
+pub const MIN_VERSION: u16 = 1;
+
+/// The newest protocol version this build speaks.
+pub const MAX_VERSION: u16 = 1;
+
+/// The largest frame any configuration may allow, in bytes (64 MiB), and bincode's decode
+/// limit: `forward.max_frame_bytes` is capped here.
+pub const FRAME_LIMIT: usize = 64 * 1024 * 1024;
+
+/// The read buffer of a connection: frames are decoded from reads of up to this many bytes.
+pub const READ_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Bytes of the length prefix.
+pub(super) const LENGTH_BYTES: usize = 4;
+
+/// The variant indexes of the frames with a hand-written path.
+pub(super) const FORWARD_VARIANT: u8 = 3;
+pub(super) const ACK_VARIANT: u8 = 4;
+pub(super) const PING_VARIANT: u8 = 6;
+pub(super) const PONG_VARIANT: u8 = 7;
+
+pub(super) type WireConfig = Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<FRAME_LIMIT>,
+>;
+
+pub(super) const fn wire_config() -> WireConfig {
+    bincode::config::standard().with_limit::<FRAME_LIMIT>()
+}
+
+/// One frame on a node-to-node connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Frame {
+    /// Dialer → listener, first frame.
+    Hello(Hello),
+    /// Listener → dialer: accepted, speaking `version`.
+    Welcome {
+        /// The highest version both sides speak.
+        version: u16,
+    },
+    /// Listener → dialer: refused; the listener closes the connection.
+    Refuse {
+        /// Why.
+        reason: RefuseReason,
+    },
+    /// Dialer → listener: a message to deliver. Boxed: it is far larger than the other frames
+    /// (336 bytes against 72), and a decoded frame is moved through several layers of
+    /// `Option`/`Poll`; an allocation costs less than those copies (measured).
+    Forward(Box<Forward>),
+    /// Listener → dialer: the handler accepted message `id`.
+    Ack {
+        /// The `Forward` frame's id.
+        id: u64,
+    },
+    /// Listener → dialer: message `id` was not delivered.
+    Nack {
+        /// The `Forward` frame's id.
+        id: u64,
+        /// Why.
+        reason: NackReason,
+    },
+    /// Dialer → listener: are you there?
+    Ping {
+        /// Echoed in the `Pong`.
+        id: u64,
+    },
+    /// Listener → dialer: the answer to `Ping { id }`.
+    Pong {
+        /// The ping's id.
+        id: u64,
+    },
+    /// Listener → dialer, instead of `Welcome` when the listener has a cluster secret: prove
+    /// you know it.
+    Challenge {
+        /// The listener's fresh nonce.
+        nonce: [u8; 32],
+    },
+    /// Dialer → listener, the answer to `Challenge`.
+    Proof {
+        /// The dialer's fresh nonce.
+        nonce: [u8; 32],
+        /// HMAC-SHA256 of the hello and both nonces, with the handshake key of the dialer's
+        /// first secret (see [`crate::security`]).
+        mac: [u8; 32],
+    },
+    /// Listener → dialer: the proof checked; speaking `version`.
+    Verified {
+        /// The highest version both sides speak.
+        version: u16,
+        /// HMAC-SHA256 of the hello, both nonces and the version, with the secret the dialer's
+        /// proof was made with.
+        mac: [u8; 32],
+    },
+}
+
+impl Frame {
+    /// The frame's name (`Hello`, `Forward`, …), for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Frame::Hello(_) => "Hello",
+            Frame::Welcome { .. } => "Welcome",
+            Frame::Refuse { .. } => "Refuse",
+            Frame::Forward(_) => "Forward",
+            Frame::Ack { .. } => "Ack",
+            Frame::Nack { .. } => "Nack",
+            Frame::Ping { .. } => "Ping",
+            Frame::Pong { .. } => "Pong",
+            Frame::Challenge { .. } => "Challenge",
+            Frame::Proof { .. } => "Proof",
+            Frame::Verified { .. } => "Verified",
+        }
+    }
+}
+
+/// The dialer's introduction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Always [`MAGIC`].
+    pub magic: [u8; 4],
+    /// Oldest protocol version the dialer speaks.
+    pub min_version: u16,
+    /// Newest protocol version the dialer speaks.
+    pub max_version: u16,
+    /// The dialer's cluster id.
+    pub cluster_id: String,
+    /// The dialer's node id.
+    pub node_id: NodeId,
+    /// The dialer's generation.
+    pub generation: u64,
+    /// The node the dialer means to reach (from its view of the cluster).
+    pub to_node: NodeId,
+}
+
+/// Why a listener refused a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefuseReason {
+    /// The first frame was not a `Hello` with the magic bytes.
+    BadHello,
+    /// No protocol version in common; the listener speaks `min..=max`.
+    NoCommonVersion {
+        /// Oldest version the listener speaks.
+        min: u16,
+        /// Newest version the listener speaks.
+        max: u16,
+    },
+    /// The dialer belongs to another cluster.
+    WrongCluster {
+        /// The listener's cluster id.
+        expected: String,
+    },
+    /// The dialer meant another node (its view is stale, or the address was reused).
+    WrongNode {
+        /// The listener's node id.
+        actual: NodeId,
+    },
+    /// The listener takes no more connections.
+    Overloaded,
+    /// The listener is shutting down.
+    ShuttingDown,
+    /// The dialer did not prove it knows the cluster secret.
+    BadSecret,
+    /// The dialer's TLS certificate does not name the node its hello gives.
+    BadCertificate,
+}
+
+impl RefuseReason {
+    /// The reason's name in snake case, as metrics label it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RefuseReason::BadHello => "bad_hello",
+            RefuseReason::NoCommonVersion { .. } => "no_common_version",
+            RefuseReason::WrongCluster { .. } => "wrong_cluster",
+            RefuseReason::WrongNode { .. } => "wrong_node",
+            RefuseReason::Overloaded => "overloaded",
+            RefuseReason::ShuttingDown => "shutting_down",
+            RefuseReason::BadSecret => "bad_secret",
+            RefuseReason::BadCertificate => "bad_certificate",
+        }
+    }
+}
+
+impl fmt::Display for RefuseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RefuseReason::BadHello => f.write_str("bad hello"),
+            RefuseReason::NoCommonVersion { min, max } => {
+                write!(
+                    f,
+                    "no common protocol version (listener speaks {min}..={max})"
+                )
+            }
+            RefuseReason::WrongCluster { expected } => {
+                write!(f, "wrong cluster (listener is in `{expected}`)")
+            }
+            RefuseReason::WrongNode { actual } => write!(f, "wrong node (listener is `{actual}`)"),
+            RefuseReason::Overloaded => f.write_str("overloaded"),
+            RefuseReason::ShuttingDown => f.write_str("shutting down"),
+            RefuseReason::BadSecret => f.write_str("no proof of the cluster secret"),
+            RefuseReason::BadCertificate => {
+                f.write_str("the certificate does not name the node of the hello")
+            }
+        }
+    }
+}
+
+/// A message to deliver.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Forward {
+    /// Milliseconds the sender still waits for the ack when it writes the frame; the receiver
+    /// nacks `Expired` rather than deliver once they have passed. Encoded first and with a
+    /// fixed width, so that the writer can set it in an encoded frame (`set_ttl`).
+    #[serde(with = "fixed_u32")]
+    pub ttl_ms: u32,
+    /// Unique per connection direction; echoed in the `Ack` or `Nack`.
+    pub id: u64,
+    /// The sending peer, the receiving peer and the message, encoded one after the other as
+    /// if they were fields of this frame; decoded straight into what the handler gets.
+    pub delivery: Delivery,
+}
+
+/// A `u32` encoded as 4 big-endian bytes whatever the integer encoding.
+mod fixed_u32 {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &u32, serializer: S) -> Result<S::Ok, S::Error> {
+        value.to_be_bytes().serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+        <[u8; 4]>::deserialize(deserializer).map(u32::from_be_bytes)
+    }
+}
+
+/// What the listener answers a [`Hello`]: the version to speak, or why not. A pure function.
+pub fn negotiate(hello: &Hello, cluster_id: &str, node_id: &NodeId) -> Result<u16, RefuseReason> {
+    if hello.magic != MAGIC {
+        return Err(RefuseReason::BadHello);
+    }
+    if hello.cluster_id != cluster_id {
+        return Err(RefuseReason::WrongCluster {
+            expected: cluster_id.to_owned(),
+        });
+    }
+    if hello.to_node != *node_id {
+        return Err(RefuseReason::WrongNode {
+            actual: node_id.clone(),
+        });
+    }
+    let version = hello.max_version.min(MAX_VERSION);
+    if version < hello.min_version.max(MIN_VERSION) {
+        return Err(RefuseReason::NoCommonVersion {
+            min: MIN_VERSION,
+            max: MAX_VERSION,
+        });
+    }
+    Ok(version)
+}
+
+/// The bytes of `hello` that the proofs of the handshake cover: its encoding.
+pub fn hello_bytes(hello: &Hello) -> Vec<u8> {
+    // Encoding a struct of strings and integers into a vector cannot fail.
+    bincode::serde::encode_to_vec(hello, wire_config()).unwrap_or_default()
+}
+
+/// Why a message could not be encoded for another node. Nothing was sent.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EncodeError {
+    /// The frame is longer than the limit.
+    #[error("frame of {len} bytes is larger than the limit of {max}")]
+    TooLarge {
+        /// The frame's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A value is nested deeper than [`crate::wamp::MAX_DEPTH`] levels, which no node decodes.
+    #[error("a value is nested deeper than {} levels", crate::wamp::MAX_DEPTH)]
+    TooDeep,
+}
+
+/// A frame that could not be read or written. The connection cannot go on after a read error.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The socket failed.
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    /// A frame longer than the limit (received: the length prefix said so; sent: refused
+    /// before anything was written).
+    #[error("frame of {len} bytes is larger than the limit of {max}")]
+    TooLarge {
+        /// The frame's length, when known.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The bytes are not a frame of this protocol.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn hello() -> Hello {
+        Hello {
+            magic: MAGIC,
+            min_version: MIN_VERSION,
+            max_version: MAX_VERSION,
+            cluster_id: "c".into(),
+            node_id: "a".into(),
+            generation: 7,
+            to_node: "b".into(),
+        }
+    }
+
+    #[test]
+    fn negotiation_picks_the_highest_common_version_and_names_refusals() {
+        let me = NodeId::from("b");
+        assert_eq!(negotiate(&hello(), "c", &me), Ok(MAX_VERSION));
+        let newer = Hello {
+            min_version: MAX_VERSION,
+            max_version: MAX_VERSION + 5,
+            ..hello()
+        };
+        assert_eq!(negotiate(&newer, "c", &me), Ok(MAX_VERSION));
+        let too_new = Hello {
+            min_version: MAX_VERSION + 1,
+            max_version: MAX_VERSION + 2,
+            ..hello()
+        };
+        assert!(matches!(
+            negotiate(&too_new, "c", &me),
+            Err(RefuseReason::NoCommonVersion { .. })
+        ));
+        assert!(matches!(
+            negotiate(&hello(), "other", &me),
+            Err(RefuseReason::WrongCluster { .. })
+        ));
+        assert!(matches!(
+            negotiate(&hello(), "c", &NodeId::from("z")),
+            Err(RefuseReason::WrongNode { .. })
+        ));
+        let bad = Hello {
+            magic: *b"HTTP",
+            ..hello()
+        };
+        assert_eq!(negotiate(&bad, "c", &me), Err(RefuseReason::BadHello));
+    }
+}
