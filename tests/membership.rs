@@ -380,3 +380,99 @@ async fn a_taken_gossip_port_is_a_clear_start_error() {
         "{err}"
     );
 }
+
+/// Gossip runs over a transport the program gives: here chitchat's own in-memory
+/// `ChannelTransport`, which can cut the link between two nodes. A cut link between node-0 and
+/// node-1 does not split the cluster (node-2 relays their state); once node-2 is cut off from
+/// both, they see it down and it sees them down; healed, they see each other again. Messages
+/// still go over real TCP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gossip_in_memory_survives_one_cut_link_and_sees_a_node_cut_off_down() {
+    use chitchat::transport::ChannelTransport;
+    let _serial = SERIAL.lock().await;
+    let transport = ChannelTransport::default();
+    let seed = node_config("node-0", &[], detecting());
+    let seed_addr = seed.gossip_addr;
+    let mut configs = vec![seed];
+    for i in 1..3 {
+        configs.push(node_config(&format!("node-{i}"), &[seed_addr], detecting()));
+    }
+    let addrs: Vec<SocketAddr> = configs.iter().map(|c| c.gossip_addr).collect();
+    let mut nodes = Vec::new();
+    for config in configs {
+        let node = Node::builder(config, |_, _| Discard)
+            .transport(transport.clone())
+            .start()
+            .await
+            .expect("node starts");
+        nodes.push(node);
+    }
+    converge(&nodes).await;
+    assert!(
+        transport.statistics().num_messages_total > 0,
+        "gossip went in memory"
+    );
+
+    transport.remove_link(addrs[0], addrs[1]).await;
+    // Several failure-detection periods: still one cluster.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for node in &nodes {
+        assert!(
+            sees_all_ready(node, 3),
+            "{:?}",
+            node.membership().view().members()
+        );
+    }
+    nodes[0]
+        .forwarder()
+        .forward(
+            wamp_cluster::PeerId::node("realm1", "node-0"),
+            wamp_cluster::PeerId::node("realm1", "node-1"),
+            wamp_cluster::testkit::publish(1),
+            &Default::default(),
+        )
+        .await
+        .expect("forwarding goes over TCP, not gossip");
+
+    transport.remove_link(addrs[2], addrs[0]).await;
+    transport.remove_link(addrs[2], addrs[1]).await;
+    let live = |node: &NodeHandle, peer: &str| {
+        node.membership()
+            .view()
+            .member(peer)
+            .is_some_and(|m| m.live)
+    };
+    wait_until(
+        CONVERGE,
+        "node-2 is seen down and sees the others down",
+        || {
+            !live(&nodes[0], "node-2")
+                && !live(&nodes[1], "node-2")
+                && !live(&nodes[2], "node-0")
+                && !live(&nodes[2], "node-1")
+        },
+    )
+    .await;
+    assert!(live(&nodes[0], "node-1") && live(&nodes[1], "node-0"));
+
+    for (a, b) in [(0, 1), (2, 0), (2, 1)] {
+        transport.add_link(addrs[a], addrs[b]).await;
+    }
+    converge(&nodes).await;
+    abort_all(nodes).await;
+}
+
+/// Gossip over a transport the program gives cannot be sealed: a node with a cluster secret
+/// refuses one rather than gossip in the clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_secret_refuses_a_transport_it_cannot_seal() {
+    let mut config = node_config("sealed", &[], tolerant());
+    config.cluster_secret = Some(wamp_cluster::Secret::new("a-secret-of-the-cluster-0123"));
+    let err = Node::builder(config, |_, _| Discard)
+        .transport(chitchat::transport::ChannelTransport::default())
+        .start()
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("cluster_secret_file"), "{err}");
+}
