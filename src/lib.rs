@@ -41,13 +41,14 @@
 //! - `node_id`, `peer_id` ([`NodeId`], [`PeerId`]) and [`wamp`] (WAMP messages, values, their
 //!   JSON form): the names and messages everything else speaks of.
 //! - `delivery`: what crosses to a handler on another node: [`Delivery`], [`Verdict`],
-//!   [`NackReason`], and the [`Deliver`] trait a router implements.
+//!   [`NackReason`], and the [`Deliver`] trait a router implements. `error`: one error enum per
+//!   layer.
 //! - `wire`: the node-to-node frames (`frame`), the codec, and the hand-written fast paths of
 //!   forwarded frames; the only place that knows the encoding.
 //! - `security` (the cluster secret: keys, proofs, sealing, the replay guard) and
 //!   [`log_limit`]. [`metrics`]: metric names and the Prometheus recorder.
 //! - [`config`]: the keys, declared once ([`settings!`]) for file, environment and flags; their
-//!   layering; pure validation. `error`: one error enum per layer.
+//!   layering; pure validation.
 //! - `tls`: TLS settings read from `[tls]`, certificates checked against node ids.
 //! - `membership`: chitchat on a thread of its own; the [`LiveView`] derived from gossip by
 //!   pure functions, the [`Ring`], [`MembershipEvent`]s, reachability reports, sealed gossip.

@@ -345,7 +345,7 @@ pub fn random<const N: usize>() -> Result<[u8; N], NoRandom> {
 }
 
 /// Refuses datagrams sent outside a window around now, and a second datagram with the nonce of
-/// one it admitted. Remembers at most [`REPLAY_MEMORY`] nonces, the oldest by send time
+/// one it admitted. Remembers at most `REPLAY_MEMORY` nonces, the oldest by send time
 /// forgotten first; whenever it forgets one it refuses everything sent up to that one's time as
 /// stale, so a forgotten datagram is refused all the same, even if the clock steps back.
 #[derive(Debug)]

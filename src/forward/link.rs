@@ -211,7 +211,12 @@ async fn run(ctx: Arc<Context>, link: Arc<Link>, mut addr: SocketAddr) {
             break;
         }
         let number = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
-        let span = tracing::debug_span!("connection", number, %addr);
+        let generation = ctx
+            .membership
+            .peek_view()
+            .member(node.as_str())
+            .map(|m| m.generation);
+        let span = tracing::info_span!("connection", number, %addr, generation);
         match handshake::dial(&ctx, node, addr)
             .instrument(span.clone())
             .await
@@ -249,13 +254,17 @@ async fn run(ctx: Arc<Context>, link: Arc<Link>, mut addr: SocketAddr) {
                     .filter(|id| ctx.pending.complete(*id, Err(lost.clone()), now).is_some())
                     .count();
                 link.stats.failed(&lost, failed as u64);
-                span.in_scope(|| debug!(%why, failed, "connection lost"));
-                ctx.reporter.bad(node, BadReason::ConnectionLost(why));
+                span.in_scope(|| {
+                    debug!(%why, failed, "connection lost");
+                    ctx.reporter.bad(node, BadReason::ConnectionLost(why));
+                });
             }
             Err(why) => {
-                span.in_scope(|| debug!(%why, "connect failed"));
-                ctx.reporter
-                    .bad(node, BadReason::ConnectFailed(why.to_string()));
+                span.in_scope(|| {
+                    debug!(%why, "connect failed");
+                    ctx.reporter
+                        .bad(node, BadReason::ConnectFailed(why.to_string()));
+                });
             }
         }
         tokio::select! {

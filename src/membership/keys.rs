@@ -15,7 +15,7 @@ pub const STATUS: &str = "status";
 /// The version of wamp-cluster the node runs.
 pub const VERSION: &str = "version";
 
-/// The version of wamp-cluster this node runs, published in gossip as [`VERSION`].
+/// The version of wamp-cluster this node runs, published in gossip under the key `version`.
 pub const THIS_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The node's labels, as a JSON object of strings.
 pub const LABELS: &str = "labels";
@@ -64,15 +64,15 @@ impl fmt::Display for Status {
 /// treated as absent.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NodeKeys {
-    /// [`FORWARD_ADDR`]
+    /// `FORWARD_ADDR`
     pub forward_addr: Option<SocketAddr>,
-    /// [`ADMIN_ADDR`]
+    /// `ADMIN_ADDR`
     pub admin_addr: Option<SocketAddr>,
-    /// [`STATUS`]; `Joining` when absent.
+    /// `STATUS`; `Joining` when absent.
     pub status: Status,
-    /// [`VERSION`]
+    /// `VERSION`
     pub version: Option<String>,
-    /// [`LABELS`]
+    /// `LABELS`
     pub labels: BTreeMap<String, String>,
 }
 

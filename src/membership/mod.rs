@@ -31,7 +31,7 @@ use chitchat::{
 };
 use tokio::sync::{broadcast, oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, warn, Instrument};
 
 pub use keys::{NodeKeys, Status};
 pub use ring::Ring;
@@ -231,7 +231,15 @@ impl Membership {
                         return;
                     }
                     let _guard = StoppedGuard(shared.clone());
-                    let result = drive(&shared, &handle, foreign_seeds, join_timeout).await;
+                    let span = tracing::info_span!(
+                        "membership",
+                        node = %shared.self_id,
+                        generation,
+                        gossip_addr = %shared.gossip_addr,
+                    );
+                    let result = drive(&shared, &handle, foreign_seeds, join_timeout)
+                        .instrument(span)
+                        .await;
                     if let Err(err) = handle.shutdown().await {
                         debug!(error = %err, "gossip server stopped with an error");
                     }

@@ -19,11 +19,11 @@ use crate::membership::Membership;
 /// Why a node stopped.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Stopped {
-    /// It left gracefully, asked by [`NodeHandle::leave`].
+    /// It left gracefully, asked by [`NodeHandle::leave`](crate::NodeHandle::leave).
     Left,
     /// It left gracefully, asked through the admin API (`POST /cluster/leave`).
     LeaveRequested,
-    /// It stopped at once, asked by [`NodeHandle::abort`] or by dropping its handle; its peers
+    /// It stopped at once, asked by [`NodeHandle::abort`](crate::NodeHandle::abort) or by dropping its handle; its peers
     /// see it `Down`.
     Aborted,
     /// Membership stopped on its own (another process uses this node id, the gossip socket

@@ -97,7 +97,7 @@ pub enum Frame {
         /// The dialer's fresh nonce.
         nonce: [u8; 32],
         /// HMAC-SHA256 of the hello and both nonces, with the handshake key of the dialer's
-        /// first secret (see [`crate::security`]).
+        /// first secret (see the `security` module).
         mac: [u8; 32],
     },
     /// Listener → dialer: the proof checked; speaking `version`.
