@@ -309,13 +309,7 @@ async fn a_newer_connection_from_the_same_node_takes_over_from_the_older() {
 
     let _serial = SERIAL.lock().await;
     let c = Cluster::start(2).await;
-    let target = c.nodes[1]
-        .membership()
-        .view()
-        .self_member()
-        .unwrap()
-        .forward_addr
-        .unwrap();
+    let target = c.nodes[1].forwarder().local_addr();
     let connect = || async move {
         let stream = tokio::net::TcpStream::connect(target).await.unwrap();
         let mut framed = tokio_util::codec::Framed::new(stream, FrameCodec::new(1 << 20));

@@ -23,13 +23,7 @@ async fn bad_input_on_the_forward_port_is_refused_and_counted_while_good_peers_a
     let prometheus = wamp_cluster::metrics::install_prometheus().unwrap();
     let c = Cluster::start(2).await;
     let (a, b) = (&c.nodes[0], &c.nodes[1]);
-    let target = b
-        .membership()
-        .view()
-        .self_member()
-        .unwrap()
-        .forward_addr
-        .unwrap();
+    let target = b.forwarder().local_addr();
     // Counters are process-wide and other tests of this binary count too: compared by delta.
     let before = prometheus.render();
 
@@ -234,13 +228,7 @@ async fn limits_close_trickling_silent_and_surplus_connections_while_good_peers_
     })
     .await;
     let (a, b) = (&c.nodes[0], &c.nodes[1]);
-    let target = b
-        .membership()
-        .view()
-        .self_member()
-        .unwrap()
-        .forward_addr
-        .unwrap();
+    let target = b.forwarder().local_addr();
     // Counters are process-wide and other tests of this binary count too: compared by delta.
     let before = prometheus.render();
     // The good link, then idle for several idle timeouts: still the same connection.

@@ -91,13 +91,7 @@ async fn bad_input(target: SocketAddr, stop: Arc<AtomicBool>) -> u64 {
 /// Forward throughput while bad input arrives at the receiver's forward port, and the bad
 /// connections made a second.
 pub async fn under_bad_input(pair: &[NodeHandle], count: u64, window: usize) -> (f64, f64) {
-    let target = pair[1]
-        .membership()
-        .view()
-        .self_member()
-        .unwrap()
-        .forward_addr
-        .unwrap();
+    let target = pair[1].forwarder().local_addr();
     let stop = Arc::new(AtomicBool::new(false));
     let attacker = tokio::spawn(bad_input(target, stop.clone()));
     // Let the trickles start.

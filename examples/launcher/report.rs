@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use plotters::prelude::*;
 use serde::Serialize;
 use serde_json::{json, Value};
-use wamp_cluster::testkit::chart::{Line, Lines};
+use wamp_cluster::testkit::chart::{self, Line, Lines};
 use wamp_cluster::testkit::records::{self, complete_lines};
 
 use crate::chaos::{Fault, Planned};
@@ -614,12 +614,7 @@ fn timeline(
                 Rectangle::new([(x, y - 5), (x + 10, y + 5)], color(state).filled())
             });
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
+    chart::legend(&mut chart)?;
 
     let series = |f: fn(&crate::Sample) -> u64| -> Vec<(f64, f64)> {
         l.samples.iter().map(|s| (s.t_s, f(s) as f64)).collect()
