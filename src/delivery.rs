@@ -89,7 +89,8 @@ pub trait Deliver: Send + Sync + 'static {
     fn deliver(&self, delivery: Delivery) -> Verdict;
 
     /// Called once when the node stops, after its last delivery: finish the work already
-    /// accepted (the node waits for it, within its stop timeout). Nothing to do by default.
+    /// accepted (the node waits for it, within `stop_timeout_ms`; verdicts given meanwhile
+    /// still reach their senders). Nothing to do by default.
     fn drain(&self) -> BoxFuture<'_, ()> {
         Box::pin(std::future::ready(()))
     }

@@ -87,9 +87,11 @@
 //!
 //! [`NodeHandle::leave`], `POST /cluster/leave`, [`NodeHandle::abort`] (or dropping the handle)
 //! and a failure of membership all ask one task to stop the node; the first one wins. It stops
-//! membership (a leave announces `leaving` and gossips a few rounds first), then the forwarder,
-//! then lets the handler drain ([`Deliver::drain`]), then the admin API, and publishes why:
-//! [`NodeHandle::stopped`] returns it.
+//! membership (a leave announces `leaving` and gossips a few rounds first), then hands no more
+//! arriving messages to the handler (they are nacked `ShuttingDown`), lets the handler drain
+//! what it accepted ([`Deliver::drain`]) while the connections still write its verdicts, then
+//! stops the forwarder and the admin API, and publishes why: [`NodeHandle::stopped`] returns
+//! it.
 
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]

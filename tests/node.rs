@@ -207,14 +207,10 @@ async fn a_leave_drains_the_dispatcher_before_the_node_stops() {
         10,
         "every accepted delivery was handled"
     );
-    // The acks of what was delivered before the forwarder stopped came back; none is lost
-    // silently: each call ended with an outcome.
+    // The connections wrote the verdicts of the drained work before they closed: every
+    // sender got its ack.
     for id in ids {
-        let outcome = f.receive_ack(id, BOUND).await;
-        assert!(
-            matches!(outcome, Ok(()) | Err(ForwardError::ConnectionLost { .. })),
-            "{outcome:?}"
-        );
+        assert_eq!(f.receive_ack(id, BOUND).await, Ok(()));
     }
     a.abort().await;
 }

@@ -3,8 +3,10 @@
 //! [`Setting`] lists, so the three agree by construction; a program adds its own sections
 //! ([`Layers::section`]) to the same layering.
 //!
-//! A value is checked as it is set, so an error names the key and the layer it came from
-//! (the file and line, the variable, the flag); [`Layers::config`] then validates the whole.
+//! A value is checked as it is set, so an error names the key and the layer it came from (the
+//! file, with the line for a syntax error; the variable; the flag); [`Layers::config`] then
+//! validates the whole. Add a program's sections first ([`Layers::section`]), then the layers
+//! in order: [`Layers::file`], [`Layers::env`], then [`Layers::set`] for each flag.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -89,7 +91,8 @@ impl Layers {
     }
 
     /// Adds a program's section (`[router]`): its keys are read from the file, variables
-    /// (`WAMP_CLUSTER_ROUTER__…`) and flags (`--router-…`) like the node's.
+    /// (`WAMP_CLUSTER_ROUTER__…`) and flags (`--router-…`) like the node's. Call it before
+    /// reading any layer: until then, the section's keys are unknown keys.
     pub fn section<S: Section>(mut self) -> Layers {
         S::keys(S::NAME, &mut self.keys);
         self.parts.push(Part {
@@ -184,8 +187,13 @@ impl Layers {
         let raw = raw.trim();
         let path: Vec<&str> = name.split('.').collect();
         let (leaf, sections) = path.split_last().unwrap_or((&name, &[]));
+        let unset = key.optional && raw.is_empty();
         let mut target = &mut self.table;
         for section in sections {
+            if unset && !target.contains_key(*section) {
+                // Nothing to unset: a missing section is not made for it.
+                return Ok(());
+            }
             let entry = target
                 .entry(section.to_string())
                 .or_insert_with(|| toml::Value::Table(toml::Table::new()));
@@ -194,7 +202,7 @@ impl Layers {
             };
             target = table;
         }
-        if key.optional && raw.is_empty() {
+        if unset {
             target.remove(*leaf);
         } else {
             target.insert(leaf.to_string(), (key.parse)(raw).map_err(invalid)?);

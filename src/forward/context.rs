@@ -3,6 +3,7 @@
 //! The links and the listener are handed this, and nothing of the forwarder itself.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio_util::sync::CancellationToken;
@@ -17,6 +18,10 @@ use crate::membership::Membership;
 use crate::security::ClusterKeys;
 use crate::tls::Tls;
 use crate::NodeId;
+
+/// The longest timeout a call may have; longer ones are cut to it (a day: an "infinite"
+/// timeout must not overflow the clock). A receiver cuts a frame's time to live to it too.
+pub const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// Lines a second logged about refused connections and bad frames, per forwarder.
 const BAD_INPUT_LINES_PER_SEC: u32 = 10;
@@ -56,6 +61,9 @@ pub(crate) struct Context {
     pub received: Mutex<HashMap<NodeId, Arc<Received>>>,
     /// Limits the log lines about what peers send.
     pub bad_input_log: Limiter,
+    /// Whether messages that arrive are still handed to the handler: cleared when the node
+    /// stops, so that the handler can finish what it accepted while its answers still go out.
+    pub delivering: AtomicBool,
     /// Cancelled when the forwarder stops.
     pub shutdown: CancellationToken,
     /// Every task of the forwarder.
@@ -82,9 +90,15 @@ impl Context {
             pending: Pending::default(),
             received: Mutex::default(),
             bad_input_log: Limiter::new(BAD_INPUT_LINES_PER_SEC),
+            delivering: AtomicBool::new(true),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
         }
+    }
+
+    /// Whether arriving messages are still handed to the handler.
+    pub(crate) fn is_delivering(&self) -> bool {
+        self.delivering.load(Ordering::Acquire)
     }
 
     /// The counters of what `peer`'s connections deliver here.

@@ -9,7 +9,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures_util::future::BoxFuture;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +28,8 @@ pub struct Dispatcher {
     queues: Vec<mpsc::Sender<Job>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
     closing: CancellationToken,
+    /// Set once the workers finished, for every caller of `close`.
+    closed: watch::Sender<bool>,
 }
 
 impl Dispatcher {
@@ -53,6 +55,7 @@ impl Dispatcher {
             queues,
             workers: Mutex::new(workers),
             closing,
+            closed: watch::channel(false).0,
         }
     }
 
@@ -74,17 +77,23 @@ impl Dispatcher {
             .sum()
     }
 
-    /// Stops taking deliveries and waits for the workers to finish what is queued. Calling it
-    /// again waits for nothing more.
+    /// Stops taking deliveries and waits for the workers to finish what is queued; every
+    /// caller waits for that, the first one and those that come while it waits.
     pub async fn close(&self) {
         self.closing.cancel();
         let workers =
             std::mem::take(&mut *self.workers.lock().unwrap_or_else(PoisonError::into_inner));
+        if workers.is_empty() {
+            let mut closed = self.closed.subscribe();
+            let _ = closed.wait_for(|closed| *closed).await;
+            return;
+        }
         for worker in workers {
             // A worker that panicked has nothing left to finish: its queue's senders are gone,
             // so those deliveries are nacked, not acked.
             let _ = worker.await;
         }
+        self.closed.send_replace(true);
     }
 }
 
@@ -107,6 +116,11 @@ where
             }
         };
         let Some(job) = job else { return };
+        if job.verdict.is_closed() {
+            // Nobody waits for the verdict any more (the message's time to live ran out while
+            // it was queued): its sender gave up, so it is not handled.
+            continue;
+        }
         let verdict = handler(job.delivery).await;
         // The connection may have given up on it (its time to live ran out).
         let _ = job.verdict.send(verdict);
@@ -232,6 +246,62 @@ mod tests {
         assert_eq!(overloaded, 2, "{verdicts:?}");
         assert_eq!(dispatcher.queued(), 2);
         gate.notify_waiters();
+    }
+
+    #[tokio::test]
+    async fn a_delivery_whose_sender_gave_up_while_it_was_queued_is_not_handled() {
+        let gate = Arc::new(Notify::new());
+        let handled = Arc::new(Mutex::new(Vec::new()));
+        let (held, record) = (gate.clone(), handled.clone());
+        let dispatcher = Dispatcher::new(1, 10, move |d: Delivery| {
+            let (held, record) = (held.clone(), record.clone());
+            async move {
+                record.lock().unwrap().push(request(&d));
+                held.notified().await;
+                Ok(())
+            }
+        });
+        let first = dispatcher.deliver(delivery(1, 1));
+        while handled.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        // Queued behind the first, then abandoned: the connection dropped its verdict.
+        drop(dispatcher.deliver(delivery(1, 2)));
+        let third = dispatcher.deliver(delivery(1, 3));
+        gate.notify_one();
+        assert_eq!(verdict_of(first).await, Ok(()));
+        gate.notify_one();
+        assert_eq!(verdict_of(third).await, Ok(()));
+        assert_eq!(*handled.lock().unwrap(), [1, 3]);
+    }
+
+    #[tokio::test]
+    async fn every_caller_of_close_waits_for_the_workers() {
+        let gate = Arc::new(Notify::new());
+        let held = gate.clone();
+        let dispatcher = Arc::new(Dispatcher::new(1, 10, move |_| {
+            let held = held.clone();
+            async move {
+                held.notified().await;
+                Ok(())
+            }
+        }));
+        let verdict = dispatcher.deliver(delivery(1, 1));
+        let first = tokio::spawn({
+            let d = dispatcher.clone();
+            async move { d.close().await }
+        });
+        tokio::task::yield_now().await;
+        let second = tokio::spawn({
+            let d = dispatcher.clone();
+            async move { d.close().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!second.is_finished(), "the second close waits too");
+        gate.notify_one();
+        first.await.unwrap();
+        second.await.unwrap();
+        assert_eq!(verdict_of(verdict).await, Ok(()));
     }
 
     #[tokio::test(start_paused = true)]

@@ -34,7 +34,7 @@ use tokio::time::Instant;
 use tokio_util::codec::{Encoder, FramedRead};
 use tracing::{debug, info, warn, Instrument};
 
-use super::context::Context;
+use super::context::{Context, MAX_TIMEOUT};
 use super::handshake::{self, HandshakeError};
 use super::report::BadReason;
 use super::stats::Received;
@@ -99,13 +99,15 @@ enum Decision {
 }
 
 /// The receiver's decision on `delivery`, arrived from `peer` with `ttl` left, on a connection
-/// that is (`newest`) or is not the peer's newest.
+/// that is (`newest`) or is not the peer's newest, while this node is (`delivering`) or is no
+/// longer handing messages to its handler.
 fn decide(
     delivery: &Delivery,
     ttl: Duration,
     me: &NodeId,
     peer: &NodeId,
     newest: bool,
+    delivering: bool,
 ) -> Decision {
     if ttl.is_zero() {
         Decision::Refuse(NackReason::Expired)
@@ -118,6 +120,8 @@ fn decide(
         )))
     } else if !newest {
         Decision::Superseded
+    } else if !delivering {
+        Decision::Refuse(NackReason::ShuttingDown)
     } else {
         Decision::Deliver
     }
@@ -209,16 +213,17 @@ impl Answers {
         while let Some(front) = self.owed.front_mut() {
             let answer = match front {
                 Owed::Known(_) => None,
-                Owed::Later { id, expiry, answer } => match answer.try_recv() {
+                Owed::Later { expiry, .. } if *expiry <= now => {
+                    // Dropping the receiver tells the handler nobody waits for the verdict.
+                    self.owed.pop_front();
+                    continue;
+                }
+                Owed::Later { id, answer, .. } => match answer.try_recv() {
                     Ok(verdict) => Some(answer_of(*id, verdict)),
                     Err(oneshot::error::TryRecvError::Closed) => Some(Frame::Nack {
                         id: *id,
                         reason: NackReason::Refused("the handler dropped the message".into()),
                     }),
-                    Err(oneshot::error::TryRecvError::Empty) if *expiry <= now => {
-                        self.owed.pop_front();
-                        continue;
-                    }
                     Err(oneshot::error::TryRecvError::Empty) => return Ok(()),
                 },
             };
@@ -435,6 +440,10 @@ async fn connection(
     let superseded = *lock(&delivering) != number;
     takeover.end(&from, number);
     let Some(ended) = ended else { return };
+    // The verdicts already given are answered, however the connection ended.
+    let _ = serving
+        .answers
+        .take_known(Instant::now(), &mut serving.out, &mut serving.codec);
     flush(ctx, &mut writer, &mut serving.out).await;
     if let Some(left_out) = ctx.may_log_bad_input() {
         debug!(why = %ended, left_out, "inbound connection ended");
@@ -478,6 +487,9 @@ impl Serving<'_> {
             ctx.limits.max_inbound_frames_per_sec_per_peer.get(),
             std::time::Instant::now(),
         );
+        // A token of the frame rate taken for a read that has not happened yet (the wait for
+        // the socket ended on a verdict instead).
+        let mut token = false;
         loop {
             if self
                 .answers
@@ -499,7 +511,10 @@ impl Serving<'_> {
                 stalled += began.elapsed();
                 continue;
             }
-            if let Some(wait) = rate.take(std::time::Instant::now) {
+            if let Some(wait) = (!token)
+                .then(|| rate.take(std::time::Instant::now))
+                .flatten()
+            {
                 // Over the peer's rate: read nothing for a while (the peer's writes back up),
                 // after sending what is answered.
                 metrics::counter!(m::INBOUND_THROTTLED, "node" => ctx.node.to_string(), "peer" => self.from.to_string())
@@ -514,6 +529,7 @@ impl Serving<'_> {
                 stalled += wait;
                 continue;
             }
+            token = true;
             // Take what is already readable; write the answers before waiting for more.
             let next = match reader.next().now_or_never() {
                 Some(next) => next,
@@ -539,6 +555,7 @@ impl Serving<'_> {
                     }
                 }
             };
+            token = false;
             let frame = match next {
                 None => return Some("closed by the peer".into()),
                 Some(Ok(frame)) => frame,
@@ -555,11 +572,14 @@ impl Serving<'_> {
             let answered = match frame {
                 Frame::Forward(forward) => {
                     let (id, ttl_ms) = (forward.id, forward.ttl_ms);
-                    let ttl = Duration::from_millis(ttl_ms.into()).saturating_sub(stalled);
+                    let ttl = Duration::from_millis(ttl_ms.into())
+                        .min(MAX_TIMEOUT)
+                        .saturating_sub(stalled);
                     let verdict = {
                         let delivering = lock(self.delivering);
                         let newest = *delivering == self.number;
-                        match decide(&forward.delivery, ttl, &ctx.node, self.from, newest) {
+                        let open = ctx.is_delivering();
+                        match decide(&forward.delivery, ttl, &ctx.node, self.from, newest, open) {
                             Decision::Deliver => self.deliver.deliver(forward.delivery),
                             Decision::Refuse(reason) => Verdict::Refused(reason),
                             Decision::Superseded => {
@@ -631,9 +651,12 @@ mod tests {
         let (me, peer) = (NodeId::from("b"), NodeId::from("a"));
         let second = Duration::from_secs(1);
         let good = delivery("a", "b", interrupt());
-        assert_eq!(decide(&good, second, &me, &peer, true), Decision::Deliver);
         assert_eq!(
-            decide(&good, Duration::ZERO, &me, &peer, true),
+            decide(&good, second, &me, &peer, true, true),
+            Decision::Deliver
+        );
+        assert_eq!(
+            decide(&good, Duration::ZERO, &me, &peer, true, true),
             Decision::Refuse(NackReason::Expired)
         );
         let hello = WampMessage::Hello {
@@ -641,7 +664,7 @@ mod tests {
             details: Dict::new(),
         };
         assert_eq!(
-            decide(&delivery("a", "b", hello), second, &me, &peer, true),
+            decide(&delivery("a", "b", hello), second, &me, &peer, true, true),
             Decision::Refuse(NackReason::NotForwardable)
         );
         for wrong in [
@@ -649,17 +672,22 @@ mod tests {
             delivery("c", "b", interrupt()),
         ] {
             assert!(matches!(
-                decide(&wrong, second, &me, &peer, true),
+                decide(&wrong, second, &me, &peer, true, true),
                 Decision::Refuse(NackReason::Refused(_))
             ));
         }
         assert_eq!(
-            decide(&good, second, &me, &peer, false),
+            decide(&good, second, &me, &peer, false, true),
             Decision::Superseded
+        );
+        // A node that stopped delivering refuses, and says why.
+        assert_eq!(
+            decide(&good, second, &me, &peer, true, false),
+            Decision::Refuse(NackReason::ShuttingDown)
         );
         // An expired message is nacked as such even on an old connection.
         assert_eq!(
-            decide(&good, Duration::ZERO, &me, &peer, false),
+            decide(&good, Duration::ZERO, &me, &peer, false, true),
             Decision::Refuse(NackReason::Expired)
         );
     }
@@ -759,6 +787,29 @@ mod tests {
             (counters.delivered, counters.refused, counters.expired),
             (3, 2, 0)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_verdict_known_only_after_its_time_to_live_is_not_answered() {
+        let mut answers = Answers::new(Arc::new(Received::default()));
+        let (mut out, mut codec) = (BytesMut::new(), FrameCodec::new(1 << 20));
+        let now = Instant::now();
+        let (slow, slow_answer) = Verdict::later();
+        let (quick, quick_answer) = Verdict::later();
+        for (id, verdict, left) in [(1, slow, 5), (2, quick, 1)] {
+            let Verdict::Later(rx) = verdict else {
+                unreachable!()
+            };
+            answers.later(id, now + Duration::from_secs(left), rx);
+        }
+        // 2 is decided in time, but waits behind 1, which is decided after 2's time ran out.
+        quick_answer.send(Ok(())).unwrap();
+        tokio::time::advance(Duration::from_secs(2)).await;
+        slow_answer.send(Ok(())).unwrap();
+        answers
+            .take_known(Instant::now(), &mut out, &mut codec)
+            .unwrap();
+        assert_eq!(written(&mut out), [Frame::Ack { id: 1 }]);
     }
 
     #[test]

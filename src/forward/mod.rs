@@ -44,6 +44,7 @@ pub use report::{BadNodeReport, BadReason, REPORT_CHANNEL_CAPACITY};
 pub use stats::PeerCounters;
 
 pub(crate) use context::Protection;
+pub use context::MAX_TIMEOUT;
 
 use crate::config::{ForwardConfig, LimitsConfig};
 use crate::delivery::Deliver;
@@ -72,10 +73,6 @@ const LONGEST_SWEEP_PAUSE: Duration = GAUGE_INTERVAL;
 /// How often the nodes reported unreachable are considered for a probe; also the first pause
 /// before one.
 const PROBE_TICK: Duration = Duration::from_millis(100);
-
-/// The longest timeout a call may have; longer ones are cut to it (a day: an "infinite"
-/// timeout must not overflow the clock).
-pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// The id of a pending ack, from [`Forwarder::async_forward`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -295,6 +292,16 @@ impl Forwarder {
     /// Pending acks right now (finished outcomes not yet taken included).
     pub fn pending_acks(&self) -> usize {
         self.inner.ctx.pending.len()
+    }
+
+    /// Hands no more arriving messages to the handler (they are nacked `ShuttingDown`) while
+    /// the connections go on writing the answers of those it has: the first step of a stop,
+    /// before the handler drains.
+    pub(crate) fn stop_delivering(&self) {
+        self.inner
+            .ctx
+            .delivering
+            .store(false, std::sync::atomic::Ordering::Release);
     }
 
     /// Asks every task to stop without waiting.

@@ -117,8 +117,12 @@ impl NodeBuilder {
             tls: Tls::load(&config.tls)?,
         };
         if self.transport.is_some() && protection.keys.is_some() {
+            let key = match config.cluster_secret_file {
+                Some(_) => "cluster_secret_file",
+                None => crate::security::SECRET_ENV,
+            };
             return Err(NodeError::Config(ConfigError::Invalid {
-                key: "cluster_secret_file".into(),
+                key: key.into(),
                 message: "gossip over a transport given by the program cannot be sealed: \
                           use UDP gossip with a cluster secret"
                     .into(),

@@ -3,8 +3,11 @@
 //! in order (membership, the forwarder, the handler's drain, the admin API) and publishes why
 //! it stopped.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures_util::FutureExt;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -79,10 +82,10 @@ impl Stop {
 
     pub(crate) async fn outcome(&self) -> Stopped {
         let mut outcome = self.outcome.subscribe();
-        // Bound to a name so that the borrow ends before `outcome` is dropped.
+        // The stop task always publishes an outcome (see `Published`), and the sender lives
+        // as long as `self`: the wait ends.
         let stopped = match outcome.wait_for(Option::is_some).await {
             Ok(stopped) => stopped.clone().unwrap_or(Stopped::Aborted),
-            // The stop task is gone without an outcome (its runtime shut down).
             Err(_) => Stopped::Aborted,
         };
         stopped
@@ -99,9 +102,29 @@ pub(crate) struct Parts {
     pub stop_timeout: Duration,
 }
 
+/// Publishes that the node stopped if the stop task ends without saying how (it panicked, or
+/// its runtime shut down), so that nobody waits for `stopped()` forever.
+struct Published(Arc<Stop>);
+
+impl Drop for Published {
+    fn drop(&mut self) {
+        self.0.outcome.send_if_modified(|outcome| {
+            if outcome.is_some() {
+                return false;
+            }
+            *outcome = Some(Stopped::Aborted);
+            true
+        });
+    }
+}
+
 /// Waits for a stop request or a failure of membership, stops every part in order and
-/// publishes why.
+/// publishes why: membership (a leave announces it and gossips a few rounds first), then the
+/// delivery of arriving messages (refused `ShuttingDown` from then on), then the handler's
+/// drain of what it accepted (its answers still go out), then the forwarder, then the admin
+/// API.
 pub(crate) async fn carry_out(stop: Arc<Stop>, parts: Parts) {
+    let _published = Published(stop.clone());
     let mut requests = stop.request.subscribe();
     let request = tokio::select! {
         request = requests.wait_for(Option::is_some) => {
@@ -114,13 +137,15 @@ pub(crate) async fn carry_out(stop: Arc<Stop>, parts: Parts) {
         Request::Leave | Request::AdminLeave => parts.membership.leave().await,
         Request::Abort => parts.membership.shutdown().await,
     };
-    parts.forwarder.stop(parts.stop_timeout).await;
-    if tokio::time::timeout(parts.stop_timeout, parts.deliver.drain())
-        .await
-        .is_err()
-    {
-        warn!("the handler did not drain in time");
+    parts.forwarder.stop_delivering();
+    // A handler that panics while it drains stops nothing else.
+    let drain = AssertUnwindSafe(parts.deliver.drain()).catch_unwind();
+    match tokio::time::timeout(parts.stop_timeout, drain).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => warn!("the handler panicked while it drained"),
+        Err(_) => warn!("the handler did not drain in time"),
     }
+    parts.forwarder.stop(parts.stop_timeout).await;
     parts.admin_stop.cancel();
     if tokio::time::timeout(parts.stop_timeout, parts.admin_tasks.wait())
         .await
