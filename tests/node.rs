@@ -255,7 +255,7 @@ async fn a_node_without_the_admin_api_binds_no_admin_port() {
     // A port that must stay free.
     let admin = wamp_cluster::testkit::free_addr();
     config.admin_addr = admin;
-    let node = Node::builder(config, |_, _| Recorder::new(Mode::Count))
+    let node = Node::builder(config, |_, _| Recorder::new(Mode::Discard))
         .without_admin()
         .start()
         .await

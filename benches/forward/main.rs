@@ -71,7 +71,7 @@ async fn cluster_with(
         recorder.set_mode(if silent.contains(&i) {
             Mode::Hang
         } else {
-            Mode::Count
+            Mode::Discard
         });
     }
     c.nodes

@@ -7,7 +7,8 @@
 //! the messages arrived, each once it and those before it are known (at most
 //! [`MAX_UNDECIDED`] at once; past that the connection waits before it reads more). Answers
 //! are batched: they are written when no further frame is already readable, or once 64 KiB
-//! have gathered.
+//! have gathered. However a connection ends (its node stopping included), the verdicts already
+//! given are written before it closes.
 //!
 //! Time to live: a frame's time to live counts from when it is read, less the time the
 //! connection spent not reading (throttled, or waiting for verdicts) while the frame may
@@ -37,7 +38,7 @@ use tracing::{debug, info, warn, Instrument};
 use super::context::{Context, MAX_TIMEOUT};
 use super::handshake::{self, HandshakeError};
 use super::report::BadReason;
-use super::stats::Received;
+use super::stats::{Counts, Received};
 use super::stream::{CountingRead, WriteSide};
 use crate::delivery::{Deliver, Delivery, NackReason, Verdict};
 use crate::metrics as m;
@@ -101,6 +102,7 @@ enum Decision {
 /// The receiver's decision on `delivery`, arrived from `peer` with `ttl` left, on a connection
 /// that is (`newest`) or is not the peer's newest, while this node is (`delivering`) or is no
 /// longer handing messages to its handler.
+#[inline]
 fn decide(
     delivery: &Delivery,
     ttl: Duration,
@@ -139,10 +141,12 @@ enum Owed {
     },
 }
 
-/// The answers a connection owes, in arrival order, and the counters of what was answered.
+/// The answers a connection owes, in arrival order, and the counts of what was answered (kept
+/// here and added to the peer's counters when the answers are written out, not per answer).
 struct Answers {
     owed: VecDeque<Owed>,
     received: Arc<Received>,
+    counts: Counts,
 }
 
 fn answer_of(id: u64, verdict: Result<(), NackReason>) -> Frame {
@@ -157,7 +161,13 @@ impl Answers {
         Answers {
             owed: VecDeque::new(),
             received,
+            counts: Counts::default(),
         }
+    }
+
+    /// Adds what was answered since the last time to the peer's counters.
+    fn publish(&mut self) {
+        self.received.add(std::mem::take(&mut self.counts));
     }
 
     fn is_full(&self) -> bool {
@@ -166,13 +176,13 @@ impl Answers {
 
     /// Writes `answer` into `out`, and counts it.
     fn write(
-        &self,
+        &mut self,
         answer: &Frame,
         out: &mut BytesMut,
         codec: &mut FrameCodec,
     ) -> Result<(), WireError> {
         codec.encode(answer, out)?;
-        self.received.answered(answer);
+        self.counts.count(answer);
         Ok(())
     }
 
@@ -316,20 +326,14 @@ fn count_bad_frame(ctx: &Context, reason: &'static str) {
         .increment(1);
 }
 
-/// Writes `out` unless the forwarder shuts down first or the write stalls for
-/// `limits.idle_timeout_ms` (a peer that stops reading must not keep this task alive).
-/// Returns `false` when the connection is done.
-async fn flush(ctx: &Context, write: &mut WriteSide, out: &mut BytesMut) -> bool {
-    if out.is_empty() {
-        return true;
-    }
-    let written = tokio::select! {
-        _ = ctx.shutdown.cancelled() => return false,
-        written = tokio::time::timeout(ctx.limits.idle_timeout_ms, async {
-            write.write_all(out).await?;
-            write.flush().await
-        }) => written,
-    };
+/// Writes `out` unless the write stalls for `limits.idle_timeout_ms` (a peer that stops
+/// reading must not keep this task alive). Returns `false` when the connection is done.
+async fn write_out(ctx: &Context, write: &mut WriteSide, out: &mut BytesMut) -> bool {
+    let written = tokio::time::timeout(ctx.limits.idle_timeout_ms, async {
+        write.write_all(out).await?;
+        write.flush().await
+    })
+    .await;
     out.clear();
     match written {
         Ok(written) => written.is_ok(),
@@ -433,18 +437,15 @@ async fn connection(
         out: BytesMut::new(),
         codec: FrameCodec::new(ctx.config.max_frame_bytes),
         answers: Answers::new(ctx.received_from(&from)),
+        broken: false,
     };
     let ended = serving.serve(&mut reader, &mut writer).await;
     // A connection that a newer one took over closes quietly, however it ended: its peer
     // is not bad.
     let superseded = *lock(&delivering) != number;
     takeover.end(&from, number);
+    serving.finish(&mut writer).await;
     let Some(ended) = ended else { return };
-    // The verdicts already given are answered, however the connection ended.
-    let _ = serving
-        .answers
-        .take_known(Instant::now(), &mut serving.out, &mut serving.codec);
-    flush(ctx, &mut writer, &mut serving.out).await;
     if let Some(left_out) = ctx.may_log_bad_input() {
         debug!(why = %ended, left_out, "inbound connection ended");
     }
@@ -469,11 +470,42 @@ struct Serving<'a> {
     out: BytesMut,
     codec: FrameCodec,
     answers: Answers,
+    /// A write failed or was cut short.
+    broken: bool,
 }
 
 impl Serving<'_> {
-    /// Serves until the connection ends; `None` when it must end without a word (shutdown,
-    /// or the socket broke while answering), else why it ended.
+    /// Writes the answers gathered, and counts them in the peer's counters, unless the
+    /// forwarder stops first; `false` when the connection is done.
+    async fn send(&mut self, write: &mut WriteSide) -> bool {
+        self.answers.publish();
+        if self.out.is_empty() {
+            return true;
+        }
+        let ctx = self.ctx;
+        let sent = tokio::select! {
+            _ = ctx.shutdown.cancelled() => false,
+            sent = write_out(ctx, write, &mut self.out) => sent,
+        };
+        // A write cut short leaves part of a frame behind: nothing more may follow it.
+        self.broken = !sent;
+        sent
+    }
+
+    /// Writes the verdicts already given, however the connection ended: a stopping node's
+    /// handler has drained, so its last verdicts are known, before the forwarder stops.
+    async fn finish(&mut self, write: &mut WriteSide) {
+        let known = self
+            .answers
+            .take_known(Instant::now(), &mut self.out, &mut self.codec);
+        self.answers.publish();
+        if known.is_ok() && !self.broken && !self.out.is_empty() {
+            write_out(self.ctx, write, &mut self.out).await;
+        }
+    }
+
+    /// Serves until the connection ends; `None` when it ends without a word (shutdown, or the
+    /// socket broke while answering), else why it ended.
     async fn serve(
         &mut self,
         reader: &mut FramedRead<CountingRead, FrameCodec>,
@@ -491,17 +523,19 @@ impl Serving<'_> {
         // the socket ended on a verdict instead).
         let mut token = false;
         loop {
-            if self
-                .answers
-                .take_known(Instant::now(), &mut self.out, &mut self.codec)
-                .is_err()
+            // Only a connection that owes answers reads the clock for them.
+            if !self.answers.owed.is_empty()
+                && self
+                    .answers
+                    .take_known(Instant::now(), &mut self.out, &mut self.codec)
+                    .is_err()
             {
                 return Some("an answer could not be encoded".into());
             }
             if self.answers.is_full() {
                 // Read nothing more until the oldest verdict is known.
                 let began = Instant::now();
-                if !flush(ctx, write, &mut self.out).await {
+                if !self.send(write).await {
                     return None;
                 }
                 tokio::select! {
@@ -519,7 +553,7 @@ impl Serving<'_> {
                 // after sending what is answered.
                 metrics::counter!(m::INBOUND_THROTTLED, "node" => ctx.node.to_string(), "peer" => self.from.to_string())
                     .increment(1);
-                if !flush(ctx, write, &mut self.out).await {
+                if !self.send(write).await {
                     return None;
                 }
                 tokio::select! {
@@ -534,7 +568,7 @@ impl Serving<'_> {
             let next = match reader.next().now_or_never() {
                 Some(next) => next,
                 None => {
-                    if !flush(ctx, write, &mut self.out).await {
+                    if !self.send(write).await {
                         return None;
                     }
                     stalled = Duration::ZERO;
@@ -617,7 +651,7 @@ impl Serving<'_> {
             if answered.is_err() {
                 return Some("an answer could not be encoded".into());
             }
-            if self.out.len() >= ANSWER_BATCH_BYTES && !flush(ctx, write, &mut self.out).await {
+            if self.out.len() >= ANSWER_BATCH_BYTES && !self.send(write).await {
                 return None;
             }
         }
@@ -781,6 +815,7 @@ mod tests {
             }]
         ));
         // Counted as written: 1, 2 and 4 delivered, 3 and 7 refused; the pong is no delivery.
+        answers.publish();
         let mut counters = crate::forward::stats::PeerCounters::default();
         received.add_to(&mut counters);
         assert_eq!(

@@ -68,7 +68,7 @@ pub struct PeerCounters {
     pub expired: u64,
 }
 
-/// What the connections from one peer delivered here, counted as their answers are written.
+/// What the connections from one peer delivered here, counted as their answers are written out.
 #[derive(Debug, Default)]
 pub(crate) struct Received {
     delivered: AtomicU64,
@@ -76,21 +76,43 @@ pub(crate) struct Received {
     expired: AtomicU64,
 }
 
-impl Received {
+/// Answers counted by one connection since it last added them to its peer's [`Received`].
+#[derive(Debug, Default)]
+pub(crate) struct Counts {
+    delivered: u64,
+    refused: u64,
+    expired: u64,
+}
+
+impl Counts {
     /// Counts the answer to a forwarded message (a pong is none).
-    pub(crate) fn answered(&self, answer: &crate::wire::Frame) {
+    pub(crate) fn count(&mut self, answer: &crate::wire::Frame) {
         use crate::delivery::NackReason;
         use crate::wire::Frame;
-        let counter = match answer {
-            Frame::Ack { .. } => &self.delivered,
+        match answer {
+            Frame::Ack { .. } => self.delivered += 1,
             Frame::Nack {
                 reason: NackReason::Expired,
                 ..
-            } => &self.expired,
-            Frame::Nack { .. } => &self.refused,
-            _ => return,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+            } => self.expired += 1,
+            Frame::Nack { .. } => self.refused += 1,
+            _ => {}
+        }
+    }
+}
+
+impl Received {
+    /// Adds a connection's counts.
+    pub(crate) fn add(&self, counts: Counts) {
+        for (counter, n) in [
+            (&self.delivered, counts.delivered),
+            (&self.refused, counts.refused),
+            (&self.expired, counts.expired),
+        ] {
+            if n > 0 {
+                counter.fetch_add(n, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Adds these counts to `counters`.

@@ -1,7 +1,7 @@
 //! A cluster of nodes in this process, on free loopback ports, whose handlers record what they
 //! are given and can be switched to refuse or to never answer.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -21,8 +21,8 @@ use crate::peer_id::PeerId;
 pub enum Mode {
     /// Accept it and keep it in [`Recorder::seen`].
     Record,
-    /// Accept it and only count it (for load: nothing grows).
-    Count,
+    /// Accept it and keep nothing (for load: nothing grows, nothing is counted).
+    Discard,
     /// Refuse it, `Overloaded`.
     Refuse,
     /// Never answer (the answer channel is kept, so it never closes).
@@ -35,8 +35,6 @@ pub struct Recorder {
     mode: AtomicU8,
     /// What it accepted in [`Mode::Record`], in order.
     pub seen: Mutex<Vec<Delivery>>,
-    /// Deliveries accepted in any mode.
-    pub accepted: AtomicU64,
     /// Answers withheld in [`Mode::Hang`].
     hung: Mutex<Vec<oneshot::Sender<Result<(), NackReason>>>>,
 }
@@ -56,7 +54,7 @@ impl Recorder {
 
     fn mode(&self) -> Mode {
         match self.mode.load(Ordering::Relaxed) {
-            1 => Mode::Count,
+            1 => Mode::Discard,
             2 => Mode::Refuse,
             3 => Mode::Hang,
             _ => Mode::Record,
@@ -97,9 +95,8 @@ impl Deliver for Recorder {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .push(delivery),
-            Mode::Count => {}
+            Mode::Discard => {}
         }
-        self.accepted.fetch_add(1, Ordering::Relaxed);
         Verdict::Accepted
     }
 }

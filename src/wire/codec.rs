@@ -59,12 +59,8 @@ pub fn encode_forward<R>(
 
 /// A `Ping` frame, written by hand: it cannot fail.
 pub fn ping(id: u64) -> Vec<u8> {
-    let mut frame = vec![0; LENGTH_BYTES];
-    frame.push(PING_VARIANT);
-    fast::varint(&mut frame, id);
-    let len = (frame.len() - LENGTH_BYTES) as u32;
-    frame[..LENGTH_BYTES].copy_from_slice(&len.to_be_bytes());
-    frame
+    let (frame, len) = fast::small_frame(PING_VARIANT, id);
+    frame[..len].to_vec()
 }
 
 /// Where `ttl_ms` sits in an encoded `Forward` frame: after the length prefix and the one-byte
@@ -185,19 +181,15 @@ impl Encoder<&Frame> for FrameCodec {
 
     /// Appends the frame to `dst`; on error `dst` is left as it was.
     fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), WireError> {
-        if let Frame::Ack { id } | Frame::Pong { id } = frame {
-            let variant = if matches!(frame, Frame::Ack { .. }) {
-                ACK_VARIANT
-            } else {
-                PONG_VARIANT
-            };
-            let mut body = [0u8; 10];
-            body[0] = variant;
-            if let Ok(n) = bincode::encode_into_slice(id, &mut body[1..], wire_config()) {
-                dst.put_u32(1 + n as u32);
-                dst.extend_from_slice(&body[..1 + n]);
-                return Ok(());
-            }
+        let small = match frame {
+            Frame::Ack { id } => Some((ACK_VARIANT, *id)),
+            Frame::Pong { id } => Some((PONG_VARIANT, *id)),
+            _ => None,
+        };
+        if let Some((variant, id)) = small {
+            let (bytes, len) = fast::small_frame(variant, id);
+            dst.extend_from_slice(&bytes[..len]);
+            return Ok(());
         }
         let start = dst.len();
         dst.put_u32(0);

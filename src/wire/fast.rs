@@ -87,7 +87,7 @@ pub(crate) struct TooDeep;
 
 /// bincode's varint: one byte below 251, else a marker and the value in 2, 4 or 8 bytes.
 #[inline(always)]
-pub(super) fn varint(buf: &mut Vec<u8>, n: u64) {
+fn varint(buf: &mut Vec<u8>, n: u64) {
     if n < 251 {
         buf.push(n as u8);
     } else if n <= u64::from(u16::MAX) {
@@ -100,6 +100,32 @@ pub(super) fn varint(buf: &mut Vec<u8>, n: u64) {
         buf.push(253);
         buf.extend_from_slice(&n.to_le_bytes());
     }
+}
+
+/// A whole frame of a variant index and an id (`Ack`, `Ping`, `Pong`), length prefix included,
+/// and its length: the answers, one per forwarded message, cost no allocation and no serde.
+#[inline]
+pub(super) fn small_frame(variant: u8, id: u64) -> ([u8; 14], usize) {
+    let mut frame = [0u8; 14];
+    frame[4] = variant;
+    let len = if id < 251 {
+        frame[5] = id as u8;
+        1
+    } else if id <= u64::from(u16::MAX) {
+        frame[5] = 251;
+        frame[6..8].copy_from_slice(&(id as u16).to_le_bytes());
+        3
+    } else if id <= u64::from(u32::MAX) {
+        frame[5] = 252;
+        frame[6..10].copy_from_slice(&(id as u32).to_le_bytes());
+        5
+    } else {
+        frame[5] = 253;
+        frame[6..14].copy_from_slice(&id.to_le_bytes());
+        9
+    };
+    frame[..4].copy_from_slice(&(1 + len as u32).to_be_bytes());
+    (frame, 5 + len)
 }
 
 #[inline]
