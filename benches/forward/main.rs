@@ -18,7 +18,8 @@
 //! - [`protection`]: what the cluster secret and TLS cost;
 //! - and the `Down` events either node saw while forwarding saturated the cores.
 //!
-//! Run: `cargo bench --bench forward` (`-- --quick` for a smoke run under 90 s). Prints a table
+//! Run: `cargo bench --bench forward` (`-- --quick` for a smoke run under 90 s; `--
+//! --throughput-only N [--dispatcher]` for profilers: one throughput figure). Prints a table
 //! ([`report`]) and writes `target/bench/forward.json` and `target/bench/forward-sizes.svg`
 //! (`--out DIR` for another folder). Figures of repeated runs are medians (3 runs; 1 with
 //! `--quick`).
@@ -259,7 +260,9 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    // For profilers: only the 128-byte acked throughput, for this many messages.
+    // For profilers: only the 128-byte acked throughput, for this many messages (through the
+    // Dispatcher with `--dispatcher`).
+    let dispatcher = args.iter().any(|a| a == "--dispatcher");
     if let Some(count) = args
         .iter()
         .position(|a| a == "--throughput-only")
@@ -267,7 +270,11 @@ fn main() {
     {
         let rate = runtime.block_on(async move {
             tokio::spawn(async move {
-                let pair = cluster(2, &[], &[]).await;
+                let pair = if dispatcher {
+                    dispatched_pair().await
+                } else {
+                    cluster(2, &[], &[]).await
+                };
                 let rate = throughput::forward(&pair[0], count, 128, 4096).await;
                 let per = memory::allocations_per_message(&pair[0], (count / 10).max(10_000)).await;
                 (rate, per)
