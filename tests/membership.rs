@@ -463,16 +463,33 @@ async fn gossip_in_memory_survives_one_cut_link_and_sees_a_node_cut_off_down() {
 }
 
 /// Gossip over a transport the program gives cannot be sealed: a node with a cluster secret
-/// refuses one rather than gossip in the clear.
+/// refuses one rather than gossip in the clear, and the error names where the secret came from.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_with_a_secret_refuses_a_transport_it_cannot_seal() {
-    let mut config = node_config("sealed", &[], tolerant());
-    config.cluster_secret = Some(wamp_cluster::Secret::new("a-secret-of-the-cluster-0123"));
-    let err = Node::builder(config, |_, _| Discard)
-        .transport(chitchat::transport::ChannelTransport::default())
-        .start()
-        .await
-        .err()
-        .expect("refused");
-    assert!(err.to_string().contains("cluster_secret_file"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secret");
+    std::fs::write(&file, "a-secret-of-the-cluster-0123\n").unwrap();
+    let given = |config: &mut wamp_cluster::Config| {
+        config.cluster_secret = Some(wamp_cluster::Secret::new("a-secret-of-the-cluster-0123"))
+    };
+    let in_file =
+        |config: &mut wamp_cluster::Config| config.cluster_secret_file = Some(file.clone());
+    for (source, set) in [
+        (
+            "WAMP_CLUSTER_SECRET",
+            &given as &dyn Fn(&mut wamp_cluster::Config),
+        ),
+        ("cluster_secret_file", &in_file),
+    ] {
+        let mut config = node_config("sealed", &[], tolerant());
+        set(&mut config);
+        let err = Node::builder(config, |_, _| Discard)
+            .transport(chitchat::transport::ChannelTransport::default())
+            .start()
+            .await
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains(source), "{err}");
+        assert!(err.to_string().contains("cannot be sealed"), "{err}");
+    }
 }
