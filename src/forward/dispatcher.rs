@@ -5,13 +5,14 @@
 //! answers `Overloaded` at once. The node drains the pool when it stops.
 
 use std::future::Future;
-use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::delivery::{Deliver, Delivery, NackReason, Verdict};
 
@@ -26,10 +27,14 @@ struct Job {
 /// are refused `ShuttingDown`.
 pub struct Dispatcher {
     queues: Vec<mpsc::Sender<Job>>,
-    workers: Mutex<Vec<JoinHandle<()>>>,
+    /// Spreads targets over the queues.
+    hasher: foldhash::fast::RandomState,
+    workers: TaskTracker,
+    /// Tells the workers to finish their queues and stop.
     closing: CancellationToken,
-    /// Set once the workers finished, for every caller of `close`.
-    closed: watch::Sender<bool>,
+    /// Set by `close`: deliveries are refused from then on (read on every delivery, where the
+    /// token's check would take its lock).
+    closed: AtomicBool,
 }
 
 impl Dispatcher {
@@ -44,29 +49,32 @@ impl Dispatcher {
     {
         let handler = Arc::new(handler);
         let closing = CancellationToken::new();
-        let (queues, workers) = (0..workers.max(1))
+        let tracker = TaskTracker::new();
+        let queues = (0..workers.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel::<Job>(queue_capacity.max(1));
-                let worker = tokio::spawn(work(rx, handler.clone(), closing.clone()));
-                (tx, worker)
+                tracker.spawn(work(rx, handler.clone(), closing.clone()));
+                tx
             })
-            .unzip();
+            .collect();
         Dispatcher {
             queues,
-            workers: Mutex::new(workers),
+            hasher: Default::default(),
+            workers: tracker,
             closing,
-            closed: watch::channel(false).0,
+            closed: AtomicBool::new(false),
         }
     }
 
     /// The worker that handles deliveries to this target: by session, else by realm and node.
     fn partition(&self, delivery: &Delivery) -> usize {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        match delivery.to.session {
-            Some(session) => session.hash(&mut hasher),
-            None => (&delivery.to.realm, &delivery.to.node).hash(&mut hasher),
-        }
-        (hasher.finish() % self.queues.len() as u64) as usize
+        let hash = match delivery.to.session {
+            Some(session) => self.hasher.hash_one(session),
+            None => self
+                .hasher
+                .hash_one((&delivery.to.realm, &delivery.to.node)),
+        };
+        (hash % self.queues.len() as u64) as usize
     }
 
     /// Deliveries waiting in all queues.
@@ -78,22 +86,15 @@ impl Dispatcher {
     }
 
     /// Stops taking deliveries and waits for the workers to finish what is queued; every
-    /// caller waits for that, the first one and those that come while it waits.
+    /// caller waits for that, the first one and those that come while it waits, and a caller
+    /// that gives up waiting leaves the others as they were.
     pub async fn close(&self) {
+        self.closed.store(true, Ordering::Release);
         self.closing.cancel();
-        let workers =
-            std::mem::take(&mut *self.workers.lock().unwrap_or_else(PoisonError::into_inner));
-        if workers.is_empty() {
-            let mut closed = self.closed.subscribe();
-            let _ = closed.wait_for(|closed| *closed).await;
-            return;
-        }
-        for worker in workers {
-            // A worker that panicked has nothing left to finish: its queue's senders are gone,
-            // so those deliveries are nacked, not acked.
-            let _ = worker.await;
-        }
-        self.closed.send_replace(true);
+        self.workers.close();
+        // A worker that panicked has nothing left to finish: its queue's senders are gone, so
+        // those deliveries are nacked, not acked.
+        self.workers.wait().await;
     }
 }
 
@@ -129,12 +130,20 @@ where
 
 impl Deliver for Dispatcher {
     fn deliver(&self, delivery: Delivery) -> Verdict {
-        let queue = &self.queues[self.partition(&delivery)];
-        let (later, verdict) = Verdict::later();
-        match queue.try_send(Job { delivery, verdict }) {
-            Ok(()) => later,
-            Err(mpsc::error::TrySendError::Full(_)) => Verdict::Refused(NackReason::Overloaded),
-            Err(mpsc::error::TrySendError::Closed(_)) => Verdict::Refused(NackReason::ShuttingDown),
+        if self.closed.load(Ordering::Acquire) {
+            return Verdict::Refused(NackReason::ShuttingDown);
+        }
+        // Room first: a refusal costs no channel for a verdict.
+        match self.queues[self.partition(&delivery)].try_reserve() {
+            Ok(room) => {
+                let (later, verdict) = Verdict::later();
+                room.send(Job { delivery, verdict });
+                later
+            }
+            Err(mpsc::error::TrySendError::Full(())) => Verdict::Refused(NackReason::Overloaded),
+            Err(mpsc::error::TrySendError::Closed(())) => {
+                Verdict::Refused(NackReason::ShuttingDown)
+            }
         }
     }
 
@@ -146,6 +155,7 @@ impl Deliver for Dispatcher {
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
+    use std::sync::Mutex;
 
     use tokio::sync::Notify;
 
@@ -301,6 +311,36 @@ mod tests {
         gate.notify_one();
         first.await.unwrap();
         second.await.unwrap();
+        assert_eq!(verdict_of(verdict).await, Ok(()));
+    }
+
+    /// A close cut short (the node's stop gave up on the drain) leaves the pool as it was: a
+    /// close after it still waits for the workers and ends; while the workers are busy, what
+    /// comes is refused.
+    #[tokio::test]
+    async fn a_close_given_up_on_leaves_later_closes_waiting_for_the_workers() {
+        let gate = Arc::new(Notify::new());
+        let held = gate.clone();
+        let dispatcher = Dispatcher::new(1, 10, move |_| {
+            let held = held.clone();
+            async move {
+                held.notified().await;
+                Ok(())
+            }
+        });
+        let verdict = dispatcher.deliver(delivery(1, 1));
+        let cut = tokio::time::timeout(std::time::Duration::from_millis(20), dispatcher.close());
+        assert!(cut.await.is_err(), "the worker is held");
+        assert!(matches!(
+            dispatcher.deliver(delivery(2, 2)),
+            Verdict::Refused(NackReason::ShuttingDown)
+        ));
+        gate.notify_one();
+        let again = tokio::time::timeout(std::time::Duration::from_secs(10), dispatcher.close());
+        assert!(
+            again.await.is_ok(),
+            "a later close ends once the worker has"
+        );
         assert_eq!(verdict_of(verdict).await, Ok(()));
     }
 

@@ -62,11 +62,11 @@ pub(crate) fn ttl_ms(timeout: Duration) -> u32 {
 #[repr(align(128))]
 pub(crate) struct Link {
     node: NodeId,
-    queue: Arc<SendQueue>,
+    queue: SendQueue,
     /// Wakes the serving connection to drop it.
-    reset: Arc<Notify>,
+    reset: Notify,
     /// Frames read from the peer, plus one per connection made: a sign of life.
-    activity: Arc<CachePadded<AtomicU64>>,
+    activity: CachePadded<AtomicU64>,
     /// The epoch of the last view the peer was found live in.
     live_in: AtomicU64,
     /// The peer's pending entries, counted.
@@ -83,15 +83,15 @@ impl Link {
         addr: SocketAddr,
         stats: Arc<PeerStats>,
     ) -> Arc<Link> {
-        let queue = Arc::new(SendQueue::new(
+        let queue = SendQueue::new(
             ctx.config.queue_capacity.get(),
             ctx.config.queue_capacity_bytes,
-        ));
+        );
         let link = Arc::new(Link {
             node: node.clone(),
             queue,
-            reset: Arc::new(Notify::new()),
-            activity: Arc::new(CachePadded::new(AtomicU64::new(0))),
+            reset: Notify::new(),
+            activity: CachePadded::new(AtomicU64::new(0)),
             live_in: AtomicU64::new(u64::MAX),
             pending: Arc::new(PendingCount::new(node.clone())),
             stats,
@@ -184,8 +184,9 @@ pub(crate) enum Offered {
     Refused(ForwardError),
 }
 
-/// The next pause between dials after one of `backoff`: twice as long, at most `max`.
-fn next_backoff(backoff: Duration, max: Duration) -> Duration {
+/// The next pause after one of `backoff` (between dials, or probes): twice as long, at most
+/// `max`.
+pub(super) fn next_backoff(backoff: Duration, max: Duration) -> Duration {
     (backoff * 2).min(max)
 }
 

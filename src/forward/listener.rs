@@ -149,10 +149,16 @@ struct Answers {
     counts: Counts,
 }
 
-fn answer_of(id: u64, verdict: Result<(), NackReason>) -> Frame {
+/// The answer to message `id` from its handler's verdict; a handler that dropped the sender
+/// of its verdict refused it.
+fn answer_of<E>(id: u64, verdict: Result<Result<(), NackReason>, E>) -> Frame {
     match verdict {
-        Ok(()) => Frame::Ack { id },
-        Err(reason) => Frame::Nack { id, reason },
+        Ok(Ok(())) => Frame::Ack { id },
+        Ok(Err(reason)) => Frame::Nack { id, reason },
+        Err(_) => Frame::Nack {
+            id,
+            reason: NackReason::Refused("the handler dropped the message".into()),
+        },
     }
 }
 
@@ -229,12 +235,8 @@ impl Answers {
                     continue;
                 }
                 Owed::Later { id, answer, .. } => match answer.try_recv() {
-                    Ok(verdict) => Some(answer_of(*id, verdict)),
-                    Err(oneshot::error::TryRecvError::Closed) => Some(Frame::Nack {
-                        id: *id,
-                        reason: NackReason::Refused("the handler dropped the message".into()),
-                    }),
                     Err(oneshot::error::TryRecvError::Empty) => return Ok(()),
+                    verdict => Some(answer_of(*id, verdict)),
                 },
             };
             let answer = match (answer, self.owed.pop_front()) {
@@ -256,16 +258,10 @@ impl Answers {
         let Owed::Later { id, expiry, answer } = front else {
             return std::future::pending().await;
         };
-        let known = match tokio::time::timeout_at(*expiry, answer).await {
-            Ok(Ok(verdict)) => answer_of(*id, verdict),
-            Ok(Err(_)) => Frame::Nack {
-                id: *id,
-                reason: NackReason::Refused("the handler dropped the message".into()),
-            },
-            // Its time ran out: `take_known` passes it over.
-            Err(_) => return,
-        };
-        *front = Owed::Known(known);
+        // Its time ran out: `take_known` passes it over.
+        if let Ok(verdict) = tokio::time::timeout_at(*expiry, answer).await {
+            *front = Owed::Known(answer_of(*id, verdict));
+        }
     }
 }
 
@@ -438,6 +434,7 @@ async fn connection(
         codec: FrameCodec::new(ctx.config.max_frame_bytes),
         answers: Answers::new(ctx.received_from(&from)),
         broken: false,
+        throttled: None,
     };
     let ended = serving.serve(&mut reader, &mut writer).await;
     // A connection that a newer one took over closes quietly, however it ended: its peer
@@ -472,6 +469,8 @@ struct Serving<'a> {
     answers: Answers,
     /// A write failed or was cut short.
     broken: bool,
+    /// Counts the pauses of a peer over its frame rate, once it was paused.
+    throttled: Option<metrics::Counter>,
 }
 
 impl Serving<'_> {
@@ -551,7 +550,15 @@ impl Serving<'_> {
             {
                 // Over the peer's rate: read nothing for a while (the peer's writes back up),
                 // after sending what is answered.
-                metrics::counter!(m::INBOUND_THROTTLED, "node" => ctx.node.to_string(), "peer" => self.from.to_string())
+                let (node, from) = (&ctx.node, self.from);
+                self.throttled
+                    .get_or_insert_with(|| {
+                        metrics::counter!(
+                            m::INBOUND_THROTTLED,
+                            "node" => node.to_string(),
+                            "peer" => from.to_string()
+                        )
+                    })
                     .increment(1);
                 if !self.send(write).await {
                     return None;

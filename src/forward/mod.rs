@@ -2,19 +2,25 @@
 //!
 //! A message to another node goes through these steps: [`Forwarder::async_forward`] checks it
 //! (forwardable, not local, the node live in the view), registers its pending ack, encodes its
-//! frame and queues it on the node's link; the link's writer ([`outbound`]) sets the frame's
-//! time to live, writes it in a batch and notes the connection it went out on; the receiving
-//! node's listener ([`inbound`]) hands it to the [`Deliver`] handler and answers `Ack` or
-//! `Nack`; the link's reader completes the pending entry; [`Forwarder::receive_ack`] takes the
-//! outcome.
+//! frame and queues it on the node's link; the link's writer (`link`) sets the frame's time to
+//! live, writes it in a batch and notes the connection it went out on; the receiving node's
+//! listener (`listener`) decides on it and hands it to the `Deliver` handler, and answers `Ack`
+//! or `Nack` with the handler's verdict; the link's reader completes the pending entry;
+//! [`Forwarder::receive_ack`] takes the outcome.
 //!
-//! - [`pending`]: the table of pending acks.
+//! The forwarder hands its links and listener a shared `context` (configuration, shutdown,
+//! pending acks, the reporter of bad nodes) and is never called back by them.
+//!
+//! - `context`: what the forwarder's parts share.
+//! - `handshake`: the handshake of both sides, with the cluster secret and TLS.
+//! - `link`: one link per peer: dial, handshake, queue, batched writes, redial.
+//! - `listener`: accepts connections, decides on each message, pipelined verdicts.
+//! - `pending`: the table of pending acks.
 //! - `queue`: a link's send queue, bounded in frames and bytes.
-//! - [`dispatcher`]: a worker pool behind that trait, ordered per session.
-//! - [`delivery_log`]: a handler that counts deliveries, duplicates and reordering.
-//! - [`stats`]: the sending side's counters per peer.
-//! - [`outbound`]: one link per peer: dial, handshake, queue, batched writes, redial.
-//! - [`inbound`]: the listener: handshake, delivery in arrival order, batched acks.
+//! - `report`: bad-node reports, to membership and subscribers.
+//! - `stats`: the counters per peer.
+//! - `stream`: plain or TLS streams.
+//! - [`dispatcher`]: a worker pool behind the `Deliver` trait, ordered per session.
 
 mod context;
 mod dispatcher;
@@ -531,11 +537,14 @@ impl Inner {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .retain(|node, _| view.member(node.as_str()).is_some());
+        // A peer's connections hold its counts while they serve, in the view or not yet.
         self.ctx
             .received
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .retain(|node, _| view.member(node.as_str()).is_some());
+            .retain(|node, received| {
+                Arc::strong_count(received) > 1 || view.member(node.as_str()).is_some()
+            });
     }
 }
 
@@ -606,7 +615,8 @@ async fn probe_unreachable(inner: Arc<Inner>) {
                         link.reset_if_silent_since(before);
                     }
                     if let Some((at, backoff)) = schedule.get_mut(&node) {
-                        *backoff = (*backoff * 2).min(inner.ctx.config.max_redial_backoff_ms);
+                        *backoff =
+                            link::next_backoff(*backoff, inner.ctx.config.max_redial_backoff_ms);
                         *at = Instant::now() + *backoff;
                     }
                 }

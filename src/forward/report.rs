@@ -80,16 +80,16 @@ impl Reporter {
 
     /// Reports `node` unreachable: to membership, and on the transition to subscribers, the
     /// log and metrics. A node that announced its leave closes its connections on purpose: it
-    /// is not reported.
+    /// is not reported; nor, again, is one already unreachable (a stall fails many forwards).
     pub(crate) fn bad(&self, node: &NodeId, reason: BadReason) {
-        let view = self.membership.peek_view();
-        if view
+        if self
+            .membership
+            .peek_view()
             .member(node.as_str())
-            .is_some_and(|m| m.status == Status::Leaving)
+            .is_some_and(|m| m.status == Status::Leaving || !m.reachable)
         {
             return;
         }
-        drop(view);
         if !self
             .membership
             .report_unreachable(node.as_str(), reason.to_string())
