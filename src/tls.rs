@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -119,14 +119,9 @@ impl Tls {
     }
 }
 
-/// The server name a node id stands for in a certificate, or why it cannot stand for one.
-pub(crate) fn server_name(node_id: &str) -> Result<ServerName<'static>, String> {
-    crate::node_id::dns_name(node_id)
-}
-
 /// Whether `certificate` (already verified against the authorities) names `node_id`.
 pub(crate) fn names(certificate: &CertificateDer<'_>, node_id: &str) -> bool {
-    let Ok(name) = server_name(node_id) else {
+    let Ok(name) = crate::node_id::dns_name(node_id) else {
         return false;
     };
     webpki::EndEntityCert::try_from(certificate)

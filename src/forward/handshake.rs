@@ -148,7 +148,7 @@ pub(crate) async fn dial(
             None => stream::plain(stream),
             Some(tls) => {
                 let name =
-                    crate::tls::server_name(node.as_str()).map_err(HandshakeError::NotDnsName)?;
+                    crate::node_id::dns_name(node.as_str()).map_err(HandshakeError::NotDnsName)?;
                 let tls = tls
                     .connector
                     .connect(name, stream)

@@ -12,6 +12,7 @@
 pub mod json;
 mod value;
 
+pub(crate) use value::PREALLOCATE;
 pub use value::{Dict, Payload, Value, MAX_DEPTH};
 
 use serde::{Deserialize, Serialize};

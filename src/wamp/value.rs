@@ -16,6 +16,10 @@ use serde::{Deserialize, Deserializer, Serialize};
 /// at 128; WAMP payloads are far shallower).
 pub const MAX_DEPTH: usize = 64;
 
+/// Items of a list or dict allocated before they are read, whatever length the input claims:
+/// more grow as they arrive.
+pub(crate) const PREALLOCATE: usize = 1024;
+
 /// A dictionary of values; keys keep their insertion order.
 pub type Dict = IndexMap<String, Value>;
 
@@ -217,7 +221,7 @@ impl<'de> Visitor<'de> for ListSeed {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Value>, A::Error> {
         // Grow as items arrive: the announced length is not trusted for the allocation.
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(PREALLOCATE));
         while let Some(item) = seq.next_element_seed(self.0)? {
             items.push(item);
         }
@@ -244,7 +248,7 @@ impl<'de> Visitor<'de> for DictSeed {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Dict, A::Error> {
-        let mut dict = Dict::with_capacity(map.size_hint().unwrap_or(0).min(1024));
+        let mut dict = Dict::with_capacity(map.size_hint().unwrap_or(0).min(PREALLOCATE));
         while let Some(key) = map.next_key_seed(Str)? {
             let value = map.next_value_seed(self.0)?;
             dict.insert(key, value);

@@ -10,8 +10,9 @@ use super::frame::{
     wire_config, EncodeError, Frame, WireError, ACK_VARIANT, FORWARD_VARIANT, FRAME_LIMIT,
     LENGTH_BYTES, PING_VARIANT, PONG_VARIANT,
 };
+use crate::delivery::Delivery;
 use crate::peer_id::PeerId;
-use crate::wamp::WampMessage;
+use crate::wamp::{WampMessage, MAX_DEPTH};
 
 /// A scratch buffer that grew past this for a large frame is given back after it.
 const SCRATCH_KEEP_BYTES: usize = 256 * 1024;
@@ -39,7 +40,7 @@ pub fn encode_forward<R>(
         buf.clear();
         buf.extend_from_slice(&[0; LENGTH_BYTES]);
         buf.push(FORWARD_VARIANT);
-        let written = fast::forward(&mut buf, 0, id, from, to, message);
+        let written = fast::forward(&mut buf, id, from, to, message);
         let len = buf.len() - LENGTH_BYTES;
         let result = match written {
             Err(fast::TooDeep) => Err(EncodeError::TooDeep),
@@ -58,9 +59,13 @@ pub fn encode_forward<R>(
 }
 
 /// A `Ping` frame, written by hand: it cannot fail.
-pub fn ping(id: u64) -> Vec<u8> {
-    let (frame, len) = fast::small_frame(PING_VARIANT, id);
-    frame[..len].to_vec()
+pub fn ping(id: u64) -> impl std::ops::Deref<Target = [u8]> {
+    fast::small_frame(PING_VARIANT, id)
+}
+
+/// The length a frame's prefix gives.
+fn length_of(prefix: &[u8]) -> usize {
+    u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize
 }
 
 /// Where `ttl_ms` sits in an encoded `Forward` frame: after the length prefix and the one-byte
@@ -80,9 +85,10 @@ pub fn set_ttl(frame: &mut [u8], ttl_ms: u32) -> bool {
 
 /// Encodes and decodes length-prefixed frames for `tokio_util::codec::Framed`.
 ///
-/// Frames are decoded in place from the read buffer. The answers (`Ack`, `Pong`), one per
-/// forwarded message, are encoded and decoded by hand, byte for byte as bincode does (a test
-/// holds them to it), without the general path's cost.
+/// Frames are decoded in place from the read buffer. Forwarded frames and the answers
+/// (`Ack`, `Pong`), one per forwarded message, are encoded and decoded by the fast paths, byte
+/// for byte as bincode does (tests hold them to it), without the general path's cost; a
+/// forwarded frame is written by the node's own writer, [`encode_forward`].
 #[derive(Debug)]
 pub struct FrameCodec {
     max_frame_bytes: usize,
@@ -107,7 +113,7 @@ impl FrameCodec {
 pub fn take_acks(buf: &mut BytesMut, mut each: impl FnMut(u64)) {
     let mut at = 0;
     while let Some(prefix) = buf.get(at..at + LENGTH_BYTES) {
-        let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+        let len = length_of(prefix);
         let start = at + LENGTH_BYTES;
         let Some([ACK_VARIANT, id @ ..]) = buf.get(start..start + len) else {
             break;
@@ -124,14 +130,12 @@ pub fn take_acks(buf: &mut BytesMut, mut each: impl FnMut(u64)) {
 /// Decodes one frame's bytes (without the length prefix).
 fn decode_body(body: &[u8], names: &mut Names) -> Result<Frame, WireError> {
     if let [variant @ (ACK_VARIANT | PONG_VARIANT), rest @ ..] = body {
-        if let Ok((id, read)) = bincode::decode_from_slice::<u64, _>(rest, wire_config()) {
-            if read == rest.len() {
-                return Ok(if *variant == ACK_VARIANT {
-                    Frame::Ack { id }
-                } else {
-                    Frame::Pong { id }
-                });
-            }
+        if let Some(id) = fast::exact_varint(rest) {
+            return Ok(if *variant == ACK_VARIANT {
+                Frame::Ack { id }
+            } else {
+                Frame::Pong { id }
+            });
         }
     }
     if let [FORWARD_VARIANT, fields @ ..] = body {
@@ -158,7 +162,7 @@ impl Decoder for FrameCodec {
         let Some(prefix) = src.get(..LENGTH_BYTES) else {
             return Ok(None);
         };
-        let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+        let len = length_of(prefix);
         if len > self.max_frame_bytes {
             return Err(WireError::TooLarge {
                 len,
@@ -183,13 +187,29 @@ impl Encoder<&Frame> for FrameCodec {
     fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), WireError> {
         let small = match frame {
             Frame::Ack { id } => Some((ACK_VARIANT, *id)),
+            Frame::Ping { id } => Some((PING_VARIANT, *id)),
             Frame::Pong { id } => Some((PONG_VARIANT, *id)),
             _ => None,
         };
         if let Some((variant, id)) = small {
-            let (bytes, len) = fast::small_frame(variant, id);
-            dst.extend_from_slice(&bytes[..len]);
+            dst.extend_from_slice(&fast::small_frame(variant, id));
             return Ok(());
+        }
+        if let Frame::Forward(forward) = frame {
+            // The one writer of forwarded frames, the node's own.
+            let Delivery { from, to, message } = &forward.delivery;
+            let max = self.max_frame_bytes;
+            return encode_forward(forward.id, from, to, message, max, |bytes| {
+                let start = dst.len();
+                dst.extend_from_slice(bytes);
+                set_ttl(&mut dst[start..], forward.ttl_ms);
+            })
+            .map_err(|err| match err {
+                EncodeError::TooLarge { len, max } => WireError::TooLarge { len, max },
+                EncodeError::TooDeep => {
+                    WireError::Malformed(format!("a value nested deeper than {MAX_DEPTH} levels"))
+                }
+            });
         }
         let start = dst.len();
         dst.put_u32(0);
@@ -270,6 +290,21 @@ mod tests {
             .encode(frame, &mut buf)
             .unwrap();
         buf
+    }
+
+    /// The frame as bincode's serde path writes it, length prefix included: the reference.
+    fn by_bincode(frame: &Frame) -> Vec<u8> {
+        let body = bincode::serde::encode_to_vec(frame, wire_config()).unwrap();
+        let mut bytes = (body.len() as u32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&body);
+        bytes
+    }
+
+    #[test]
+    fn every_frame_is_written_as_bincode_writes_it() {
+        for frame in every_frame() {
+            assert_eq!(&encoded(&frame)[..], &by_bincode(&frame)[..], "{frame:?}");
+        }
     }
 
     #[test]
@@ -417,7 +452,7 @@ mod tests {
             1 << 40,
             u64::MAX,
         ] {
-            for frame in [Frame::Ack { id }, Frame::Pong { id }] {
+            for frame in [Frame::Ack { id }, Frame::Ping { id }, Frame::Pong { id }] {
                 let mut by_hand = BytesMut::new();
                 codec.encode(&frame, &mut by_hand).unwrap();
                 let body = bincode::serde::encode_to_vec(&frame, wire_config()).unwrap();
@@ -433,14 +468,14 @@ mod tests {
     }
 
     #[test]
-    fn a_ping_written_by_hand_is_the_frame_the_codec_writes() {
+    fn a_ping_written_by_hand_is_the_frame_bincode_writes() {
         for id in [0, 1, 250, 251, 65_536, u64::MAX] {
-            assert_eq!(ping(id), &encoded(&Frame::Ping { id })[..]);
+            assert_eq!(&ping(id)[..], &by_bincode(&Frame::Ping { id })[..]);
         }
     }
 
     #[test]
-    fn encode_forward_writes_the_bytes_the_codec_writes_for_the_same_frame() {
+    fn encode_forward_writes_the_bytes_bincode_writes_for_the_same_frame() {
         for frame in every_frame() {
             let Frame::Forward(f) = &frame else { continue };
             let mut bytes = BytesMut::from(
@@ -455,7 +490,7 @@ mod tests {
                 .unwrap()[..],
             );
             set_ttl(&mut bytes, f.ttl_ms);
-            assert_eq!(&bytes[..], &encoded(&frame)[..]);
+            assert_eq!(&bytes[..], &by_bincode(&frame)[..]);
         }
         let big = WampMessage::Publish {
             request: 1,

@@ -15,11 +15,13 @@
 //! reader; [`tag_of`] matches every variant, so a new one does not compile without its tag,
 //! and a test fails when the declaration order and the table disagree.
 
-use super::frame::Forward;
+use bytes::BufMut;
+
+use super::frame::{Forward, LENGTH_BYTES};
 use crate::delivery::Delivery;
 use crate::peer_id::{PeerId, Realm};
 use crate::shared_str::Recent;
-use crate::wamp::{Dict, Payload, Value, WampMessage, MAX_DEPTH};
+use crate::wamp::{Dict, Payload, Value, WampMessage, MAX_DEPTH, PREALLOCATE};
 use crate::NodeId;
 
 /// The variant index of each [`WampMessage`] in the encoding: its declaration order.
@@ -87,45 +89,48 @@ pub(crate) struct TooDeep;
 
 /// bincode's varint: one byte below 251, else a marker and the value in 2, 4 or 8 bytes.
 #[inline(always)]
-fn varint(buf: &mut Vec<u8>, n: u64) {
+fn varint(buf: &mut impl BufMut, n: u64) {
     if n < 251 {
-        buf.push(n as u8);
+        buf.put_u8(n as u8);
     } else if n <= u64::from(u16::MAX) {
-        buf.push(251);
-        buf.extend_from_slice(&(n as u16).to_le_bytes());
+        buf.put_u8(251);
+        buf.put_u16_le(n as u16);
     } else if n <= u64::from(u32::MAX) {
-        buf.push(252);
-        buf.extend_from_slice(&(n as u32).to_le_bytes());
+        buf.put_u8(252);
+        buf.put_u32_le(n as u32);
     } else {
-        buf.push(253);
-        buf.extend_from_slice(&n.to_le_bytes());
+        buf.put_u8(253);
+        buf.put_u64_le(n);
     }
 }
 
-/// A whole frame of a variant index and an id (`Ack`, `Ping`, `Pong`), length prefix included,
-/// and its length: the answers, one per forwarded message, cost no allocation and no serde.
+/// A whole frame of a variant index and an id (`Ack`, `Ping`, `Pong`), length prefix
+/// included: the answers, one per forwarded message, cost no allocation and no serde.
+pub(crate) struct SmallFrame {
+    bytes: [u8; LENGTH_BYTES + 1 + 9],
+    len: usize,
+}
+
+impl std::ops::Deref for SmallFrame {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
 #[inline]
-pub(super) fn small_frame(variant: u8, id: u64) -> ([u8; 14], usize) {
-    let mut frame = [0u8; 14];
-    frame[4] = variant;
-    let len = if id < 251 {
-        frame[5] = id as u8;
-        1
-    } else if id <= u64::from(u16::MAX) {
-        frame[5] = 251;
-        frame[6..8].copy_from_slice(&(id as u16).to_le_bytes());
-        3
-    } else if id <= u64::from(u32::MAX) {
-        frame[5] = 252;
-        frame[6..10].copy_from_slice(&(id as u32).to_le_bytes());
-        5
-    } else {
-        frame[5] = 253;
-        frame[6..14].copy_from_slice(&id.to_le_bytes());
-        9
-    };
-    frame[..4].copy_from_slice(&(1 + len as u32).to_be_bytes());
-    (frame, 5 + len)
+pub(super) fn small_frame(variant: u8, id: u64) -> SmallFrame {
+    let mut bytes = [0u8; LENGTH_BYTES + 1 + 9];
+    bytes[LENGTH_BYTES] = variant;
+    let mut rest = &mut bytes[LENGTH_BYTES + 1..];
+    varint(&mut rest, id);
+    let body = 1 + 9 - rest.len();
+    bytes[..LENGTH_BYTES].copy_from_slice(&(body as u32).to_be_bytes());
+    SmallFrame {
+        bytes,
+        len: LENGTH_BYTES + body,
+    }
 }
 
 #[inline]
@@ -365,17 +370,16 @@ pub(crate) fn message(buf: &mut Vec<u8>, message: &WampMessage) -> Result<(), To
     Ok(())
 }
 
-/// Appends a `Forward` frame's fields after its variant index (`ttl_ms` as 4 big-endian
-/// bytes, then the id, the two peers and the message).
+/// Appends a `Forward` frame's fields after its variant index: room for `ttl_ms` (4 bytes,
+/// set as the frame is written), then the id, the two peers and the message.
 pub(crate) fn forward(
     buf: &mut Vec<u8>,
-    ttl_ms: u32,
     id: u64,
     from: &PeerId,
     to: &PeerId,
     m: &WampMessage,
 ) -> Result<(), TooDeep> {
-    buf.extend_from_slice(&ttl_ms.to_be_bytes());
+    buf.extend_from_slice(&[0; 4]);
     varint(buf, id);
     peer(buf, from);
     peer(buf, to);
@@ -389,9 +393,6 @@ pub(crate) struct Names {
     nodes: Recent,
     realms: Recent,
 }
-
-/// Items of a list or dict allocated before they are read, as serde's own cautious bound.
-const PREALLOCATE: usize = 1024;
 
 /// Reads the encoding from a slice.
 struct Cursor<'a>(&'a [u8]);
@@ -646,12 +647,12 @@ mod tests {
         let (from, to) = (PeerId::node("r", "a"), PeerId::node("r", "b"));
         let deepest = publish(nested(MAX_DEPTH));
         let mut buf = Vec::new();
-        forward(&mut buf, 0, 1, &from, &to, &deepest).unwrap();
+        forward(&mut buf, 1, &from, &to, &deepest).unwrap();
         let read = read_forward(&buf, &mut Names::default()).unwrap();
         assert_eq!(read.delivery.message, deepest);
         let too_deep = publish(nested(MAX_DEPTH + 1));
         assert_eq!(
-            forward(&mut Vec::new(), 0, 1, &from, &to, &too_deep),
+            forward(&mut Vec::new(), 1, &from, &to, &too_deep),
             Err(TooDeep)
         );
         // The same bytes bincode writes are not read here, and the serde path refuses them.
