@@ -51,10 +51,7 @@ pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 /// unreadable file or a token that is too short or not visible ASCII is an error naming the
 /// key.
 pub(crate) fn load_token(path: &std::path::Path) -> Result<Arc<str>, crate::error::ConfigError> {
-    let invalid = |message: String| crate::error::ConfigError::Invalid {
-        key: "admin_token_file".into(),
-        message,
-    };
+    let invalid = |message: String| crate::error::ConfigError::invalid("admin_token_file", message);
     let text = std::fs::read_to_string(path)
         .map_err(|err| invalid(format!("cannot read {}: {err}", path.display())))?;
     let token = text.trim();
@@ -229,7 +226,7 @@ async fn ring(
 async fn leave(State(state): State<AdminState>) -> Response {
     // The node carries the leave out itself, so that it happens whether or not the embedding
     // program watches; the program learns of it from `NodeHandle::stopped`.
-    state.stop.ask_admin_leave();
+    state.stop.ask(crate::node::stop::Request::AdminLeave);
     (StatusCode::OK, Json(json!({ "status": "leaving" }))).into_response()
 }
 

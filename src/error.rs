@@ -40,13 +40,35 @@ pub enum ConfigError {
         name: String,
     },
     /// A key has a bad value.
-    #[error("invalid `{key}`: {message}")]
+    #[error("invalid `{key}`{}: {message}", from_where(.origin))]
     Invalid {
         /// The key (with sections joined by `.`).
         key: String,
         /// What is wrong with it.
         message: String,
+        /// Where the value came from (`in node.toml`, `from WAMP_CLUSTER_…`, `from --…`),
+        /// once the layers of the configuration added it.
+        origin: Option<String>,
     },
+}
+
+fn from_where(origin: &Option<String>) -> String {
+    origin
+        .as_ref()
+        .map(|origin| format!(" ({origin})"))
+        .unwrap_or_default()
+}
+
+impl ConfigError {
+    /// A bad value of `key`; where it came from is added by whoever knows
+    /// ([`crate::config::Layers::locate`]).
+    pub fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+            origin: None,
+        }
+    }
 }
 
 /// Membership could not start, or stopped on its own.

@@ -32,6 +32,19 @@ pub const MIN_SECRET_LEN: usize = 16;
 /// `cluster_secret_file`, for containers).
 pub const SECRET_ENV: &str = "WAMP_CLUSTER_SECRET";
 
+/// The key the cluster secret comes from: its file (`cluster_secret_file`), which wins, or
+/// [`SECRET_ENV`]; `None` when neither gives one.
+pub(crate) fn secret_key(
+    file: Option<&std::path::Path>,
+    secret: Option<&Secret>,
+) -> Option<&'static str> {
+    match (file, secret) {
+        (Some(_), _) => Some("cluster_secret_file"),
+        (None, Some(_)) => Some(SECRET_ENV),
+        (None, None) => None,
+    }
+}
+
 /// Most secrets one node accepts at once (each is tried on every datagram that does not open
 /// with the ones before it).
 pub const MAX_SECRETS: usize = 8;
@@ -200,24 +213,19 @@ impl ClusterKeys {
         secret: Option<&Secret>,
         cluster_id: &str,
     ) -> Result<Option<ClusterKeys>, crate::error::ConfigError> {
-        let invalid = |key: &str, message: String| crate::error::ConfigError::Invalid {
-            key: key.into(),
-            message,
+        use crate::error::ConfigError;
+        let Some(key) = secret_key(file, secret) else {
+            return Ok(None);
         };
-        let (key, text) = match (file, secret) {
-            (None, None) => return Ok(None),
-            (Some(path), _) => (
-                "cluster_secret_file",
-                std::fs::read_to_string(path).map_err(|err| {
-                    invalid(
-                        "cluster_secret_file",
-                        format!("cannot read {}: {err}", path.display()),
-                    )
-                })?,
-            ),
-            (None, Some(secret)) => (SECRET_ENV, secret.expose().to_string()),
+        let text = match (file, secret) {
+            (Some(path), _) => {
+                std::borrow::Cow::Owned(std::fs::read_to_string(path).map_err(|err| {
+                    ConfigError::invalid(key, format!("cannot read {}: {err}", path.display()))
+                })?)
+            }
+            (None, secret) => std::borrow::Cow::Borrowed(secret.map(Secret::expose).unwrap_or("")),
         };
-        let secrets = parse_secrets(&text).map_err(|message| invalid(key, message))?;
+        let secrets = parse_secrets(&text).map_err(|message| ConfigError::invalid(key, message))?;
         Ok(Some(ClusterKeys::new(secrets, cluster_id)))
     }
 

@@ -35,19 +35,14 @@ impl std::fmt::Debug for Tls {
     }
 }
 
-fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        message: message.into(),
-    }
-}
-
 fn certificates(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|err| invalid(key, format!("cannot read {}: {err}", path.display())))?;
+        .map_err(|err| {
+            ConfigError::invalid(key, format!("cannot read {}: {err}", path.display()))
+        })?;
     if certs.is_empty() {
-        return Err(invalid(
+        return Err(ConfigError::invalid(
             key,
             format!("{} holds no PEM certificate", path.display()),
         ));
@@ -66,7 +61,7 @@ impl Tls {
         };
         let chain = certificates("tls.cert_file", cert_file)?;
         let key = PrivateKeyDer::from_pem_file(key_file).map_err(|err| {
-            invalid(
+            ConfigError::invalid(
                 "tls.key_file",
                 format!(
                     "cannot read a private key from {}: {err}",
@@ -76,9 +71,9 @@ impl Tls {
         })?;
         let mut roots = RootCertStore::empty();
         for ca in certificates("tls.ca_file", ca_file)? {
-            roots
-                .add(ca)
-                .map_err(|err| invalid("tls.ca_file", format!("{}: {err}", ca_file.display())))?;
+            roots.add(ca).map_err(|err| {
+                ConfigError::invalid("tls.ca_file", format!("{}: {err}", ca_file.display()))
+            })?;
         }
         let roots = Arc::new(roots);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -89,25 +84,25 @@ impl Tls {
         } else {
             verifier.allow_unauthenticated().build()
         }
-        .map_err(|err| invalid("tls.ca_file", err.to_string()))?;
+        .map_err(|err| ConfigError::invalid("tls.ca_file", err.to_string()))?;
         let server = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|err| invalid("tls.cert_file", err.to_string()))?
+            .map_err(|err| ConfigError::invalid("tls.cert_file", err.to_string()))?
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain.clone(), key.clone_key())
             .map_err(|err| {
-                invalid(
+                ConfigError::invalid(
                     "tls.key_file",
                     format!("does not match tls.cert_file: {err}"),
                 )
             })?;
         let client = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|err| invalid("tls.cert_file", err.to_string()))?
+            .map_err(|err| ConfigError::invalid("tls.cert_file", err.to_string()))?
             .with_root_certificates(roots)
             .with_client_auth_cert(chain, key)
             .map_err(|err| {
-                invalid(
+                ConfigError::invalid(
                     "tls.key_file",
                     format!("does not match tls.cert_file: {err}"),
                 )

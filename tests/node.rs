@@ -247,6 +247,43 @@ async fn a_node_stops_once_and_every_way_of_asking_says_how() {
     assert_eq!(sent, Err(ForwardError::ShuttingDown));
 }
 
+/// An abort cuts a leave short: with a leave of 20 s under way, the abort ends the node at
+/// once, and both the leave and the abort say it was aborted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abort_cuts_a_leave_short() {
+    let _serial = SERIAL.lock().await;
+    let mut gossip = tolerant();
+    gossip.leave_rounds = std::num::NonZeroU32::new(100).unwrap();
+    assert!(gossip.leave_duration() >= Duration::from_secs(20));
+    let node = Arc::new(
+        Node::builder(node_config("leaving", &[], gossip), |_, _| Discard)
+            .start()
+            .await
+            .unwrap(),
+    );
+    let leaving = tokio::spawn({
+        let node = node.clone();
+        async move { node.leave().await }
+    });
+    wait_until(BOUND, "the leave announced", || {
+        node.membership()
+            .view()
+            .member("leaving")
+            .is_some_and(|m| m.status == wamp_cluster::Status::Leaving)
+    })
+    .await;
+    assert_eq!(
+        within(Duration::from_secs(10), "the abort", node.abort()).await,
+        Stopped::Aborted
+    );
+    assert_eq!(
+        within(Duration::from_secs(10), "the leave", leaving)
+            .await
+            .unwrap(),
+        Stopped::Aborted
+    );
+}
+
 /// A node built without the admin API binds no admin port and gossips no admin address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_without_the_admin_api_binds_no_admin_port() {

@@ -318,7 +318,7 @@ fn a_bad_configuration_exits_2_naming_the_key() {
     let file = dir.path().join("bad.toml");
     fs::write(&file, "node_id = \"n\"\n[gossip]\ninterval_ms = 0\n").unwrap();
     let file = file.to_str().unwrap();
-    let cases: [Case; 8] = [
+    let cases: [Case; 9] = [
         (&["node", "--config", file], &[], "gossip.interval_ms"),
         (
             &["node", "--config", "/nonexistent.toml"],
@@ -354,6 +354,12 @@ fn a_bad_configuration_exits_2_naming_the_key() {
             &["node", "--node-id", "n"],
             &[("WAMP_CLUSTER_TLS__CERT_FILE", "/nonexistent.pem")],
             "tls.key_file",
+        ),
+        // A file read as the node starts: the error says where its key was set.
+        (
+            &["node", "--node-id", "n"],
+            &[("WAMP_CLUSTER_ADMIN_TOKEN_FILE", "/nonexistent-token")],
+            "`admin_token_file` (from WAMP_CLUSTER_ADMIN_TOKEN_FILE)",
         ),
     ];
     for (args, env, key) in cases {

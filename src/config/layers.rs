@@ -9,6 +9,7 @@
 //! in order: [`Layers::file`], [`Layers::env`], then [`Layers::set`] for each flag.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fmt;
 use std::path::Path;
 
@@ -64,6 +65,31 @@ fn reads_as<T: serde::de::DeserializeOwned>(table: toml::Table) -> Result<(), to
     table.try_into::<T>().map(drop)
 }
 
+/// A configuration that does not read as its types (after the layers checked each value, a
+/// fault of the program's own types).
+fn unreadable(err: impl fmt::Display) -> ConfigError {
+    ConfigError::Parse {
+        source_name: "config".into(),
+        message: err.to_string(),
+    }
+}
+
+/// `err` with where its key's value came from, unless it says already.
+fn from_origin(err: ConfigError, found: Option<&Origin>) -> ConfigError {
+    match err {
+        ConfigError::Invalid {
+            key,
+            message,
+            origin: None,
+        } => ConfigError::Invalid {
+            key,
+            message,
+            origin: found.map(Origin::to_string),
+        },
+        other => other,
+    }
+}
+
 /// toml's message without the line it adds to name the key (the caller names it).
 fn message(err: &toml::de::Error) -> String {
     let text = err.message().trim();
@@ -93,8 +119,27 @@ impl Layers {
     /// Adds a program's section (`[router]`): its keys are read from the file, variables
     /// (`WAMP_CLUSTER_ROUTER__…`) and flags (`--router-…`) like the node's. Call it before
     /// reading any layer: until then, the section's keys are unknown keys.
+    ///
+    /// # Panics
+    ///
+    /// When the section's name is taken (by a node's key or section, or an added section), or
+    /// two keys would have the same flag: the program's own mistake, found as it starts.
     pub fn section<S: Section>(mut self) -> Layers {
+        let taken = |name: &str| name == S::NAME || name.starts_with(&format!("{}.", S::NAME));
+        assert!(
+            !self.keys.iter().any(|k| taken(&k.name)),
+            "the configuration section `{}` is taken",
+            S::NAME
+        );
         S::keys(S::NAME, &mut self.keys);
+        for (i, key) in self.keys.iter().enumerate() {
+            assert!(
+                !self.keys[..i].iter().any(|k| k.flag() == key.flag()),
+                "`{}` would have the flag --{} of another key",
+                key.name,
+                key.flag()
+            );
+        }
         self.parts.push(Part {
             name: S::NAME,
             check: reads_as::<S>,
@@ -124,6 +169,11 @@ impl Layers {
             message,
         };
         let table: toml::Table = toml::from_str(text).map_err(|err| parse(err.to_string()))?;
+        for part in &self.parts[1..] {
+            if table.get(part.name).is_some_and(|value| !value.is_table()) {
+                return Err(parse(format!("`{}` must be a section", part.name)));
+            }
+        }
         let mut leaves = Vec::new();
         leaf_keys(&self.keys, "", &table, &mut leaves);
         for key in leaves {
@@ -132,23 +182,37 @@ impl Layers {
         self.table = table;
         for part in &self.parts {
             let table = self.part_table(part);
-            // toml's message names the key.
-            (part.check)(table).map_err(|err| parse(err.to_string().trim().to_string()))?;
+            // toml's message names the key, within the part.
+            (part.check)(table).map_err(|err| {
+                let message = err.to_string().trim().to_string();
+                match part.name {
+                    "" => parse(message),
+                    section => parse(format!("[{section}]: {message}")),
+                }
+            })?;
         }
         Ok(self)
     }
 
-    /// Applies every `WAMP_CLUSTER_*` variable of `vars` (usually `std::env::vars()`). A
-    /// variable with the prefix that names no key is refused, so that a typo cannot go
-    /// unnoticed. `WAMP_CLUSTER_SECRET` is not a key: it holds the cluster secret itself.
-    pub fn env(
+    /// Applies every `WAMP_CLUSTER_*` variable of `vars` (usually `std::env::vars_os()`, which
+    /// unlike `vars()` does not panic on a variable that is not UTF-8). A variable with the
+    /// prefix that names no key, or whose value is not UTF-8, is refused, so that a typo cannot
+    /// go unnoticed. `WAMP_CLUSTER_SECRET` is not a key: it holds the cluster secret itself.
+    pub fn env<N: Into<OsString>, V: Into<OsString>>(
         mut self,
-        vars: impl IntoIterator<Item = (String, String)>,
+        vars: impl IntoIterator<Item = (N, V)>,
     ) -> Result<Layers, ConfigError> {
         for (name, value) in vars {
+            let Some(name) = name.into().into_string().ok() else {
+                continue;
+            };
             if !name.starts_with(ENV_PREFIX) {
                 continue;
             }
+            let value = value.into().into_string().map_err(|_| ConfigError::Parse {
+                source_name: name.clone(),
+                message: "its value is not valid UTF-8".into(),
+            })?;
             if name == SECRET_ENV {
                 self.secret = Some(Secret::new(value));
                 continue;
@@ -164,60 +228,33 @@ impl Layers {
     /// Sets one key (`gossip.interval_ms`) from its text, as a variable or a flag gives it:
     /// lists are comma-separated, maps `k=v,k=v`, and an empty text unsets an optional key.
     pub fn set(&mut self, name: &str, raw: &str, origin: Origin) -> Result<(), ConfigError> {
-        self.set_value(name, raw).map_err(|err| match err {
-            ConfigError::Invalid { key, message } => ConfigError::Invalid {
-                key: format!("{key} ({origin})"),
-                message,
-            },
-            other => other,
-        })?;
+        self.set_value(name, raw)
+            .map_err(|err| from_origin(err, Some(&origin)))?;
         self.origins.insert(name.to_string(), origin);
         Ok(())
     }
 
-    /// Sets one key from its text; an error names the key alone.
+    /// Sets one key from its text; an error names the key alone, and changes nothing.
     pub(super) fn set_value(&mut self, name: &str, raw: &str) -> Result<(), ConfigError> {
         let Some(key) = self.keys.iter().find(|k| k.name == name).cloned() else {
             return Err(ConfigError::UnknownKey { key: name.into() });
         };
-        let invalid = |message: String| ConfigError::Invalid {
-            key: name.to_string(),
-            message,
-        };
-        let raw = raw.trim();
-        let path: Vec<&str> = name.split('.').collect();
-        let (leaf, sections) = path.split_last().unwrap_or((&name, &[]));
-        let unset = key.optional && raw.is_empty();
-        let mut target = &mut self.table;
-        for section in sections {
-            if unset && !target.contains_key(*section) {
-                // Nothing to unset: a missing section is not made for it.
-                return Ok(());
-            }
-            let entry = target
-                .entry(section.to_string())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            let Some(table) = entry.as_table_mut() else {
-                return Err(invalid(format!("`{section}` is not a section")));
-            };
-            target = table;
-        }
-        if unset {
-            target.remove(*leaf);
-        } else {
-            target.insert(leaf.to_string(), (key.parse)(raw).map_err(invalid)?);
-        }
+        let invalid = |message: String| ConfigError::invalid(name, message);
+        let mut table = self.table.clone();
+        put(&mut table, &key, raw.trim()).map_err(invalid)?;
+        let before = std::mem::replace(&mut self.table, table);
         let part = self.part_of(name);
-        (part.check)(self.part_table(part)).map_err(|err| invalid(message(&err)))
+        if let Err(err) = (part.check)(self.part_table(part)) {
+            self.table = before;
+            return Err(invalid(message(&err)));
+        }
+        Ok(())
     }
 
     /// Layers whose first layer is `config`'s values.
     pub(super) fn from_config(config: &Config) -> Result<Layers, ConfigError> {
         let mut layers = Layers::new();
-        layers.table = toml::Table::try_from(config).map_err(|err| ConfigError::Parse {
-            source_name: "config".into(),
-            message: err.to_string(),
-        })?;
+        layers.table = toml::Table::try_from(config).map_err(unreadable)?;
         layers.secret = config.cluster_secret.clone();
         Ok(layers)
     }
@@ -237,27 +274,30 @@ impl Layers {
         Ok(config)
     }
 
-    /// A program's section, validated.
+    /// A program's section, validated. Its `validate` names keys in full (`router.realm`),
+    /// or by their name in the section (`realm`).
     pub fn get<S: Section>(&self) -> Result<S, ConfigError> {
-        let table = match self.table.get(S::NAME) {
-            Some(toml::Value::Table(table)) => table.clone(),
-            _ => toml::Table::new(),
-        };
-        let section: S = table.try_into().map_err(|err| ConfigError::Parse {
-            source_name: "config".into(),
-            message: err.to_string(),
+        let section: S = self.read(&Part {
+            name: S::NAME,
+            check: reads_as::<S>,
         })?;
-        section.validate().map_err(|err| self.locate(err))?;
+        section.validate().map_err(|err| match err {
+            ConfigError::Invalid {
+                key,
+                message,
+                origin,
+            } if !key.starts_with(&format!("{}.", S::NAME)) => self.locate(ConfigError::Invalid {
+                key: join(S::NAME, &key),
+                message,
+                origin,
+            }),
+            err => self.locate(err),
+        })?;
         Ok(section)
     }
 
     fn read<T: serde::de::DeserializeOwned>(&self, part: &Part) -> Result<T, ConfigError> {
-        self.part_table(part)
-            .try_into()
-            .map_err(|err| ConfigError::Parse {
-                source_name: "config".into(),
-                message: err.to_string(),
-            })
+        self.part_table(part).try_into().map_err(unreadable)
     }
 
     /// The part a key belongs to: the section named by its first segment, else the node.
@@ -285,24 +325,47 @@ impl Layers {
         }
     }
 
-    /// Adds where the value of the key an error names came from.
-    fn locate(&self, err: ConfigError) -> ConfigError {
-        match err {
-            ConfigError::Invalid { key, message } => match self.origins.get(&key) {
-                Some(origin) => ConfigError::Invalid {
-                    key: format!("{key} ({origin})"),
-                    message,
-                },
-                None => ConfigError::Invalid { key, message },
-            },
-            other => other,
-        }
+    /// Adds where the value of the key an error names came from: for the errors of
+    /// [`Layers::config`] and [`Layers::get`], and of the files the node reads as it starts.
+    pub fn locate(&self, err: ConfigError) -> ConfigError {
+        let found = match &err {
+            ConfigError::Invalid { key, .. } => self.origins.get(key),
+            _ => None,
+        };
+        from_origin(err, found)
     }
+}
+
+/// Sets `key` in `table` from its text (an empty text unsets an optional key).
+fn put(table: &mut toml::Table, key: &Key, raw: &str) -> Result<(), String> {
+    let path: Vec<&str> = key.name.split('.').collect();
+    let (leaf, sections) = path.split_last().unwrap_or((&"", &[]));
+    let unset = key.optional && raw.is_empty();
+    let mut target = table;
+    for section in sections {
+        if unset && !target.contains_key(*section) {
+            // Nothing to unset: a missing section is not made for it.
+            return Ok(());
+        }
+        let entry = target
+            .entry(section.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let Some(table) = entry.as_table_mut() else {
+            return Err(format!("`{section}` is not a section"));
+        };
+        target = table;
+    }
+    if unset {
+        target.remove(*leaf);
+    } else {
+        target.insert(leaf.to_string(), (key.parse)(raw)?);
+    }
+    Ok(())
 }
 
 /// The dotted names of the values in `table`: a table is a section unless it is the value of
 /// one of `keys` (the labels); a list of tables counts as one.
-fn leaf_keys(keys: &[Key], prefix: &str, table: &toml::Table, out: &mut Vec<String>) {
+pub(super) fn leaf_keys(keys: &[Key], prefix: &str, table: &toml::Table, out: &mut Vec<String>) {
     for (name, value) in table {
         let key = join(prefix, name);
         match value {

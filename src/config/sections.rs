@@ -17,13 +17,6 @@ pub const MAX_ID_LEN: usize = 128;
 /// exchange, so they must stay small.
 pub const MAX_LABELS_BYTES: usize = 1024;
 
-const fn nonzero(n: usize) -> NonZeroUsize {
-    match NonZeroUsize::new(n) {
-        Some(n) => n,
-        None => NonZeroUsize::MIN,
-    }
-}
-
 crate::settings! {
     /// The whole configuration of a node. See `config/node.toml` for an annotated example.
     pub struct Config {
@@ -103,7 +96,7 @@ crate::settings! {
         pub join_timeout_ms: Duration = Duration::from_millis(2000),
         /// Gossip rounds a leaving node keeps gossiping with `status=leaving` before it stops,
         /// so that its peers see it leave rather than fail; at most 100.
-        pub leave_rounds: NonZeroU32 = NonZeroU32::MIN.saturating_add(4),
+        pub leave_rounds: NonZeroU32 = (const { NonZeroU32::new(5).unwrap() }),
         /// With a cluster secret: how far a sealed gossip datagram's send time may be from the
         /// receiver's clock (the nodes' clocks must agree within it), 1 s to 1 h. Older ones
         /// are dropped; a datagram opened once is never opened again.
@@ -121,7 +114,7 @@ crate::settings! {
         /// Largest encoded frame, sent or received, in bytes; 1024 to 64 MiB.
         pub max_frame_bytes: usize = 16 * 1024 * 1024,
         /// Messages queued per peer before `forward` waits (or fails with `QueueFull`).
-        pub queue_capacity: NonZeroUsize = nonzero(65_536),
+        pub queue_capacity: NonZeroUsize = (const { NonZeroUsize::new(65_536).unwrap() }),
         /// Bytes queued per peer before `forward` waits (or fails with `QueueFull`); at least
         /// `max_frame_bytes`.
         pub queue_capacity_bytes: usize = 64 * 1024 * 1024,
@@ -143,7 +136,7 @@ crate::settings! {
     pub struct LimitsConfig {
         /// Inbound forwarding connections served at once, at most 65536; more are closed at
         /// once and counted (each peer holds one).
-        pub max_inbound_connections: NonZeroUsize = nonzero(1024),
+        pub max_inbound_connections: NonZeroUsize = (const { NonZeroUsize::new(1024).unwrap() }),
         /// How long an inbound connection has to complete its handshake, 10 ms to 10 minutes.
         #[serde(with = "crate::config::ms")]
         pub handshake_timeout_ms: Duration = Duration::from_millis(2000),
@@ -160,11 +153,11 @@ crate::settings! {
         /// Messages to one peer that may wait for their outcome at once (not acked yet, or
         /// acked and not taken), at most 16777216; a send beyond that fails at once with
         /// `TooManyPending`.
-        pub max_pending_acks_per_peer: NonZeroUsize = nonzero(262_144),
+        pub max_pending_acks_per_peer: NonZeroUsize = (const { NonZeroUsize::new(262_144).unwrap() }),
         /// Frames a second read from one inbound connection, as many at once, at most 10⁹; a
         /// peer that sends faster finds its connection read more slowly (its writes back up),
         /// never dropped.
-        pub max_inbound_frames_per_sec_per_peer: NonZeroU64 = NonZeroU64::MIN.saturating_add(4_999_999),
+        pub max_inbound_frames_per_sec_per_peer: NonZeroU64 = (const { NonZeroU64::new(5_000_000).unwrap() }),
     }
 }
 
@@ -186,13 +179,6 @@ crate::settings! {
         /// without one (a listener still checks one that is presented), which leaves who may
         /// dial to the cluster secret alone: without a secret, anyone could claim any node id.
         pub require_client_cert: bool = true,
-    }
-}
-
-impl TlsConfig {
-    /// Whether TLS is configured.
-    pub fn enabled(&self) -> bool {
-        self.cert_file.is_some() || self.key_file.is_some() || self.ca_file.is_some()
     }
 }
 
@@ -228,12 +214,7 @@ impl Config {
 
     /// Checks every value without reading any file; the error names the first bad key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key: &str, message: &str| {
-            Err(ConfigError::Invalid {
-                key: key.into(),
-                message: message.into(),
-            })
-        };
+        let invalid = |key: &str, message: &str| Err(ConfigError::invalid(key, message));
         validate_id("node_id", &self.node_id)?;
         validate_id("cluster_id", &self.cluster_id)?;
         if self.gossip_addr.port() == 0 {
@@ -279,29 +260,19 @@ impl Config {
                 &format!("{labels_len} bytes once encoded, more than {MAX_LABELS_BYTES}"),
             );
         }
-        let within = |key: &str, value: Duration, min: Duration, max: Duration, range: &str| {
+        // Durations are written in milliseconds.
+        let within = |key: &str, value: Duration, min: Duration, max: Duration| {
             if (min..=max).contains(&value) {
                 Ok(())
             } else {
-                invalid(key, &format!("must be between {range}"))
+                let (min, max) = (min.as_millis(), max.as_millis());
+                invalid(key, &format!("must be between {min} and {max}"))
             }
         };
         let (ms, secs) = (Duration::from_millis, Duration::from_secs);
-        within(
-            "stop_timeout_ms",
-            self.stop_timeout_ms,
-            ms(1),
-            ms(600_000),
-            "1 and 600000",
-        )?;
+        within("stop_timeout_ms", self.stop_timeout_ms, ms(1), ms(600_000))?;
         let g = &self.gossip;
-        within(
-            "gossip.interval_ms",
-            g.interval_ms,
-            ms(10),
-            ms(60_000),
-            "10 and 60000",
-        )?;
+        within("gossip.interval_ms", g.interval_ms, ms(10), ms(60_000))?;
         if !g.phi_threshold.is_finite() || !(1.0..=1000.0).contains(&g.phi_threshold) {
             return invalid("gossip.phi_threshold", "must be between 1 and 1000");
         }
@@ -322,7 +293,6 @@ impl Config {
             g.replay_window_ms,
             ms(1000),
             ms(3_600_000),
-            "1000 and 3600000",
         )?;
         let f = &self.forward;
         within(
@@ -330,7 +300,6 @@ impl Config {
             f.ack_timeout_ms,
             ms(1),
             ms(3_600_000),
-            "1 and 3600000",
         )?;
         if !(1024..=FRAME_LIMIT).contains(&f.max_frame_bytes) {
             return invalid(
@@ -349,14 +318,12 @@ impl Config {
             f.connect_timeout_ms,
             ms(1),
             ms(600_000),
-            "1 and 600000",
         )?;
         within(
             "forward.max_redial_backoff_ms",
             f.max_redial_backoff_ms,
             ms(50),
             ms(600_000),
-            "50 and 600000",
         )?;
         let l = &self.limits;
         if l.max_inbound_connections.get() > 65_536 {
@@ -370,14 +337,12 @@ impl Config {
             l.handshake_timeout_ms,
             ms(10),
             ms(600_000),
-            "10 and 600000",
         )?;
         within(
             "limits.keepalive_interval_ms",
             l.keepalive_interval_ms,
             ms(10),
             ms(600_000),
-            "10 and 600000",
         )?;
         if l.idle_timeout_ms > ms(3_600_000) || l.idle_timeout_ms < 3 * l.keepalive_interval_ms {
             return invalid(
@@ -404,10 +369,10 @@ impl Config {
     fn validate_tls(&self) -> Result<(), ConfigError> {
         let t = &self.tls;
         let missing = |key: &str, with: &str| {
-            Err(ConfigError::Invalid {
-                key: key.into(),
-                message: format!("must be set with {with}"),
-            })
+            Err(ConfigError::invalid(
+                key,
+                format!("must be set with {with}"),
+            ))
         };
         match (&t.cert_file, &t.key_file, &t.ca_file) {
             (None, None, None) => return Ok(()),
@@ -418,10 +383,7 @@ impl Config {
         }
         crate::node_id::dns_name(&self.node_id)
             .map(drop)
-            .map_err(|message| ConfigError::Invalid {
-                key: "node_id".into(),
-                message,
-            })
+            .map_err(|message| ConfigError::invalid("node_id", message))
     }
 
     /// The gossip address other nodes use.
@@ -448,10 +410,7 @@ fn validate_id(key: &str, id: &str) -> Result<(), ConfigError> {
     } else {
         return Ok(());
     };
-    Err(ConfigError::Invalid {
-        key: key.into(),
-        message,
-    })
+    Err(ConfigError::invalid(key, message))
 }
 
 fn validate_advertise(
@@ -459,17 +418,17 @@ fn validate_advertise(
     (adv_key, advertise): (&str, Option<SocketAddr>),
 ) -> Result<(), ConfigError> {
     match advertise {
-        None if bind.ip().is_unspecified() => Err(ConfigError::Invalid {
-            key: adv_key.into(),
-            message: format!(
+        None if bind.ip().is_unspecified() => Err(ConfigError::invalid(
+            adv_key,
+            format!(
                 "must be set when {bind_key} is the unspecified address {bind}: \
                  other nodes cannot dial it"
             ),
-        }),
-        Some(addr) if addr.ip().is_unspecified() || addr.port() == 0 => Err(ConfigError::Invalid {
-            key: adv_key.into(),
-            message: format!("{addr} cannot be dialled by other nodes"),
-        }),
+        )),
+        Some(addr) if addr.ip().is_unspecified() || addr.port() == 0 => Err(ConfigError::invalid(
+            adv_key,
+            format!("{addr} cannot be dialled by other nodes"),
+        )),
         _ => Ok(()),
     }
 }

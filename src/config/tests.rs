@@ -190,6 +190,22 @@ fn environment_variables_override_the_file_and_name_the_key_and_variable_when_ba
     assert!(err.contains("gossip.interval_ms"), "{err}");
     assert!(err.contains("WAMP_CLUSTER_GOSSIP__INTERVAL_MS"), "{err}");
 
+    // A value that is not UTF-8 is refused by its variable's name (no panic, as
+    // `std::env::vars()` would).
+    use std::os::unix::ffi::OsStringExt;
+    let err = Layers::new()
+        .env([(
+            std::ffi::OsString::from("WAMP_CLUSTER_NODE_ID"),
+            std::ffi::OsString::from_vec(vec![0x6e, 0xff]),
+        )])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("WAMP_CLUSTER_NODE_ID") && err.contains("UTF-8"),
+        "{err}"
+    );
+
     let err = Layers::new()
         .env(env(&[("WAMP_CLUSTER_GOSIP__INTERVAL_MS", "1")]))
         .err()
@@ -204,7 +220,7 @@ fn a_value_that_fails_validation_is_named_with_the_layer_it_came_from() {
         .toml("node_id = \"n\"\n[gossip]\ninterval_ms = 5\n", "node.toml")
         .unwrap();
     let err = layers.config().unwrap_err().to_string();
-    assert!(err.contains("gossip.interval_ms (in node.toml)"), "{err}");
+    assert!(err.contains("`gossip.interval_ms` (in node.toml)"), "{err}");
     layers
         .set(
             "gossip.interval_ms",
@@ -214,7 +230,7 @@ fn a_value_that_fails_validation_is_named_with_the_layer_it_came_from() {
         .unwrap();
     let err = layers.config().unwrap_err().to_string();
     assert!(
-        err.contains("gossip.interval_ms (from --gossip-interval-ms)"),
+        err.contains("`gossip.interval_ms` (from --gossip-interval-ms)"),
         "{err}"
     );
 }
@@ -234,22 +250,7 @@ fn every_key_of_the_file_has_a_variable_and_a_flag_and_no_other_does() {
     config.tls.ca_file = Some("a".into());
     let table = toml::Table::try_from(&config).unwrap();
     let mut written = Vec::new();
-    // A table is a section, unless it is a key's value (the labels).
-    let leaves = |prefix: &str, table: &toml::Table, out: &mut Vec<String>| {
-        fn walk(names: &[&str], prefix: &str, table: &toml::Table, out: &mut Vec<String>) {
-            for (k, v) in table {
-                let key = join(prefix, k);
-                match v {
-                    toml::Value::Table(t) if !names.contains(&key.as_str()) => {
-                        walk(names, &key, t, out)
-                    }
-                    _ => out.push(key),
-                }
-            }
-        }
-        walk(&names, prefix, table, out)
-    };
-    leaves("", &table, &mut written);
+    super::layers::leaf_keys(layers.keys(), "", &table, &mut written);
     written.sort();
     let mut listed: Vec<String> = names.iter().map(|s| s.to_string()).collect();
     listed.sort();
@@ -288,10 +289,7 @@ fn a_programs_section_takes_part_in_every_layer() {
         const NAME: &'static str = "extra";
         fn validate(&self) -> Result<(), ConfigError> {
             if self.wait_ms.is_zero() {
-                return Err(ConfigError::Invalid {
-                    key: "extra.wait_ms".into(),
-                    message: "must not be 0".into(),
-                });
+                return Err(ConfigError::invalid("extra.wait_ms", "must not be 0"));
             }
             Ok(())
         }
@@ -318,7 +316,10 @@ fn a_programs_section_takes_part_in_every_layer() {
         .set("extra.addr", "nowhere", Origin::Flag("extra-addr".into()))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("extra.addr (from --extra-addr)"), "{err}");
+    assert!(err.contains("`extra.addr` (from --extra-addr)"), "{err}");
+    // A refused value is not kept.
+    let extra: Extra = layers.get().unwrap();
+    assert_eq!(extra.addr, SocketAddr::from(([127, 0, 0, 1], 2)));
     layers
         .set(
             "extra.wait_ms",
@@ -328,7 +329,7 @@ fn a_programs_section_takes_part_in_every_layer() {
         .unwrap();
     let err = layers.get::<Extra>().unwrap_err().to_string();
     assert!(
-        err.contains("extra.wait_ms (from WAMP_CLUSTER_EXTRA__WAIT_MS)"),
+        err.contains("`extra.wait_ms` (from WAMP_CLUSTER_EXTRA__WAIT_MS)"),
         "{err}"
     );
     let err = Layers::new()
@@ -337,7 +338,18 @@ fn a_programs_section_takes_part_in_every_layer() {
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("wait"), "{err}");
+    assert!(err.contains("wait") && err.contains("[extra]"), "{err}");
+    // A section given as a plain value is refused, not read as its defaults.
+    let err = Layers::new()
+        .section::<Extra>()
+        .toml("node_id = \"n\"\nextra = 5\n", "f")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("`extra` must be a section"), "{err}");
+    // A section whose name is taken is the program's mistake, found as it starts.
+    let taken = std::panic::catch_unwind(|| Layers::new().section::<Extra>().section::<Extra>());
+    assert!(taken.is_err());
 }
 
 #[test]

@@ -310,11 +310,6 @@ impl Forwarder {
             .store(false, std::sync::atomic::Ordering::Release);
     }
 
-    /// Asks every task to stop without waiting.
-    pub(crate) fn signal_stop(&self) {
-        self.inner.stop();
-    }
-
     /// Stops: fails every pending ack with `ShuttingDown`, closes the links and the listener,
     /// and waits (at most `timeout`) for its tasks.
     pub(crate) async fn stop(&self, timeout: Duration) {

@@ -139,7 +139,8 @@ impl Membership {
     /// Returns once the gossip socket is bound; the node starts as `joining` and turns `ready`
     /// once it hears from another node, or after `gossip.join_timeout_ms`, or at once when no
     /// seed other than itself is configured. With `secret` (the cluster secret's keys, see
-    /// [`Config::cluster_keys`]) gossip datagrams are sealed.
+    /// [`ClusterKeys::load`]) gossip datagrams are sealed; a program's own transport is used
+    /// as it is (the node refuses one together with a secret).
     pub(crate) async fn start(
         config: &Config,
         admin_addr: Option<SocketAddr>,

@@ -5,9 +5,9 @@
 //! A node stops in exactly one way, whoever asks first: a graceful leave
 //! ([`NodeHandle::leave`], or `POST /cluster/leave`), an abort ([`NodeHandle::abort`], or
 //! dropping the handle), or a failure of membership (another process with the same node id,
-//! a broken gossip socket). One task carries the stop out in order (membership, the forwarder,
-//! the handler's drain, the admin API), and [`NodeHandle::stopped`] tells when it is over and
-//! why.
+//! a broken gossip socket); an abort cuts a leave short. One task carries the stop out in
+//! order (membership, the delivery of arriving messages, the handler's drain, the forwarder,
+//! the admin API), and [`NodeHandle::stopped`] tells when it is over and why.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,7 +16,6 @@ use chitchat::transport::Transport;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
 
 pub(crate) mod stop;
@@ -116,17 +115,16 @@ impl NodeBuilder {
             )?,
             tls: Tls::load(&config.tls)?,
         };
-        if self.transport.is_some() && protection.keys.is_some() {
-            let key = match config.cluster_secret_file {
-                Some(_) => "cluster_secret_file",
-                None => crate::security::SECRET_ENV,
-            };
-            return Err(NodeError::Config(ConfigError::Invalid {
-                key: key.into(),
-                message: "gossip over a transport given by the program cannot be sealed: \
-                          use UDP gossip with a cluster secret"
-                    .into(),
-            }));
+        let secret_key = crate::security::secret_key(
+            config.cluster_secret_file.as_deref(),
+            config.cluster_secret.as_ref(),
+        );
+        if let (Some(_), Some(key)) = (&self.transport, secret_key) {
+            return Err(NodeError::Config(ConfigError::invalid(
+                key,
+                "gossip over a transport given by the program cannot be sealed: \
+                 use UDP gossip with a cluster secret",
+            )));
         }
         let admin_listener = match self.admin {
             true => Some(bind(config.admin_addr, NodeError::admin_bind).await?),
@@ -159,7 +157,7 @@ impl NodeBuilder {
 
         let stop = Stop::new();
         let admin_stop = CancellationToken::new();
-        let admin_tasks = TaskTracker::new();
+        let mut admin_tasks = Vec::new();
         if let Some(listener) = admin_listener {
             let state = admin::AdminState {
                 membership: membership.clone(),
@@ -170,18 +168,18 @@ impl NodeBuilder {
                 token,
             };
             let stopped = admin_stop.clone();
-            admin_tasks.spawn(async move {
+            admin_tasks.push(tokio::spawn(async move {
                 let result = axum::serve(listener, admin::router(state))
                     .with_graceful_shutdown(stopped.cancelled_owned())
                     .await;
                 if let Err(err) = result {
                     warn!(error = %err, "admin API stopped");
                 }
-            });
+            }));
         }
         if let Some(handle) = self.prometheus {
             let stopped = admin_stop.clone();
-            admin_tasks.spawn(async move {
+            admin_tasks.push(tokio::spawn(async move {
                 let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
                 loop {
                     tokio::select! {
@@ -189,9 +187,8 @@ impl NodeBuilder {
                         _ = tick.tick() => handle.run_upkeep(),
                     }
                 }
-            });
+            }));
         }
-        admin_tasks.close();
         let node_id = membership.node_id().clone();
         let span =
             tracing::info_span!("node", node = %node_id, generation = membership.generation());
@@ -276,8 +273,9 @@ impl NodeHandle {
         self.stopped().await
     }
 
-    /// Stops at once without announcing anything: peers see the node `Down`. Returns how the
-    /// node stopped: [`Stopped::Aborted`], or the way it had already begun to stop.
+    /// Stops at once without announcing anything: peers see the node `Down`; a leave under
+    /// way is cut short. Returns how the node stopped: [`Stopped::Aborted`], or how it had
+    /// stopped already.
     pub async fn abort(&self) -> Stopped {
         self.stop.ask(Request::Abort);
         self.stopped().await
@@ -286,15 +284,13 @@ impl NodeHandle {
 
 impl Drop for NodeHandle {
     /// A node dropped before it stopped stops at once, as [`NodeHandle::abort`] does, without
-    /// waiting: gossip and the forwarder are told at once, the rest follows on the runtime.
+    /// waiting: gossip, on a thread of its own, is told at once (also when the runtime is going
+    /// away); the rest follows on the runtime in the stop's order.
     fn drop(&mut self) {
         if self.stop.outcome.borrow().is_some() {
             return;
         }
         self.stop.ask(Request::Abort);
-        if *self.stop.request.borrow() == Some(Request::Abort) {
-            self.membership.signal_stop();
-            self.forwarder.signal_stop();
-        }
+        self.membership.signal_stop();
     }
 }

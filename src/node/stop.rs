@@ -1,7 +1,7 @@
 //! How a node stops: asked for once (the first request wins: a leave, a leave through the
-//! admin API, an abort), or on its own when membership fails; one task carries the stop out
-//! in order (membership, the forwarder, the handler's drain, the admin API) and publishes why
-//! it stopped.
+//! admin API, an abort; but an abort cuts a leave short), or on its own when membership fails;
+//! one task carries the stop out in order (membership, the delivery of arriving messages, the
+//! handler's drain, the forwarder, the admin API) and publishes why it stopped.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -10,8 +10,8 @@ use std::time::Duration;
 use futures_util::FutureExt;
 
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::delivery::Deliver;
@@ -32,14 +32,6 @@ pub enum Stopped {
     /// Membership stopped on its own (another process uses this node id, the gossip socket
     /// broke), and the node with it.
     Failed(MembershipError),
-}
-
-impl Stopped {
-    /// Whether the node stopped because it was asked to (a leave or an abort), not on a
-    /// failure.
-    pub fn is_requested(&self) -> bool {
-        !matches!(self, Stopped::Failed(_))
-    }
 }
 
 /// How the stop of a node was asked for.
@@ -65,19 +57,16 @@ impl Stop {
         })
     }
 
+    /// Asks for the stop: the first request wins, but an abort cuts a leave short.
     pub(crate) fn ask(&self, request: Request) {
-        self.request.send_if_modified(|asked| {
-            if asked.is_some() {
-                return false;
-            }
-            *asked = Some(request);
-            true
-        });
-    }
-
-    /// A graceful leave, asked through the admin API.
-    pub(crate) fn ask_admin_leave(&self) {
-        self.ask(Request::AdminLeave);
+        self.request
+            .send_if_modified(|asked| match (*asked, request) {
+                (None, _) | (Some(Request::Leave | Request::AdminLeave), Request::Abort) => {
+                    *asked = Some(request);
+                    true
+                }
+                _ => false,
+            });
     }
 
     pub(crate) async fn outcome(&self) -> Stopped {
@@ -98,7 +87,7 @@ pub(crate) struct Parts {
     pub forwarder: Forwarder,
     pub deliver: Arc<dyn Deliver>,
     pub admin_stop: CancellationToken,
-    pub admin_tasks: TaskTracker,
+    pub admin_tasks: Vec<JoinHandle<()>>,
     pub stop_timeout: Duration,
 }
 
@@ -119,14 +108,15 @@ impl Drop for Published {
 }
 
 /// Waits for a stop request or a failure of membership, stops every part in order and
-/// publishes why: membership (a leave announces it and gossips a few rounds first), then the
+/// publishes why: membership (a leave announces it and gossips a few rounds first, unless an
+/// abort comes meanwhile), then the
 /// delivery of arriving messages (refused `ShuttingDown` from then on), then the handler's
 /// drain of what it accepted (its answers still go out), then the forwarder, then the admin
 /// API.
-pub(crate) async fn carry_out(stop: Arc<Stop>, parts: Parts) {
+pub(crate) async fn carry_out(stop: Arc<Stop>, mut parts: Parts) {
     let _published = Published(stop.clone());
     let mut requests = stop.request.subscribe();
-    let request = tokio::select! {
+    let mut request = tokio::select! {
         request = requests.wait_for(Option::is_some) => {
             request.ok().and_then(|r| *r).unwrap_or(Request::Abort)
         }
@@ -134,7 +124,13 @@ pub(crate) async fn carry_out(stop: Arc<Stop>, parts: Parts) {
         _ = parts.membership.stopped() => Request::Abort,
     };
     let ended = match request {
-        Request::Leave | Request::AdminLeave => parts.membership.leave().await,
+        Request::Leave | Request::AdminLeave => tokio::select! {
+            ended = parts.membership.leave() => ended,
+            Ok(()) = async { requests.wait_for(|asked| *asked == Some(Request::Abort)).await.map(drop) } => {
+                request = Request::Abort;
+                parts.membership.shutdown().await
+            }
+        },
         Request::Abort => parts.membership.shutdown().await,
     };
     parts.forwarder.stop_delivering();
@@ -147,11 +143,14 @@ pub(crate) async fn carry_out(stop: Arc<Stop>, parts: Parts) {
     }
     parts.forwarder.stop(parts.stop_timeout).await;
     parts.admin_stop.cancel();
-    if tokio::time::timeout(parts.stop_timeout, parts.admin_tasks.wait())
+    let admin = futures_util::future::join_all(parts.admin_tasks.iter_mut());
+    if tokio::time::timeout(parts.stop_timeout, admin)
         .await
         .is_err()
     {
+        // A client holding a connection open must not keep the port: cut it.
         warn!("the admin API did not stop in time");
+        parts.admin_tasks.iter().for_each(JoinHandle::abort);
     }
     let stopped = match (ended, request) {
         (Err(MembershipError::Stopped), Request::Abort) => Stopped::Aborted,

@@ -81,13 +81,16 @@ fn key_flags(command: clap::Command, keys: &[Key]) -> clap::Command {
     })
 }
 
-/// The configuration: defaults, file, environment, flags; validated.
-fn config(args: &NodeArgs, matches: &clap::ArgMatches) -> Result<Config, ConfigError> {
-    let mut layers = Layers::new();
+/// The configuration's layers: defaults (`layers`), file, environment, flags.
+fn layers(
+    mut layers: Layers,
+    args: &NodeArgs,
+    matches: &clap::ArgMatches,
+) -> Result<Layers, ConfigError> {
     if let Some(path) = &args.config {
         layers = layers.file(path)?;
     }
-    layers = layers.env(std::env::vars())?;
+    layers = layers.env(std::env::vars_os())?;
     let keys = layers.keys().to_vec();
     for key in keys {
         if let Some(values) = matches.get_many::<String>(&key.name) {
@@ -95,7 +98,7 @@ fn config(args: &NodeArgs, matches: &clap::ArgMatches) -> Result<Config, ConfigE
             layers.set(&key.name, &raw, Origin::Flag(key.flag()))?;
         }
     }
-    layers.config()
+    Ok(layers)
 }
 
 /// Lines a second of chitchat's own logs: it warns for every datagram it cannot read, so a
@@ -132,21 +135,21 @@ fn init_logging(format: LogFormat) {
 }
 
 fn main() -> ExitCode {
-    let keys = Layers::new().keys().to_vec();
+    let defaults = Layers::new();
     let matches = Cli::command()
-        .mut_subcommand("node", |node| key_flags(node, &keys))
+        .mut_subcommand("node", |node| key_flags(node, defaults.keys()))
         .get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(err) => err.exit(),
     };
     let Command::Node(args) = cli.command;
-    let Some(node_matches) = matches.subcommand_matches("node") else {
-        return ExitCode::from(2);
-    };
+    // The subcommand is required: clap has exited without it.
+    let node_matches = matches.subcommand_matches("node").unwrap_or(&matches);
     init_logging(args.log_format);
-    let config = match config(&args, node_matches) {
-        Ok(config) => config,
+    let read = layers(defaults, &args, node_matches).and_then(|l| Ok((l.config()?, l)));
+    let (config, layers) = match read {
+        Ok(read) => read,
         Err(err) => {
             eprintln!("wamp-cluster: {err:#}");
             return ExitCode::from(2);
@@ -164,7 +167,7 @@ fn main() -> ExitCode {
         eprintln!("wamp-cluster: {err}");
         return ExitCode::from(2);
     }
-    match runtime.block_on(run(config, args)) {
+    match runtime.block_on(run(config, &layers, args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             error!("{err:#}");
@@ -179,7 +182,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(config: Config, args: NodeArgs) -> anyhow::Result<()> {
+async fn run(config: Config, layers: &Layers, args: NodeArgs) -> anyhow::Result<()> {
     let prometheus = wamp_cluster::metrics::install_prometheus().map_err(anyhow::Error::msg)?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -195,7 +198,12 @@ async fn run(config: Config, args: NodeArgs) -> anyhow::Result<()> {
     let node = Node::builder(config, move |_, _| handler)
         .prometheus(prometheus)
         .start()
-        .await?;
+        .await
+        // A file that a key names is read as the node starts: say where the key was set.
+        .map_err(|err| match err {
+            NodeError::Config(err) => NodeError::Config(layers.locate(err)),
+            other => other,
+        })?;
     #[cfg(feature = "testkit")]
     let traffic = args.traffic.start(&node);
     let stopped = tokio::select! {
