@@ -4,8 +4,23 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
+
+/// A process group, killed whole when dropped (the bench, its pinned child and cargo), even
+/// when the test fails.
+struct Group(u32);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        // Nothing left to kill after a clean exit: the error is expected then.
+        let _ = Command::new("kill")
+            .args(["-KILL", &format!("-{}", self.0)])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
 
 #[test]
 fn the_forward_bench_runs_quick_and_writes_every_figure() {
@@ -22,8 +37,10 @@ fn the_forward_bench_runs_quick_and_writes_every_figure() {
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(out.path().join("bench.out")).unwrap())
         .stderr(std::fs::File::create(out.path().join("bench.err")).unwrap())
+        .process_group(0)
         .spawn()
         .unwrap();
+    let _group = Group(child.id());
     let status = wamp_cluster::testkit::wait_exit(&mut child, Duration::from_secs(1200));
     let printed = std::fs::read_to_string(out.path().join("bench.out")).unwrap_or_default();
     let errors = std::fs::read_to_string(out.path().join("bench.err")).unwrap_or_default();
@@ -63,6 +80,8 @@ fn the_forward_bench_runs_quick_and_writes_every_figure() {
         "protection.secret_and_tls.forward_msgs_per_sec",
         "protection.secret_and_tls.p50_us",
         "protection.secret_and_tls.p99_us",
+        "dispatcher.forward_msgs_per_sec",
+        "dispatcher.ratio_to_direct",
     ] {
         let value = path.split('.').fold(&report, |v, key| &v[key]);
         assert!(

@@ -5,30 +5,18 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{http, SERIAL};
-use wamp_cluster::testkit::{free_port, wait_until, Reaped};
+use wamp_cluster::testkit::{free_port_pair, wait_until, Reaped};
 
 /// The embed example, built by `cargo test` beside the binary.
 fn example() -> PathBuf {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_wamp-cluster"));
     bin.parent().unwrap().join("examples").join("embed")
-}
-
-/// A gossip port whose next port is free too (the example forwards on it).
-fn port_pair() -> u16 {
-    for _ in 0..100 {
-        let port = free_port();
-        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no two free ports in a row");
 }
 
 /// A running example and what it printed so far.
@@ -101,7 +89,8 @@ async fn sees(admin: &str, node: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_embedded_routers_form_a_cluster_and_each_stops_cleanly() {
     let _serial = SERIAL.lock().await;
-    let (p1, p2) = (port_pair(), port_pair());
+    // The example gossips on the port it is given and forwards on the next one.
+    let (p1, p2) = (free_port_pair(), free_port_pair());
     let mut first = Router::start("router-1", p1, &[]);
     let mut second = Router::start("router-2", p2, &[format!("127.0.0.1:{p1}")]);
     let (admin1, admin2) = (first.admin().await, second.admin().await);
@@ -123,7 +112,13 @@ async fn two_embedded_routers_form_a_cluster_and_each_stops_cleanly() {
     assert_eq!(response.status().as_u16(), 200);
     let status = second.process.wait_exit(Duration::from_secs(30));
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
-    assert!(second.printed("stopped: LeaveRequested"));
+    // Its last lines may still be on their way from the reader thread.
+    wait_until(
+        Duration::from_secs(5),
+        "router-2 says how it stopped",
+        || second.printed("stopped: LeaveRequested"),
+    )
+    .await;
     wait_until(
         Duration::from_secs(10),
         "router-1 sees router-2 leave",
@@ -135,5 +130,10 @@ async fn two_embedded_routers_form_a_cluster_and_each_stops_cleanly() {
     assert!(first.process.signal("-INT"));
     let status = first.process.wait_exit(Duration::from_secs(30));
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
-    assert!(first.printed("stopped: Left"));
+    wait_until(
+        Duration::from_secs(5),
+        "router-1 says how it stopped",
+        || first.printed("stopped: Left"),
+    )
+    .await;
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::SERIAL;
 use wamp_cluster::testkit::cluster::{from, options, to, Cluster, Mode, Recorder};
-use wamp_cluster::testkit::{node_config, publish, tolerant, wait_until};
+use wamp_cluster::testkit::{node_config, publish, publish_of, tolerant, wait_until};
 use wamp_cluster::wamp::{Dict, Payload, Value, WampMessage};
 use wamp_cluster::{Delivery, Discard, ForwardError, ForwardOptions, NackReason, Node, NodeId};
 
@@ -259,12 +259,7 @@ async fn too_large_and_queue_full_fail_at_once() {
     })
     .await;
     let f = a.forwarder();
-    let big = WampMessage::Publish {
-        request: 1,
-        options: Dict::new(),
-        topic: "t".into(),
-        payload: Payload::Args(vec![Value::Bytes(vec![0; 10_000])]),
-    };
+    let big = publish_of(1, 10_000);
     match f.forward(from(&a), to("node-1"), big, &options(5000)).await {
         Err(ForwardError::TooLarge { len, max: 4096 }) => assert!(len > 10_000),
         other => panic!("{other:?}"),

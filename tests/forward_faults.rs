@@ -11,7 +11,9 @@ use wamp_cluster::testkit::cluster::{from, options, to, Cluster, Mode, Recorder}
 use wamp_cluster::testkit::protocol;
 use wamp_cluster::testkit::relay::Relay;
 use wamp_cluster::testkit::{node_config, publish, tolerant, wait_until, within};
-use wamp_cluster::{Delivery, Discard, ForwardError, MembershipEvent, Node, PeerId, Status};
+use wamp_cluster::{
+    Delivery, Discard, ForwardError, MembershipEvent, NackReason, Node, PeerId, Status,
+};
 
 /// A node that takes messages but never answers: each call ends with `Timeout` after its
 /// timeout, five failures at once make one bad-node report, the node leaves the broadcast
@@ -209,6 +211,8 @@ async fn a_peer_stopped_mid_stream_ends_every_call_and_forwarding_resumes_after_
     let acked = outcomes.iter().filter(|o| o.is_ok()).count();
     assert!(acked >= 500, "{acked} acked before the stop");
     assert!(acked < 20_000, "the stop cut the stream");
+    // A message read while the peer stops is refused as `ShuttingDown`: not delivered, and
+    // the sender is told so instead of waiting for its connection to break.
     for outcome in &outcomes {
         if let Err(err) = outcome {
             assert!(
@@ -217,6 +221,10 @@ async fn a_peer_stopped_mid_stream_ends_every_call_and_forwarding_resumes_after_
                     ForwardError::ConnectionLost { .. }
                         | ForwardError::Timeout { .. }
                         | ForwardError::UnknownNode { .. }
+                        | ForwardError::Rejected {
+                            reason: NackReason::ShuttingDown,
+                            ..
+                        }
                 ),
                 "{err:?}"
             );
@@ -305,7 +313,7 @@ async fn a_connection_that_dies_silently_is_replaced_after_an_unanswered_probe()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newer_connection_from_the_same_node_takes_over_from_the_older() {
     use futures_util::{SinkExt, StreamExt};
-    use protocol::{Forward, Frame, FrameCodec, Hello, MAGIC};
+    use protocol::{Forward, Frame, FrameCodec};
 
     let _serial = SERIAL.lock().await;
     let c = Cluster::start(2).await;
@@ -314,15 +322,9 @@ async fn a_newer_connection_from_the_same_node_takes_over_from_the_older() {
         let stream = tokio::net::TcpStream::connect(target).await.unwrap();
         let mut framed = tokio_util::codec::Framed::new(stream, FrameCodec::new(1 << 20));
         framed
-            .send(&Frame::Hello(Hello {
-                magic: MAGIC,
-                min_version: 1,
-                max_version: 1,
-                cluster_id: "default".into(),
-                node_id: "peer-x".into(),
-                generation: 1,
-                to_node: "node-1".into(),
-            }))
+            .send(&Frame::Hello(protocol::hello(
+                "default", "peer-x", "node-1",
+            )))
             .await
             .unwrap();
         let welcome = within(Duration::from_secs(5), "welcome", framed.next()).await;
@@ -366,9 +368,7 @@ async fn a_newer_connection_from_the_same_node_takes_over_from_the_older() {
     );
 
     let seen: Vec<u64> = c.recorders[1]
-        .seen
-        .lock()
-        .unwrap()
+        .seen()
         .iter()
         .filter(|d| d.from.node == "peer-x")
         .filter_map(|d| d.message.request_id())

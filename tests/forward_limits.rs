@@ -137,14 +137,7 @@ async fn bad_input_on_the_forward_port_is_refused_and_counted_while_good_peers_a
     .unwrap();
     assert!(protocol::set_ttl(&mut forward, 5000));
     bytes.extend_from_slice(&forward);
-    let mut ping = bytes::BytesMut::new();
-    tokio_util::codec::Encoder::encode(
-        &mut protocol::FrameCodec::new(1 << 20),
-        &protocol::Frame::Ping { id: 5 },
-        &mut ping,
-    )
-    .unwrap();
-    bytes.extend_from_slice(&ping);
+    bytes.extend_from_slice(&protocol::encode(&protocol::Frame::Ping { id: 5 }));
     let mut answers = bytes::BytesMut::from(&send_and_read(target, &bytes).await[..]);
     let mut frames = Vec::new();
     while let Some(frame) = tokio_util::codec::Decoder::decode(&mut codec, &mut answers).unwrap() {

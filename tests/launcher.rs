@@ -301,7 +301,7 @@ async fn ctrl_c_leaves_gracefully_and_reaps_every_node() {
     let mut launcher = start_until_formed(dir.path());
     assert!(!nodes_of(dir.path()).is_empty());
     tokio::time::sleep(Duration::from_secs(2)).await;
-    launcher.signal("-INT");
+    assert!(launcher.signal("-INT"));
     let status =
         wamp_cluster::testkit::wait_exit(&mut launcher.0, Duration::from_secs(90)).unwrap();
     let out = std::fs::read_to_string(dir.path().join("launcher.out")).unwrap();
@@ -317,7 +317,7 @@ async fn the_nodes_die_with_a_killed_launcher() {
     let dir = tempfile::tempdir().unwrap();
     let mut launcher = start_until_formed(dir.path());
     assert!(!nodes_of(dir.path()).is_empty());
-    launcher.signal("-KILL");
+    assert!(launcher.signal("-KILL"));
     let _ = wamp_cluster::testkit::wait_exit(&mut launcher.0, Duration::from_secs(10));
     wamp_cluster::testkit::wait_until(Duration::from_secs(10), "the nodes die", || {
         nodes_of(dir.path()).is_empty()

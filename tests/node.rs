@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::SERIAL;
-use wamp_cluster::testkit::cluster::{from, options, to, Mode, Recorder};
+use wamp_cluster::testkit::cluster::{from, options, to, Recorder};
 use wamp_cluster::testkit::{node_config, publish, tolerant, wait_until, within};
 use wamp_cluster::wamp::{Dict, Payload, Value, WampMessage};
 use wamp_cluster::{
@@ -104,8 +104,8 @@ async fn a_handler_made_from_the_forwarder_answers_across_the_cluster() {
         })
         .collect();
     assert_eq!(results, expected);
-    a.abort().await;
-    b.abort().await;
+    within(BOUND, "abort", a.abort()).await;
+    within(BOUND, "abort", b.abort()).await;
 }
 
 /// The sender of a verdict given later.
@@ -165,8 +165,8 @@ async fn verdicts_given_later_are_pipelined_and_answer_each_sender() {
         reason: NackReason::NoSuchSession,
     };
     assert_eq!(outcomes, [Ok(()), Ok(()), Err(refused), Ok(())]);
-    a.abort().await;
-    b.abort().await;
+    within(BOUND, "abort", a.abort()).await;
+    within(BOUND, "abort", b.abort()).await;
 }
 
 /// A leave lets the Dispatcher finish what it accepted: deliveries queued behind a slow handler
@@ -212,7 +212,7 @@ async fn a_leave_drains_the_dispatcher_before_the_node_stops() {
     for id in ids {
         assert_eq!(f.receive_ack(id, BOUND).await, Ok(()));
     }
-    a.abort().await;
+    within(BOUND, "abort", a.abort()).await;
 }
 
 /// A node stops once, whoever asks first, and every door then tells the same: an abort after a
@@ -224,16 +224,25 @@ async fn a_node_stops_once_and_every_way_of_asking_says_how() {
         .start()
         .await
         .unwrap();
-    assert_eq!(left.leave().await, Stopped::Left);
-    assert_eq!(left.abort().await, Stopped::Left);
-    assert_eq!(left.stopped().await, Stopped::Left);
+    assert_eq!(within(BOUND, "leave", left.leave()).await, Stopped::Left);
+    assert_eq!(within(BOUND, "abort", left.abort()).await, Stopped::Left);
+    assert_eq!(
+        within(BOUND, "stopped", left.stopped()).await,
+        Stopped::Left
+    );
     let aborted = Node::builder(node_config("aborted", &[], tolerant()), |_, _| Discard)
         .start()
         .await
         .unwrap();
     assert!(futures_util::FutureExt::now_or_never(aborted.stopped()).is_none());
-    assert_eq!(aborted.abort().await, Stopped::Aborted);
-    assert_eq!(aborted.leave().await, Stopped::Aborted);
+    assert_eq!(
+        within(BOUND, "abort", aborted.abort()).await,
+        Stopped::Aborted
+    );
+    assert_eq!(
+        within(BOUND, "leave", aborted.leave()).await,
+        Stopped::Aborted
+    );
     // Stopped nodes refuse to forward.
     let f = aborted.forwarder();
     let sent = f
@@ -292,7 +301,7 @@ async fn a_node_without_the_admin_api_binds_no_admin_port() {
     // A port that must stay free.
     let admin = wamp_cluster::testkit::free_addr();
     config.admin_addr = admin;
-    let node = Node::builder(config, |_, _| Recorder::new(Mode::Discard))
+    let node = Node::builder(config, |_, _| Discard)
         .without_admin()
         .start()
         .await
@@ -309,5 +318,5 @@ async fn a_node_without_the_admin_api_binds_no_admin_port() {
             .is_some_and(|m| m.admin_addr.is_none() && m.status == wamp_cluster::Status::Ready)
     })
     .await;
-    assert_eq!(node.leave().await, Stopped::Left);
+    assert_eq!(within(BOUND, "leave", node.leave()).await, Stopped::Left);
 }

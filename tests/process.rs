@@ -6,18 +6,18 @@ mod common;
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{http, SERIAL};
 use serde_json::Value;
-use wamp_cluster::testkit::free_addr;
+use wamp_cluster::testkit::{free_addr, Reaped};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wamp-cluster");
 
 /// A `wamp-cluster` process, killed and reaped when dropped, whatever the test did.
 struct Proc {
-    child: Child,
+    process: Reaped,
     name: String,
     admin: SocketAddr,
     gossip: SocketAddr,
@@ -95,7 +95,7 @@ impl Proc {
             .spawn()
             .expect("wamp-cluster starts");
         Proc {
-            child,
+            process: Reaped(child),
             name: name.into(),
             admin,
             gossip,
@@ -104,16 +104,12 @@ impl Proc {
     }
 
     fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        assert!(self.process.signal(signal), "{}: kill {signal}", self.name);
     }
 
     /// Waits for the process to exit, at most `timeout`.
     fn wait(&mut self, timeout: Duration) -> ExitStatus {
-        match wamp_cluster::testkit::wait_exit(&mut self.child, timeout) {
+        match self.process.wait_exit(timeout) {
             Some(status) => status,
             None => panic!("{} did not exit: {}", self.name, self.log_text()),
         }
@@ -160,13 +156,6 @@ impl Proc {
     }
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn member<'a>(members: &'a [Value], name: &str) -> Option<&'a Value> {
     members.iter().find(|m| m["node_id"] == name)
 }
@@ -209,8 +198,8 @@ async fn three_processes_converge_see_a_crash_and_a_graceful_leave() {
         assert_eq!(probe["ok"], true, "{probe}");
     }
     let killed = Instant::now();
-    third.child.kill().unwrap();
-    third.child.wait().unwrap();
+    third.process.0.kill().unwrap();
+    third.process.0.wait().unwrap();
     // The broken connections take it out of the broadcast targets at once, while gossip
     // still holds it live.
     for p in [&first, &second] {
@@ -282,7 +271,7 @@ async fn a_second_process_with_a_running_nodes_id_stops_the_older_one() {
     assert!(log.contains("is used by another process"), "{log}");
     assert!(log.contains(&older.gossip.to_string()) && log.contains(&newer.gossip.to_string()));
     assert!(
-        newer.child.try_wait().unwrap().is_none(),
+        newer.process.0.try_wait().unwrap().is_none(),
         "the newer process must keep running"
     );
     newer.signal("-TERM");

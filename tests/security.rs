@@ -10,11 +10,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::Decoder;
 
 use common::SERIAL;
 use wamp_cluster::testkit::cluster::{failed_forward_report, forward_all, Cluster};
-use wamp_cluster::testkit::protocol::{self, Frame, FrameCodec, Hello, RefuseReason};
+use wamp_cluster::testkit::protocol::{self, encode, Frame, FrameCodec, Hello, RefuseReason};
 use wamp_cluster::testkit::protocol::{ClusterKeys, ReplayGuard, Role, Transcript};
 use wamp_cluster::testkit::{counter, node_config, tolerant, wait_until, within};
 use wamp_cluster::Discard;
@@ -98,24 +98,10 @@ async fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut) -> Option<Frame>
     .await
 }
 
-fn encode(frame: &Frame) -> Vec<u8> {
-    let mut buf = BytesMut::new();
-    FrameCodec::new(1 << 20).encode(frame, &mut buf).unwrap();
-    buf.to_vec()
-}
-
 /// A hello to `node-1` from a client that is not a member (a hello from a member's node id
 /// would take over that member's connection once accepted).
 fn hello(cluster: &str) -> Hello {
-    Hello {
-        magic: protocol::MAGIC,
-        min_version: protocol::MIN_VERSION,
-        max_version: protocol::MAX_VERSION,
-        cluster_id: cluster.into(),
-        node_id: "tester".into(),
-        generation: 1,
-        to_node: "node-1".into(),
-    }
+    protocol::hello(cluster, "tester", "node-1")
 }
 
 /// Says hello, reads the challenge, sends what `answer` makes of the listener's nonce; returns

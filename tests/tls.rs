@@ -16,12 +16,12 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::Decoder;
 
 use common::SERIAL;
 use wamp_cluster::testkit::certs::Authority;
 use wamp_cluster::testkit::cluster::{failed_forward_report, forward_all, Cluster};
-use wamp_cluster::testkit::protocol::{self, Frame, FrameCodec, Hello, RefuseReason};
+use wamp_cluster::testkit::protocol::{self, Frame, FrameCodec, RefuseReason};
 use wamp_cluster::testkit::{counter, within};
 use wamp_cluster::Secret;
 use wamp_cluster::{BadReason, Config};
@@ -74,18 +74,10 @@ async fn hello_over_tls(target: std::net::SocketAddr, connector: &TlsConnector) 
         let tcp = TcpStream::connect(target).await.unwrap();
         let name = ServerName::try_from("node-1").unwrap();
         let mut tls = connector.connect(name, tcp).await.ok()?;
-        let mut out = BytesMut::new();
-        let hello = Frame::Hello(Hello {
-            magic: protocol::MAGIC,
-            min_version: protocol::MIN_VERSION,
-            max_version: protocol::MAX_VERSION,
-            cluster_id: "default".into(),
-            node_id: "tester".into(),
-            generation: 1,
-            to_node: "node-1".into(),
-        });
-        FrameCodec::new(1 << 20).encode(&hello, &mut out).unwrap();
-        tls.write_all(&out).await.ok()?;
+        let hello = protocol::encode(&Frame::Hello(protocol::hello(
+            "default", "tester", "node-1",
+        )));
+        tls.write_all(&hello).await.ok()?;
         tls.flush().await.ok()?;
         let mut buf = BytesMut::new();
         let mut codec = FrameCodec::new(1 << 20);

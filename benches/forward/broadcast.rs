@@ -3,20 +3,17 @@
 use std::time::{Duration, Instant};
 
 use wamp_cluster::testkit::publish_of;
-use wamp_cluster::{ForwardOptions, NodeHandle, NodeId};
+use wamp_cluster::{NodeHandle, NodeId};
 
-use crate::from;
+use wamp_cluster::testkit::cluster::{from, options};
 
 /// Milliseconds for a broadcast to `targets` with the given timeout, and how many were bad.
 pub async fn time(a: &NodeHandle, targets: &[NodeId], timeout: Duration) -> (f64, usize) {
-    let options = ForwardOptions {
-        timeout: Some(timeout),
-        fail_if_full: false,
-    };
+    let options = options(timeout.as_millis() as u64);
     let start = Instant::now();
     let result = a
         .forwarder()
-        .broadcast(&from(), targets, &publish_of(0, 128), &options)
+        .broadcast(&from(a), targets, &publish_of(0, 128), &options)
         .await;
     (start.elapsed().as_secs_f64() * 1000.0, result.bad.len())
 }

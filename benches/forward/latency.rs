@@ -10,7 +10,8 @@ use tokio::net::TcpStream;
 use wamp_cluster::testkit::publish_of;
 use wamp_cluster::{ForwardOptions, NodeHandle};
 
-use crate::{cluster, from, raw, to};
+use crate::{cluster, raw};
+use wamp_cluster::testkit::cluster::{from, to};
 
 /// Percentiles p50, p99, p99.9 of `samples` (microseconds).
 pub fn percentiles(mut samples: Vec<f64>) -> [f64; 3] {
@@ -25,7 +26,7 @@ pub async fn forward(a: &NodeHandle, count: usize) -> Vec<f64> {
     let options = ForwardOptions::default();
     let mut samples = Vec::with_capacity(count);
     // Built before, as the raw side's frame is: the clock times the call alone.
-    let (from, to, message) = (from(), to(), publish_of(0, 128));
+    let (from, to, message) = (from(a), to("node-1"), publish_of(0, 128));
     for _ in 0..count {
         let start = Instant::now();
         f.forward(&from, &to, &message, &options).await.unwrap();

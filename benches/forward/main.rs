@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use wamp_cluster::testkit::cluster::{Cluster, Mode};
 use wamp_cluster::testkit::{node_config, tolerant, wait_until};
-use wamp_cluster::{Config, Dispatcher, Node, NodeHandle, NodeId, PeerId};
+use wamp_cluster::{Config, Dispatcher, Node, NodeHandle, NodeId};
 
 /// Workers of the Dispatcher figure: one per core.
 const DISPATCHER_WORKERS: usize = 2;
@@ -99,14 +99,6 @@ async fn dispatched_pair() -> Vec<NodeHandle> {
     })
     .await;
     vec![a, b]
-}
-
-fn from() -> PeerId {
-    PeerId::session("realm1", "node-0", 1)
-}
-
-fn to() -> PeerId {
-    PeerId::session("realm1", "node-1", 2)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use wamp_cluster::testkit::publish_of;
-use wamp_cluster::{ForwardOptions, NodeHandle};
+use wamp_cluster::NodeHandle;
 
-use crate::{cluster, from, throughput, to};
+use crate::{cluster, throughput};
+use wamp_cluster::testkit::cluster::{from, options, to};
 
 /// Counts every allocation of the process while [`COUNTING`] is set. Off, it costs a read of a
 /// flag that never changes meanwhile; on, a shared counter that both cores bump (a few per
@@ -105,16 +106,13 @@ pub async fn per_pending_ack(pending: u64) -> (f64, u64) {
     let hole = black_hole().await;
     let nodes = cluster(2, &[], &[(1, hole)]).await;
     let f = nodes[0].forwarder();
-    let options = ForwardOptions {
-        timeout: Some(Duration::from_secs(3600)),
-        fail_if_full: false,
-    };
+    let options = options(3_600_000);
     let message = publish_of(0, 128);
     // Warm up: the link, its buffers, the table's first growth.
     let mut ids = Vec::with_capacity(pending as usize + 10_000);
     for _ in 0..10_000 {
         ids.push(
-            f.async_forward(from(), to(), message.clone(), &options)
+            f.async_forward(from(&nodes[0]), to("node-1"), message.clone(), &options)
                 .await
                 .unwrap(),
         );
@@ -123,7 +121,7 @@ pub async fn per_pending_ack(pending: u64) -> (f64, u64) {
     let before = rss_bytes();
     for _ in 0..pending {
         ids.push(
-            f.async_forward(from(), to(), message.clone(), &options)
+            f.async_forward(from(&nodes[0]), to("node-1"), message.clone(), &options)
                 .await
                 .unwrap(),
         );

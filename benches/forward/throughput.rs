@@ -13,14 +13,14 @@ use tokio::net::TcpStream;
 use wamp_cluster::testkit::publish_of;
 use wamp_cluster::{ForwardOptions, NodeHandle};
 
-use crate::{from, to};
+use wamp_cluster::testkit::cluster::{from, to};
 
 /// Messages per second acked, `count` messages of `size` bytes with `window` in flight.
 pub async fn forward(a: &NodeHandle, count: u64, size: usize, window: usize) -> f64 {
     let f = a.forwarder();
     let options = ForwardOptions::default();
     let message = publish_of(0, size);
-    let (from, to) = (from(), to());
+    let (from, to) = (from(a), to("node-1"));
     let mut in_flight = VecDeque::with_capacity(window);
     let start = Instant::now();
     for _ in 0..count {

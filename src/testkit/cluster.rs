@@ -34,19 +34,12 @@ pub enum Mode {
 pub struct Recorder {
     mode: AtomicU8,
     /// What it accepted in [`Mode::Record`], in order.
-    pub seen: Mutex<Vec<Delivery>>,
+    seen: Mutex<Vec<Delivery>>,
     /// Answers withheld in [`Mode::Hang`].
     hung: Mutex<Vec<oneshot::Sender<Result<(), NackReason>>>>,
 }
 
 impl Recorder {
-    /// A recorder in `mode`.
-    pub fn new(mode: Mode) -> Recorder {
-        let recorder = Recorder::default();
-        recorder.set_mode(mode);
-        recorder
-    }
-
     /// Switches what it does with the next deliveries.
     pub fn set_mode(&self, mode: Mode) {
         self.mode.store(mode as u8, Ordering::Relaxed);

@@ -36,7 +36,6 @@ use crate::wamp::{Dict, Payload, Value, WampMessage};
 /// A port on `ip` that is free for both UDP and TCP right now and was not handed out before in
 /// this process; `None` if none is found in a thousand tries.
 pub fn free_port_on(ip: IpAddr) -> Option<u16> {
-    static GIVEN: Mutex<Option<HashSet<(IpAddr, u16)>>> = Mutex::new(None);
     for _ in 0..1000 {
         let Ok(tcp) = TcpListener::bind((ip, 0)) else {
             continue;
@@ -44,17 +43,38 @@ pub fn free_port_on(ip: IpAddr) -> Option<u16> {
         let Ok(port) = tcp.local_addr().map(|a| a.port()) else {
             continue;
         };
-        if UdpSocket::bind((ip, port)).is_err() {
-            continue;
-        }
-        let mut given = GIVEN
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if given.get_or_insert_with(HashSet::new).insert((ip, port)) {
+        drop(tcp);
+        if take(ip, port) {
             return Some(port);
         }
     }
     None
+}
+
+/// Takes `port` on `ip` if it is free for UDP and TCP and was not given out before.
+fn take(ip: IpAddr, port: u16) -> bool {
+    static GIVEN: Mutex<Option<HashSet<(IpAddr, u16)>>> = Mutex::new(None);
+    if TcpListener::bind((ip, port)).is_err() || UdpSocket::bind((ip, port)).is_err() {
+        return false;
+    }
+    GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get_or_insert_with(HashSet::new)
+        .insert((ip, port))
+}
+
+/// A loopback port free for UDP and TCP whose next port is free too, both given out here (a
+/// program that takes a port and the one after it). Panics if there is none.
+pub fn free_port_pair() -> u16 {
+    let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    for _ in 0..100 {
+        let port = free_port();
+        if port < u16::MAX && take(ip, port + 1) {
+            return port;
+        }
+    }
+    panic!("no two free loopback ports in a row");
 }
 
 /// A loopback port free for UDP and TCP (see [`free_port_on`]). Panics if there is none.
@@ -136,6 +156,7 @@ pub struct Reaped(pub std::process::Child);
 
 impl Reaped {
     /// Sends `signal` (as `kill` takes it: `-TERM`, `-STOP`, …); whether it was sent.
+    #[must_use = "a signal that was not sent leaves the process as it was"]
     pub fn signal(&self, signal: &str) -> bool {
         std::process::Command::new("kill")
             .args([signal, &self.0.id().to_string()])

@@ -23,17 +23,22 @@ pub fn encode(frame: &Frame) -> Vec<u8> {
     buf.to_vec()
 }
 
-/// A hello from `intruder` to `node-1` of `cluster`, encoded as a node sends it.
-pub fn hello_from_intruder(cluster: &str) -> Vec<u8> {
-    encode(&Frame::Hello(Hello {
+/// A hello of this version range from `node_id` (generation 1) to `to_node` of `cluster`.
+pub fn hello(cluster: &str, node_id: &str, to_node: &str) -> Hello {
+    Hello {
         magic: MAGIC,
         min_version: MIN_VERSION,
         max_version: MAX_VERSION,
         cluster_id: cluster.into(),
-        node_id: "intruder".into(),
+        node_id: node_id.into(),
         generation: 1,
-        to_node: "node-1".into(),
-    }))
+        to_node: to_node.into(),
+    }
+}
+
+/// A hello from `intruder` to `node-1` of `cluster`, encoded as a node sends it.
+pub fn hello_from_intruder(cluster: &str) -> Vec<u8> {
+    encode(&Frame::Hello(hello(cluster, "intruder", "node-1")))
 }
 
 /// The pure functions that derive a live view from gossip, for benchmarks that build a view

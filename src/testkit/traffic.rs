@@ -89,7 +89,7 @@ fn unsigned(value: &Value) -> Option<u64> {
 
 /// The sender's generation and this message's sequence number for node `me`, if it is test
 /// traffic.
-pub fn sequence_for(message: &WampMessage, me: &NodeId) -> Option<(u64, u64)> {
+fn sequence_for(message: &WampMessage, me: &NodeId) -> Option<(u64, u64)> {
     let WampMessage::Publish {
         payload: Payload::ArgsKw(_, kwargs),
         ..
