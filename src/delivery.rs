@@ -42,6 +42,8 @@ pub enum NackReason {
     NotForwardable,
     /// Any other refusal of the handler, in its words.
     Refused(String),
+    /// The handler failed on it (a [`crate::Dispatcher`]'s handler panicked): not delivered.
+    HandlerFailed,
 }
 
 impl fmt::Display for NackReason {
@@ -53,6 +55,7 @@ impl fmt::Display for NackReason {
             NackReason::ShuttingDown => f.write_str("shutting down"),
             NackReason::NotForwardable => f.write_str("not forwardable"),
             NackReason::Refused(reason) => f.write_str(reason),
+            NackReason::HandlerFailed => f.write_str("handler failed"),
         }
     }
 }

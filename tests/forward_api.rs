@@ -178,6 +178,45 @@ async fn a_refusing_handler_gives_rejected_with_its_reason() {
     c.stop().await;
 }
 
+/// A handler that panics costs that one message: the sender gets `Rejected` with
+/// `HandlerFailed`, the receiver counts it, and the same connection delivers the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_panics_refuses_that_message_and_the_connection_goes_on() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start(2).await;
+    let a = &c.nodes[0];
+    a.forwarder()
+        .forward(from(a), to("node-1"), publish(1), &options(5000))
+        .await
+        .unwrap();
+    c.recorders[1].set_mode(Mode::Panic);
+    let result = a
+        .forwarder()
+        .forward(from(a), to("node-1"), publish(2), &options(5000))
+        .await;
+    assert_eq!(
+        result,
+        Err(ForwardError::Rejected {
+            node: "node-1".into(),
+            reason: NackReason::HandlerFailed
+        })
+    );
+    c.recorders[1].set_mode(Mode::Record);
+    a.forwarder()
+        .forward(from(a), to("node-1"), publish(3), &options(5000))
+        .await
+        .unwrap();
+    assert_eq!(c.recorders[1].seen().len(), 2);
+    let reconnects = a.forwarder().stats()[&NodeId::from("node-1")].reconnects;
+    assert_eq!(reconnects, 0, "the connection was kept");
+    wait_until(Duration::from_secs(5), "the failure counted", || {
+        let here = &c.nodes[1].forwarder().stats()[&NodeId::from("node-0")];
+        (here.delivered, here.handler_failed) == (2, 1)
+    })
+    .await;
+    c.stop().await;
+}
+
 /// A broadcast to 5 nodes of which 2 never ack: good holds the 3 others in the given order, bad
 /// the 2 with `Timeout`, and it ends after about one timeout (the sends share one deadline).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

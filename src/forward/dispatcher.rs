@@ -2,14 +2,18 @@
 //! messages are partitioned by their target session, so one session's messages are handled in
 //! order (Bondy's pool broke that order). The handler's answer is the verdict the sender gets
 //! (an ack, or a nack with the handler's reason), sent once the handler has run; a full queue
-//! answers `Overloaded` at once. The node drains the pool when it stops.
+//! answers `Overloaded` at once. A handler that panics costs its own delivery only: it is
+//! nacked `HandlerFailed`, counted and logged, and its worker goes on. The node drains the
+//! pool when it stops.
 
 use std::future::Future;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -35,6 +39,8 @@ pub struct Dispatcher {
     /// Set by `close`: deliveries are refused from then on (read on every delivery, where the
     /// token's check would take its lock).
     closed: AtomicBool,
+    /// Handler runs that panicked.
+    panics: Arc<AtomicU64>,
 }
 
 impl Dispatcher {
@@ -50,10 +56,11 @@ impl Dispatcher {
         let handler = Arc::new(handler);
         let closing = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let panics = Arc::new(AtomicU64::new(0));
         let queues = (0..workers.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel::<Job>(queue_capacity.max(1));
-                tracker.spawn(work(rx, handler.clone(), closing.clone()));
+                tracker.spawn(work(rx, handler.clone(), closing.clone(), panics.clone()));
                 tx
             })
             .collect();
@@ -63,7 +70,13 @@ impl Dispatcher {
             workers: tracker,
             closing,
             closed: AtomicBool::new(false),
+            panics,
         }
+    }
+
+    /// How many handler runs panicked (each nacked `HandlerFailed`).
+    pub fn panics(&self) -> u64 {
+        self.panics.load(Ordering::Relaxed)
     }
 
     /// The worker that handles deliveries to this target: by session, else by realm and node.
@@ -92,15 +105,17 @@ impl Dispatcher {
         self.closed.store(true, Ordering::Release);
         self.closing.cancel();
         self.workers.close();
-        // A worker that panicked has nothing left to finish: its queue's senders are gone, so
-        // those deliveries are nacked, not acked.
         self.workers.wait().await;
     }
 }
 
 /// One worker: handles its queue in order until the pool closes and the queue is empty.
-async fn work<H, F>(mut queue: mpsc::Receiver<Job>, handler: Arc<H>, closing: CancellationToken)
-where
+async fn work<H, F>(
+    mut queue: mpsc::Receiver<Job>,
+    handler: Arc<H>,
+    closing: CancellationToken,
+    panics: Arc<AtomicU64>,
+) where
     H: Fn(Delivery) -> F,
     F: Future<Output = Result<(), NackReason>>,
 {
@@ -122,10 +137,32 @@ where
             // it was queued): its sender gave up, so it is not handled.
             continue;
         }
-        let verdict = handler(job.delivery).await;
+        // The handler is called inside the caught future, so a panic before its first await
+        // is caught too.
+        let run = AssertUnwindSafe(async { handler(job.delivery).await });
+        let verdict = match run.catch_unwind().await {
+            Ok(verdict) => verdict,
+            Err(panic) => {
+                panics.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    panic = panic_message(&*panic),
+                    "a delivery's handler panicked"
+                );
+                Err(NackReason::HandlerFailed)
+            }
+        };
         // The connection may have given up on it (its time to live ran out).
         let _ = job.verdict.send(verdict);
     }
+}
+
+/// What a panic said, when it said it with a string.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not a string)")
 }
 
 impl Deliver for Dispatcher {
@@ -193,7 +230,8 @@ mod tests {
     async fn each_sessions_messages_are_handled_in_order_and_get_the_handlers_verdict() {
         let seen: Arc<Mutex<HashMap<u64, Vec<u64>>>> = Arc::default();
         let recorder = seen.clone();
-        let dispatcher = Dispatcher::new(4, 10_000, move |d: Delivery| {
+        // Room for all 20,000 in one queue: the random hasher may put many sessions on one.
+        let dispatcher = Dispatcher::new(4, 20_000, move |d: Delivery| {
             let recorder = recorder.clone();
             async move {
                 tokio::task::yield_now().await;
@@ -342,6 +380,34 @@ mod tests {
             "a later close ends once the worker has"
         );
         assert_eq!(verdict_of(verdict).await, Ok(()));
+    }
+
+    /// A handler that panics costs its own delivery only: that one is nacked `HandlerFailed`,
+    /// the deliveries queued behind it on the same worker are handled, and the worker takes
+    /// new ones.
+    #[tokio::test]
+    async fn a_handler_that_panics_costs_that_delivery_only() {
+        let gate = Arc::new(Notify::new());
+        let held = gate.clone();
+        let dispatcher = Dispatcher::new(1, 10, move |d: Delivery| {
+            let held = held.clone();
+            async move {
+                if request(&d) == 1 {
+                    held.notified().await;
+                    panic!("handler bug");
+                }
+                Ok(())
+            }
+        });
+        let first = dispatcher.deliver(delivery(1, 1));
+        let queued: Vec<Verdict> = (2..5).map(|i| dispatcher.deliver(delivery(1, i))).collect();
+        gate.notify_one();
+        assert_eq!(verdict_of(first).await, Err(NackReason::HandlerFailed));
+        for verdict in queued {
+            assert_eq!(verdict_of(verdict).await, Ok(()));
+        }
+        assert_eq!(verdict_of(dispatcher.deliver(delivery(1, 9))).await, Ok(()));
+        assert_eq!(dispatcher.panics(), 1);
     }
 
     #[tokio::test(start_paused = true)]

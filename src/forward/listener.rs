@@ -129,6 +129,16 @@ fn decide(
     }
 }
 
+/// Hands `delivery` to `handler`; a handler that panics refuses it `HandlerFailed` (logged),
+/// and the connection goes on.
+fn deliver_caught(handler: &dyn Deliver, delivery: Delivery) -> Verdict {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.deliver(delivery)))
+        .unwrap_or_else(|_| {
+            tracing::error!("the handler panicked on a delivery");
+            Verdict::Refused(NackReason::HandlerFailed)
+        })
+}
+
 /// An answer owed to the peer, in the order its message arrived.
 enum Owed {
     /// Known.
@@ -621,7 +631,7 @@ impl Serving<'_> {
                         let newest = *delivering == self.number;
                         let open = ctx.is_delivering();
                         match decide(&forward.delivery, ttl, &ctx.node, self.from, newest, open) {
-                            Decision::Deliver => self.deliver.deliver(forward.delivery),
+                            Decision::Deliver => deliver_caught(self.deliver, forward.delivery),
                             Decision::Refuse(reason) => Verdict::Refused(reason),
                             Decision::Superseded => {
                                 return Some(

@@ -62,10 +62,13 @@ pub struct PeerCounters {
     pub reconnects: u64,
     /// Messages from the peer that this node's handler accepted (acked).
     pub delivered: u64,
-    /// Messages from the peer that were refused (nacked), expired ones aside.
+    /// Messages from the peer that were refused (nacked), expired ones and handler failures
+    /// aside.
     pub refused: u64,
     /// Messages from the peer whose time to live ran out before they could be delivered.
     pub expired: u64,
+    /// Messages from the peer on which the handler failed (nacked `HandlerFailed`).
+    pub handler_failed: u64,
 }
 
 /// What the connections from one peer delivered here, counted as their answers are written out.
@@ -74,6 +77,7 @@ pub(crate) struct Received {
     delivered: AtomicU64,
     refused: AtomicU64,
     expired: AtomicU64,
+    handler_failed: AtomicU64,
 }
 
 /// Answers counted by one connection since it last added them to its peer's [`Received`].
@@ -82,6 +86,7 @@ pub(crate) struct Counts {
     delivered: u64,
     refused: u64,
     expired: u64,
+    handler_failed: u64,
 }
 
 impl Counts {
@@ -95,6 +100,10 @@ impl Counts {
                 reason: NackReason::Expired,
                 ..
             } => self.expired += 1,
+            Frame::Nack {
+                reason: NackReason::HandlerFailed,
+                ..
+            } => self.handler_failed += 1,
             Frame::Nack { .. } => self.refused += 1,
             _ => {}
         }
@@ -108,6 +117,7 @@ impl Received {
             (&self.delivered, counts.delivered),
             (&self.refused, counts.refused),
             (&self.expired, counts.expired),
+            (&self.handler_failed, counts.handler_failed),
         ] {
             if n > 0 {
                 counter.fetch_add(n, Ordering::Relaxed);
@@ -119,6 +129,7 @@ impl Received {
     pub(crate) fn add_to(&self, counters: &mut PeerCounters) {
         counters.delivered += self.delivered.load(Ordering::Relaxed);
         counters.refused += self.refused.load(Ordering::Relaxed);
+        counters.handler_failed += self.handler_failed.load(Ordering::Relaxed);
         counters.expired += self.expired.load(Ordering::Relaxed);
     }
 }

@@ -27,6 +27,8 @@ pub enum Mode {
     Refuse,
     /// Never answer (the answer channel is kept, so it never closes).
     Hang,
+    /// Panic (a handler with a bug).
+    Panic,
 }
 
 /// A handler that records what it accepts, and can be switched to refuse or to never answer.
@@ -50,6 +52,7 @@ impl Recorder {
             1 => Mode::Discard,
             2 => Mode::Refuse,
             3 => Mode::Hang,
+            4 => Mode::Panic,
             _ => Mode::Record,
         }
     }
@@ -89,6 +92,7 @@ impl Deliver for Recorder {
                 .unwrap_or_else(PoisonError::into_inner)
                 .push(delivery),
             Mode::Discard => {}
+            Mode::Panic => panic!("the recorder panics, as asked"),
         }
         Verdict::Accepted
     }
