@@ -67,6 +67,41 @@ async fn receive_ack_takes_an_outcome_once() {
     c.stop().await;
 }
 
+/// A `receive_ack` that gives up before the forward's own deadline leaves the outcome for a
+/// later one, as Bondy's did (the ack stays in the mailbox): the ack that comes after it is
+/// not late, and the next `receive_ack` gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_receive_ack_leaves_the_outcome_for_the_next() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start(2).await;
+    c.recorders[1].set_mode(Mode::Hang);
+    let f = c.nodes[0].forwarder();
+    let id = f
+        .async_forward(
+            from(&c.nodes[0]),
+            to("node-1"),
+            publish(1),
+            &options(10_000),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        f.receive_ack(id, Duration::from_millis(200)).await,
+        Err(ForwardError::Timeout {
+            node: "node-1".into()
+        })
+    );
+    wait_until(Duration::from_secs(5), "the message is held", || {
+        c.recorders[1].hung() == 1
+    })
+    .await;
+    c.recorders[1].accept_hung();
+    f.receive_ack(id, Duration::from_secs(5)).await.unwrap();
+    let stats = &f.stats()[&NodeId::from("node-1")];
+    assert_eq!((stats.acked, stats.late_acks), (1, 0));
+    c.stop().await;
+}
+
 /// Requests that cannot be sent fail at once and send nothing: a node not in the view, this
 /// node, a message type that is not forwarded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

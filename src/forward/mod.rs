@@ -181,7 +181,9 @@ impl Forwarder {
     }
 
     /// Waits at most `timeout` for the outcome of an [`Forwarder::async_forward`]. An id that
-    /// was never issued, was already received or expired is `UnknownAck`.
+    /// was never issued, was already received or expired is `UnknownAck`. A wait that ends
+    /// before the forward's own deadline (`Timeout`, or its future dropped) leaves the entry:
+    /// a later `receive_ack` of the same id can still get the outcome.
     pub async fn receive_ack(&self, id: AckId, timeout: Duration) -> Result<(), ForwardError> {
         // An outcome already in: no clock, no wait.
         if let Some(outcome) = self.inner.ctx.pending.take_done(id.0) {

@@ -317,7 +317,9 @@ impl Pending {
             return None;
         };
         let elapsed = now.saturating_duration_since(entry.registered);
-        match waiter.take() {
+        // A waiter whose caller gave up on its future (dropped it) waits no more: the outcome
+        // is kept for the next wait.
+        match waiter.take().filter(|waiter| !waiter.is_closed()) {
             Some(waiter) => {
                 t.remove(index);
                 drop(t);
@@ -367,8 +369,9 @@ impl Pending {
 
     /// Waits for the outcome of entry `id`, until its deadline or `until`, whichever is first,
     /// and removes the entry. An unknown id, or one whose outcome was already taken, is
-    /// `UnknownAck`. When the wait ends first, the entry is removed and the result is `Timeout`;
-    /// the node is returned beside it for a bad-node report when its deadline had passed.
+    /// `UnknownAck`. When the wait ends first the result is `Timeout`: at the entry's deadline
+    /// the entry is removed and its node returned beside it for a bad-node report; before it,
+    /// the entry stays for a later wait.
     pub async fn wait(&self, id: u64, until: Instant) -> (Outcome, Option<NodeId>) {
         let (receiver, deadline, node) = {
             let mut t = self.lock();
@@ -386,7 +389,7 @@ impl Pending {
                     };
                     return (outcome, None);
                 }
-                Progress::Waiting(Some(_)) => {
+                Progress::Waiting(Some(waiter)) if !waiter.is_closed() => {
                     // Someone already waits for it: a second wait is a misuse.
                     return (Err(ForwardError::UnknownAck { id }), None);
                 }
@@ -403,12 +406,20 @@ impl Pending {
             // The sender was dropped without an outcome: only when the table itself goes.
             Ok(Err(_)) => (Err(ForwardError::ShuttingDown), None),
             Err(_) => {
-                // Our time is up; take the entry out unless an outcome raced in.
+                // Our time is up. Past the forward's deadline the entry ends here; before it
+                // (a shorter wait) the entry stays for a later wait, and an ack that comes
+                // meanwhile is not late. Unless an outcome raced in.
                 let mut t = self.lock();
-                if let Some(entry) = t.index(id).and_then(|index| t.remove(index)) {
-                    let past_deadline = Instant::now() >= entry.deadline;
-                    let timeout = Err(ForwardError::Timeout { node: node.clone() });
-                    return (timeout, past_deadline.then_some(node));
+                let timeout = Err(ForwardError::Timeout { node: node.clone() });
+                if let Some((index, entry)) = t.entry(id) {
+                    if let Progress::Waiting(waiter) = &mut entry.state {
+                        if Instant::now() < entry.deadline {
+                            *waiter = None;
+                            return (timeout, None);
+                        }
+                        t.remove(index);
+                        return (timeout, Some(node));
+                    }
                 }
                 drop(t);
                 // The outcome raced in as the time ran out: it is in the channel.
@@ -555,9 +566,9 @@ mod tests {
         assert_eq!(p.take_done(taken), Some(Ok(())));
         p.cancel(cancelled);
         assert_eq!(peer.count(), 3);
-        // A wait that runs out removes its entry; the sweep times one out and, its retention
-        // past too, drops it.
-        assert!(p.wait(waited, now + TICK).await.0.is_err());
+        // A wait that runs out at the entry's deadline removes it; the sweep times one out
+        // and, its retention past too, drops it.
+        assert!(p.wait(waited, now + 10 * SECOND).await.0.is_err());
         assert_eq!(peer.count(), 2);
         tokio::time::advance(4 * TICK).await;
         assert_eq!(p.sweep(Instant::now()).timed_out.len(), 1);
@@ -657,13 +668,33 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_shorter_wait_gives_up_without_blaming_the_node() {
+    async fn a_shorter_wait_gives_up_without_blaming_the_node_and_leaves_the_entry() {
         let p = Pending::default();
         let id = register(&p, 10 * SECOND);
         let (outcome, report) = p.wait(id, Instant::now() + SECOND).await;
         assert_eq!(outcome, Err(ForwardError::Timeout { node: node() }));
         assert_eq!(report, None);
+        assert_eq!(p.len(), 1, "kept until the forward's own deadline");
+        assert!(
+            p.complete(id, Ok(()), Instant::now()).is_some(),
+            "the ack is not late"
+        );
+        let (outcome, _) = p.wait(id, Instant::now() + SECOND).await;
+        assert_eq!(outcome, Ok(()), "a later wait gets the outcome");
         assert_eq!(p.len(), 0);
+    }
+
+    /// A wait that is dropped (its caller gave up on the future) leaves the entry too: the
+    /// outcome that comes after is kept for the next wait.
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_wait_leaves_the_outcome_for_the_next() {
+        let p = Pending::default();
+        let id = register(&p, 10 * SECOND);
+        let cut = tokio::time::timeout(SECOND, p.wait(id, Instant::now() + 10 * SECOND)).await;
+        assert!(cut.is_err());
+        assert!(p.complete(id, Ok(()), Instant::now()).is_some());
+        let (outcome, _) = p.wait(id, Instant::now() + SECOND).await;
+        assert_eq!(outcome, Ok(()));
     }
 
     #[tokio::test(start_paused = true)]

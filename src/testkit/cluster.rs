@@ -72,6 +72,14 @@ impl Recorder {
             .unwrap_or_else(PoisonError::into_inner)
             .len()
     }
+
+    /// Gives every withheld answer: accepted.
+    pub fn accept_hung(&self) {
+        let hung = std::mem::take(&mut *self.hung.lock().unwrap_or_else(PoisonError::into_inner));
+        for answer in hung {
+            let _ = answer.send(Ok(()));
+        }
+    }
 }
 
 impl Deliver for Recorder {
