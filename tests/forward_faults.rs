@@ -3,12 +3,15 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use common::SERIAL;
+use tokio::io::AsyncWriteExt;
 use wamp_cluster::testkit::cluster::{from, options, to, Cluster, Mode, Recorder};
-use wamp_cluster::testkit::protocol;
+use wamp_cluster::testkit::protocol::{self, Frame};
 use wamp_cluster::testkit::relay::Relay;
 use wamp_cluster::testkit::{node_config, publish, tolerant, wait_until, within};
 use wamp_cluster::{
@@ -374,5 +377,87 @@ async fn a_newer_connection_from_the_same_node_takes_over_from_the_older() {
         .filter_map(|d| d.message.request_id())
         .collect();
     assert_eq!(seen, [1, 3]);
+    c.stop().await;
+}
+
+/// An ack completes only what was written on its own connection: a peer that acks the id of a
+/// message sent to another node ends nothing (the message is still pending, its ack from the
+/// right node completes it), and a peer's answer to the keepalive's id ends nothing either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_completes_only_what_was_written_on_its_connection() {
+    let _serial = SERIAL.lock().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let fake = listener.local_addr().unwrap();
+    let stolen = Arc::new(AtomicU64::new(0));
+    // Listens as node-2: welcomes the dialer, then answers each forward with acks of the
+    // stolen id and of id 0.
+    let liar = tokio::spawn({
+        let stolen = stolen.clone();
+        async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = BytesMut::new();
+            let Some(Frame::Hello(_)) = protocol::read_frame(&mut stream, &mut buf).await else {
+                panic!("no hello");
+            };
+            let welcome = protocol::encode(&Frame::Welcome { version: 1 });
+            stream.write_all(&welcome).await.unwrap();
+            // Bounded: the test sends it two forwards.
+            for _ in 0..2 {
+                let Some(Frame::Forward(_)) = protocol::read_frame(&mut stream, &mut buf).await
+                else {
+                    return;
+                };
+                for id in [stolen.load(Ordering::Relaxed), 0] {
+                    let ack = protocol::encode(&Frame::Ack { id });
+                    stream.write_all(&ack).await.unwrap();
+                }
+            }
+        }
+    });
+    let c = Cluster::start_with(3, |config| {
+        if config.node_id == "node-2" {
+            config.forward_advertise_addr = Some(fake);
+        }
+    })
+    .await;
+    c.recorders[1].set_mode(Mode::Hang);
+    let f = c.nodes[0].forwarder();
+    let id = f
+        .async_forward(
+            from(&c.nodes[0]),
+            to("node-1"),
+            publish(1),
+            &options(10_000),
+        )
+        .await
+        .unwrap();
+    stolen.store(id.0, Ordering::Relaxed);
+    for i in 0..2 {
+        let _ = f
+            .async_forward(
+                from(&c.nodes[0]),
+                to("node-2"),
+                publish(i),
+                &options(10_000),
+            )
+            .await
+            .unwrap();
+    }
+    within(Duration::from_secs(10), "the liar answered", liar)
+        .await
+        .unwrap();
+    assert_eq!(
+        f.receive_ack(id, Duration::from_millis(500)).await,
+        Err(ForwardError::Timeout {
+            node: "node-1".into()
+        }),
+        "node-2's ack of node-1's message ended it"
+    );
+    wait_until(Duration::from_secs(5), "node-1 holds it", || {
+        c.recorders[1].hung() == 1
+    })
+    .await;
+    c.recorders[1].accept_hung();
+    f.receive_ack(id, Duration::from_secs(5)).await.unwrap();
     c.stop().await;
 }

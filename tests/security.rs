@@ -10,11 +10,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
-use tokio_util::codec::Decoder;
 
 use common::SERIAL;
 use wamp_cluster::testkit::cluster::{failed_forward_report, forward_all, Cluster};
-use wamp_cluster::testkit::protocol::{self, encode, Frame, FrameCodec, Hello, RefuseReason};
+use wamp_cluster::testkit::protocol::{self, encode, read_frame, Frame, Hello, RefuseReason};
 use wamp_cluster::testkit::protocol::{ClusterKeys, ReplayGuard, Role, Transcript};
 use wamp_cluster::testkit::{counter, node_config, tolerant, wait_until, within};
 use wamp_cluster::Discard;
@@ -80,22 +79,6 @@ async fn members_with_a_secret_in_common_form_a_cluster_and_a_node_with_another_
     }
     outsider.abort().await;
     c.stop().await;
-}
-
-/// Reads frames until one is complete (bounded).
-async fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut) -> Option<Frame> {
-    let mut codec = FrameCodec::new(1 << 20);
-    within(Duration::from_secs(5), "a frame", async {
-        loop {
-            if let Some(frame) = codec.decode(buf).unwrap() {
-                return Some(frame);
-            }
-            if stream.read_buf(buf).await.unwrap_or(0) == 0 {
-                return None;
-            }
-        }
-    })
-    .await
 }
 
 /// A hello to `node-1` from a client that is not a member (a hello from a member's node id

@@ -312,13 +312,17 @@ impl Written {
     }
 
     /// Forgets `id`, answered, and the frames written before it: they got no answer and never
-    /// will. An id not in the list (a duplicate) changes nothing.
-    fn answered(&mut self, id: u64) {
+    /// will. Whether `id` was written here and unanswered: an id not in the list (a duplicate,
+    /// the keepalive's 0, an id written on another connection) changes nothing.
+    fn answered(&mut self, id: u64) -> bool {
         if self.0.front() == Some(&id) {
             self.0.pop_front();
         } else if let Some(at) = self.0.iter().position(|w| *w == id) {
             self.0.drain(..=at);
+        } else {
+            return false;
         }
+        true
     }
 
     /// Every id still unanswered.
@@ -436,14 +440,22 @@ impl Connection<'_> {
     }
 
     /// Ends the pending entry of answer `id` (known at `now`) with `outcome`, counted as a
-    /// forward if `counted` (a pong is not); `false` if the entry had ended already.
+    /// forward if `counted` (a pong is not); `false` if the entry had ended already. Only an id
+    /// written on this connection ends an entry: an answer to anything else is late.
     fn answer(&self, id: u64, outcome: Outcome, counted: bool, now: Instant) -> bool {
-        self.written
+        let ours = self
+            .written
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .answered(id);
-        let failure = outcome.as_ref().err().cloned();
         let stats = &self.link.stats;
+        if !ours {
+            if counted {
+                stats.late_ack();
+            }
+            return false;
+        }
+        let failure = outcome.as_ref().err().cloned();
         let Some(latency) = self.ctx.pending.complete(id, outcome, now) else {
             if counted {
                 stats.late_ack();

@@ -232,7 +232,8 @@ impl Table {
         self.unschedule(index);
         let slot = &mut self.slots[index];
         let entry = slot.entry.take()?;
-        slot.generation = slot.generation.wrapping_add(1);
+        // Never 0 (the keepalive's id is 0): after u32::MAX comes 1.
+        slot.generation = slot.generation.checked_add(1).unwrap_or(1);
         self.free.push_back(index as u32);
         Some(entry)
     }
@@ -629,6 +630,23 @@ mod tests {
             p.complete(id, Ok(()), Instant::now()).is_none(),
             "a late ack is refused"
         );
+    }
+
+    /// No real id is 0, the keepalive's: a slot's generation skips 0 when it wraps.
+    #[tokio::test(start_paused = true)]
+    async fn a_slots_generation_wraps_past_zero() {
+        let p = Pending::default();
+        let first = register(&p, SECOND);
+        p.cancel(first);
+        p.lock().slots[0].generation = u32::MAX;
+        let last = register(&p, SECOND);
+        assert_eq!(last, u64::from(u32::MAX) << 32);
+        p.cancel(last);
+        let wrapped = register(&p, SECOND);
+        assert_ne!(wrapped, 0);
+        assert_eq!(wrapped, first, "generation 1 again");
+        assert!(p.complete(0, Ok(()), Instant::now()).is_none());
+        assert!(p.complete(wrapped, Ok(()), Instant::now()).is_some());
     }
 
     #[tokio::test(start_paused = true)]

@@ -23,6 +23,25 @@ pub fn encode(frame: &Frame) -> Vec<u8> {
     buf.to_vec()
 }
 
+/// The next frame on `stream`, read into `buf` (bytes after it stay there); `None` when the
+/// stream closes first. Panics on a bad frame or after 5 s.
+pub async fn read_frame(stream: &mut tokio::net::TcpStream, buf: &mut BytesMut) -> Option<Frame> {
+    use tokio::io::AsyncReadExt;
+    use tokio_util::codec::Decoder;
+    let mut codec = FrameCodec::new(FRAME_LIMIT);
+    super::within(std::time::Duration::from_secs(5), "a frame", async {
+        loop {
+            if let Some(frame) = codec.decode(buf).expect("a well-formed frame") {
+                return Some(frame);
+            }
+            if stream.read_buf(buf).await.unwrap_or(0) == 0 {
+                return None;
+            }
+        }
+    })
+    .await
+}
+
 /// A hello of this version range from `node_id` (generation 1) to `to_node` of `cluster`.
 pub fn hello(cluster: &str, node_id: &str, to_node: &str) -> Hello {
     Hello {
