@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::SERIAL;
 use tokio::sync::broadcast;
+use wamp_cluster::config::MAX_GRACE_PERIOD_SECS;
 use wamp_cluster::testkit::{detecting, node_config, tolerant, wait_until, within};
 use wamp_cluster::Discard;
 use wamp_cluster::{Config, MembershipError, MembershipEvent, Node, NodeHandle, Status, Stopped};
@@ -114,11 +115,14 @@ async fn a_join_through_one_seed_converges_on_every_node() {
 }
 
 /// A node that stops without a word (as a crash does) is seen `Down` by every other node and
-/// leaves their broadcast targets and rings.
+/// leaves their broadcast targets and rings; with the longest grace period allowed, which
+/// chitchat adds to the time of death.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_node_is_seen_down_by_every_other_node() {
     let _serial = SERIAL.lock().await;
-    let mut nodes = cluster(3, detecting()).await;
+    let mut gossip = detecting();
+    gossip.dead_node_grace_period_secs = Duration::from_secs(MAX_GRACE_PERIOD_SECS);
+    let mut nodes = cluster(3, gossip).await;
     converge(&nodes).await;
     let mut subscriptions: Vec<_> = nodes[..2]
         .iter()

@@ -19,7 +19,8 @@ pub mod setting;
 pub use crate::security::{Secret, SECRET_ENV};
 pub use layers::{Layers, Origin};
 pub use sections::{
-    Config, ForwardConfig, GossipConfig, LimitsConfig, TlsConfig, MAX_ID_LEN, MAX_LABELS_BYTES,
+    Config, ForwardConfig, GossipConfig, LimitsConfig, TlsConfig, MAX_GRACE_PERIOD_SECS,
+    MAX_ID_LEN, MAX_LABELS_BYTES, MAX_QUEUE_BYTES, MAX_QUEUE_CAPACITY,
 };
 pub use setting::{join, ms, secs, Key, Section, Setting, Table, ENV_PREFIX};
 

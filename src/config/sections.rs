@@ -17,6 +17,15 @@ pub const MAX_ID_LEN: usize = 128;
 /// exchange, so they must stay small.
 pub const MAX_LABELS_BYTES: usize = 1024;
 
+/// The longest `gossip.dead_node_grace_period_secs`: 30 days.
+pub const MAX_GRACE_PERIOD_SECS: u64 = 30 * 24 * 3600;
+
+/// The largest `forward.queue_capacity`, in messages.
+pub const MAX_QUEUE_CAPACITY: usize = 16 * 1024 * 1024;
+
+/// The largest `forward.queue_capacity_bytes`: 4 GiB.
+pub const MAX_QUEUE_BYTES: usize = 4 * 1024 * 1024 * 1024;
+
 crate::settings! {
     /// The whole configuration of a node. See `config/node.toml` for an annotated example.
     pub struct Config {
@@ -87,7 +96,7 @@ crate::settings! {
         /// Phi-accrual threshold above which a silent node is declared down, 1 to 1000. With
         /// the defaults a node is declared down after about 1–2 s of silence.
         pub phi_threshold: f64 = 8.0,
-        /// How long a dead node stays in the member list before it is forgotten, at least 1 s.
+        /// How long a dead node stays in the member list before it is forgotten, 1 s to 30 days.
         #[serde(with = "crate::config::secs")]
         pub dead_node_grace_period_secs: Duration = Duration::from_secs(3600),
         /// How long a starting node waits to hear from another node before it declares itself
@@ -113,10 +122,11 @@ crate::settings! {
         pub ack_timeout_ms: Duration = Duration::from_millis(5000),
         /// Largest encoded frame, sent or received, in bytes; 1024 to 64 MiB.
         pub max_frame_bytes: usize = 16 * 1024 * 1024,
-        /// Messages queued per peer before `forward` waits (or fails with `QueueFull`).
+        /// Messages queued per peer before `forward` waits (or fails with `QueueFull`); at most
+        /// 16,777,216.
         pub queue_capacity: NonZeroUsize = (const { NonZeroUsize::new(65_536).unwrap() }),
         /// Bytes queued per peer before `forward` waits (or fails with `QueueFull`); at least
-        /// `max_frame_bytes`.
+        /// `max_frame_bytes`, at most 4 GiB.
         pub queue_capacity_bytes: usize = 64 * 1024 * 1024,
         /// How long connecting to a peer and the handshake may take, 1 ms to 10 minutes; also
         /// the timeout of background probes.
@@ -276,8 +286,11 @@ impl Config {
         if !g.phi_threshold.is_finite() || !(1.0..=1000.0).contains(&g.phi_threshold) {
             return invalid("gossip.phi_threshold", "must be between 1 and 1000");
         }
-        if g.dead_node_grace_period_secs < secs(1) {
-            return invalid("gossip.dead_node_grace_period_secs", "must be at least 1");
+        if !(secs(1)..=secs(MAX_GRACE_PERIOD_SECS)).contains(&g.dead_node_grace_period_secs) {
+            return invalid(
+                "gossip.dead_node_grace_period_secs",
+                &format!("must be between 1 and {MAX_GRACE_PERIOD_SECS} (30 days)"),
+            );
         }
         if g.join_timeout_ms > ms(600_000) {
             return invalid("gossip.join_timeout_ms", "must be at most 600000");
@@ -307,10 +320,16 @@ impl Config {
                 &format!("must be between 1024 and {FRAME_LIMIT}"),
             );
         }
-        if f.queue_capacity_bytes < f.max_frame_bytes {
+        if f.queue_capacity.get() > MAX_QUEUE_CAPACITY {
+            return invalid(
+                "forward.queue_capacity",
+                &format!("must be between 1 and {MAX_QUEUE_CAPACITY}"),
+            );
+        }
+        if f.queue_capacity_bytes < f.max_frame_bytes || f.queue_capacity_bytes > MAX_QUEUE_BYTES {
             return invalid(
                 "forward.queue_capacity_bytes",
-                "must be at least forward.max_frame_bytes",
+                &format!("must be at least forward.max_frame_bytes and at most {MAX_QUEUE_BYTES}"),
             );
         }
         within(

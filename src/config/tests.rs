@@ -401,3 +401,70 @@ fn each_bad_value_is_refused_with_its_key() {
         assert!(err.contains(key), "{key}={raw}: {err}");
     }
 }
+
+/// Every numeric key has an upper bound: a value far past any sane one is refused with the
+/// key's name, by `set` or by `validate`, never accepted to fail later (a grace period near
+/// `i64::MAX` seconds used to panic inside chitchat at the first death).
+#[test]
+fn every_numeric_key_refuses_a_value_past_its_upper_bound() {
+    let layers = Layers::new();
+    let defaults = toml::Table::try_from(valid()).unwrap();
+    let mut numeric = 0;
+    for key in layers.keys() {
+        let (path, leaf) = key.name.rsplit_once('.').unwrap_or(("", &key.name));
+        let section = match path {
+            "" => Some(&defaults),
+            path => defaults.get(path).and_then(toml::Value::as_table),
+        };
+        let found = section.and_then(|t| t.get(leaf));
+        let huge = match found {
+            Some(toml::Value::Integer(_)) => i64::MAX.to_string(),
+            Some(toml::Value::Float(_)) => "1e300".to_string(),
+            _ => continue,
+        };
+        numeric += 1;
+        let mut config = valid();
+        let err = match config.set(&key.name, &huge) {
+            Err(err) => err.to_string(),
+            Ok(()) => match config.validate() {
+                Err(err) => err.to_string(),
+                Ok(()) => panic!("{}={huge} is accepted", key.name),
+            },
+        };
+        assert!(err.contains(&key.name), "{}={huge}: {err}", key.name);
+    }
+    assert_eq!(
+        numeric, 19,
+        "a numeric key was added or lost: list its bound in the test below"
+    );
+}
+
+/// The upper bounds themselves are accepted, all at once.
+#[test]
+fn every_numeric_key_at_its_upper_bound_is_valid() {
+    let mut config = valid();
+    for (key, max) in [
+        ("stop_timeout_ms", "600000"),
+        ("gossip.interval_ms", "60000"),
+        ("gossip.phi_threshold", "1000"),
+        ("gossip.dead_node_grace_period_secs", "2592000"),
+        ("gossip.join_timeout_ms", "600000"),
+        ("gossip.leave_rounds", "100"),
+        ("gossip.replay_window_ms", "3600000"),
+        ("forward.ack_timeout_ms", "3600000"),
+        ("forward.max_frame_bytes", "67108864"),
+        ("forward.queue_capacity", "16777216"),
+        ("forward.queue_capacity_bytes", "4294967296"),
+        ("forward.connect_timeout_ms", "600000"),
+        ("forward.max_redial_backoff_ms", "600000"),
+        ("limits.max_inbound_connections", "65536"),
+        ("limits.handshake_timeout_ms", "600000"),
+        ("limits.keepalive_interval_ms", "600000"),
+        ("limits.idle_timeout_ms", "3600000"),
+        ("limits.max_pending_acks_per_peer", "16777216"),
+        ("limits.max_inbound_frames_per_sec_per_peer", "1000000000"),
+    ] {
+        config.set(key, max).unwrap();
+    }
+    config.validate().unwrap();
+}
