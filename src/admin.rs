@@ -19,7 +19,16 @@
 //! `Authorization: Bearer <token>`; a request without it, or with another token, gets 401 and
 //! is counted (`wamp_cluster_admin_unauthorized_total`). The `GET` routes stay open, for health
 //! checks and scrapes: the API binds to loopback unless told otherwise.
+//!
+//! What a web page could make a browser send is refused, token or not (403 `forbidden` or 415
+//! `unsupported_media_type`, counted in `wamp_cluster_admin_refused_total` by `reason`): a
+//! `POST` without `content-type: application/json` (a form can send no other type without
+//! asking first); a request with an `Origin` other than the API's own (`http://` and the
+//! `Host` it was sent to); and a request whose `Host` names what the API does not answer to
+//! (DNS rebinding): an IP address, `localhost` when the API binds loopback (or every address),
+//! and the names of `admin_allowed_hosts` are served, any other name is not.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,6 +79,15 @@ pub(crate) fn load_token(path: &std::path::Path) -> Result<Arc<str>, crate::erro
     Ok(Arc::from(token))
 }
 
+/// The warning a node logs as it starts when its admin API, bound to `addr`, can be reached
+/// from beyond its host without a token.
+pub(crate) fn exposure(addr: SocketAddr, has_token: bool) -> Option<&'static str> {
+    (!addr.ip().is_loopback() && !has_token).then_some(
+        "the admin API is reachable beyond this host and has no token: anyone who reaches it \
+         can make the node leave; set admin_token_file",
+    )
+}
+
 /// What the handlers share.
 #[derive(Clone)]
 pub(crate) struct AdminState {
@@ -85,6 +103,45 @@ pub(crate) struct AdminState {
     pub stop: Arc<Stop>,
     /// The bearer token the routes that change or probe anything need, if any.
     pub token: Option<Arc<str>>,
+    /// The host names requests may be sent to.
+    pub hosts: Arc<Hosts>,
+}
+
+/// What the `Host` header of a request may name: any IP address (a name the page's author
+/// controls is what DNS rebinding needs), `localhost` when the API binds loopback (or every
+/// address), and the names an operator allowed.
+pub(crate) struct Hosts {
+    localhost: bool,
+    allowed: Vec<String>,
+}
+
+impl Hosts {
+    /// The hosts of an API bound to `bound`, with the names of `admin_allowed_hosts`.
+    pub(crate) fn new(bound: SocketAddr, allowed: &[String]) -> Hosts {
+        Hosts {
+            localhost: bound.ip().is_loopback() || bound.ip().is_unspecified(),
+            allowed: allowed.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        }
+    }
+
+    /// Whether a request sent to `host` (a `Host` header: a name or address, with or without
+    /// a port) is served.
+    fn serves(&self, host: &str) -> bool {
+        let name = match host.strip_prefix('[') {
+            // [v6] or [v6]:port
+            Some(rest) => {
+                return rest
+                    .split_once(']')
+                    .is_some_and(|(ip, _)| ip.parse::<IpAddr>().is_ok())
+            }
+            None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+        };
+        if name.parse::<IpAddr>().is_ok() {
+            return true;
+        }
+        let name = name.to_ascii_lowercase();
+        (self.localhost && name == "localhost") || self.allowed.contains(&name)
+    }
 }
 
 /// The admin API's routes.
@@ -93,7 +150,8 @@ pub(crate) fn router(state: AdminState) -> Router {
         .route("/cluster/leave", post(leave))
         .route("/cluster/probe", post(probe))
         .route("/cluster/broadcast", post(broadcast))
-        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .route_layer(middleware::from_fn_with_state(state.clone(), json_only));
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -103,7 +161,67 @@ pub(crate) fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .merge(guarded)
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), same_origin))
         .with_state(state)
+}
+
+/// Refuses a request of a web page: one sent to a host name the API does not answer to, or
+/// from another origin.
+async fn same_origin(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    if let Some(host) = host {
+        if !state.hosts.serves(host) {
+            return refused(
+                &state,
+                "host",
+                format!("this API does not answer to the host `{host}`; see admin_allowed_hosts"),
+            );
+        }
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let own = host.map(|host| format!("http://{host}"));
+        if own.as_deref().map(str::as_bytes) != Some(origin.as_bytes()) {
+            return refused(&state, "origin", "requests from other origins are refused");
+        }
+    }
+    next.run(request).await
+}
+
+/// Lets through a request whose body is declared JSON: a web form cannot send that type.
+async fn json_only(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    let json = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if json {
+        return next.run(request).await;
+    }
+    refused(
+        &state,
+        "content_type",
+        "this route needs `content-type: application/json`",
+    )
+}
+
+/// A refusal of a request a web page could have sent, counted by `reason`.
+fn refused(state: &AdminState, reason: &'static str, detail: impl Into<String>) -> Response {
+    metrics::counter!(
+        crate::metrics::ADMIN_REFUSED,
+        "node" => state.membership.node_id().to_string(),
+        "reason" => reason
+    )
+    .increment(1);
+    match reason {
+        "content_type" => error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            detail,
+        ),
+        _ => error(StatusCode::FORBIDDEN, "forbidden", detail),
+    }
 }
 
 /// Lets a request through when no token is set or when it carries the token.
@@ -289,15 +407,15 @@ async fn probe(
     Json(answer).into_response()
 }
 
-async fn broadcast(
-    State(state): State<AdminState>,
-    request: Result<Json<BroadcastRequest>, JsonRejection>,
-) -> Response {
+async fn broadcast(State(state): State<AdminState>, body: axum::body::Bytes) -> Response {
+    // An empty body means the defaults.
+    let request = match body.is_empty() {
+        true => Ok(BroadcastRequest::default()),
+        false => serde_json::from_slice::<BroadcastRequest>(&body),
+    };
     let request = match request {
-        Ok(Json(request)) => request,
-        // An empty body means the defaults.
-        Err(JsonRejection::MissingJsonContentType(_)) => BroadcastRequest::default(),
-        Err(err) => return error(StatusCode::BAD_REQUEST, "bad_request", err.body_text()),
+        Ok(request) => request,
+        Err(err) => return error(StatusCode::BAD_REQUEST, "bad_request", err.to_string()),
     };
     let timeout = match probe_timeout(&state, request.timeout_ms) {
         Ok(timeout) => timeout,
@@ -342,6 +460,51 @@ async fn stats(State(state): State<AdminState>) -> Json<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_api_open_beyond_loopback_without_a_token_is_warned_about() {
+        let at = |addr: &str| addr.parse::<SocketAddr>().unwrap();
+        assert!(exposure(at("0.0.0.0:8080"), false).is_some());
+        assert!(exposure(at("10.0.0.5:8080"), false).is_some());
+        assert!(exposure(at("[::]:8080"), false).is_some());
+        assert!(exposure(at("0.0.0.0:8080"), true).is_none());
+        assert!(exposure(at("127.0.0.1:8080"), false).is_none());
+        assert!(exposure(at("[::1]:8080"), false).is_none());
+    }
+
+    #[test]
+    fn hosts_served_are_addresses_localhost_on_loopback_and_allowed_names() {
+        let loopback = Hosts::new(
+            "127.0.0.1:8080".parse().unwrap(),
+            &["Admin.Internal".into()],
+        );
+        for host in [
+            "127.0.0.1:8080",
+            "127.0.0.1",
+            "10.1.2.3:9",
+            "[::1]:8080",
+            "[::1]",
+            "localhost:8080",
+            "LOCALHOST",
+            "admin.internal:8080",
+        ] {
+            assert!(loopback.serves(host), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:8080",
+            "localhost.evil.example",
+            "[nope]",
+            "",
+        ] {
+            assert!(!loopback.serves(host), "{host}");
+        }
+        let open = Hosts::new("0.0.0.0:8080".parse().unwrap(), &[]);
+        assert!(open.serves("localhost:8080"), "loopback is bound too");
+        assert!(open.serves("10.0.0.5:8080"));
+        let one = Hosts::new("10.0.0.5:8080".parse().unwrap(), &[]);
+        assert!(!one.serves("localhost:8080"), "not bound to loopback");
+    }
 
     #[test]
     fn the_token_is_read_from_its_file_and_a_bad_one_is_refused_by_name() {

@@ -61,6 +61,9 @@ pub const LOG_LINES_LEFT_OUT: &str = "wamp_cluster_log_lines_left_out_total";
 pub const GOSSIP_DROPPED: &str = "wamp_cluster_gossip_dropped_total";
 /// Counter: admin API requests refused for want of the right bearer token.
 pub const ADMIN_UNAUTHORIZED: &str = "wamp_cluster_admin_unauthorized_total";
+/// Counter: admin API requests refused as a web page could have sent them, by `reason`
+/// (`host`, `origin`, `content_type`).
+pub const ADMIN_REFUSED: &str = "wamp_cluster_admin_refused_total";
 
 /// How long a gauge or histogram that is no longer updated stays in the output: series of
 /// peers that left are dropped after this, so churn cannot grow the output without bound.
@@ -106,6 +109,10 @@ pub fn describe() {
     metrics::describe_counter!(
         ADMIN_UNAUTHORIZED,
         "Admin API requests refused for want of the right bearer token."
+    );
+    metrics::describe_counter!(
+        ADMIN_REFUSED,
+        "Admin API requests refused as a web page could have sent them, by reason."
     );
     metrics::describe_counter!(
         GOSSIP_DROPPED,

@@ -144,6 +144,7 @@ async fn the_admin_api_serves_every_route_with_its_documented_shape() {
 
     let response = http()
         .post(format!("http://{}/cluster/leave", b.admin_addr().unwrap()))
+        .header("content-type", "application/json")
         .send()
         .await
         .unwrap();
@@ -401,4 +402,106 @@ async fn the_routes_that_change_or_probe_need_the_admin_token_when_one_is_set() 
     assert!(refused.ends_with(" 4"), "{refused}");
     a.abort().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What a web page can make a browser send is refused, and the node keeps running: a state
+/// change without `content-type: application/json` (a form post), one from a page of another
+/// origin, and any request whose `Host` is a name the node does not answer to (DNS
+/// rebinding). The node's own address, `localhost` on loopback and the names of
+/// `admin_allowed_hosts` are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_a_web_page_could_send_are_refused_and_the_node_keeps_running() {
+    let _serial = SERIAL.lock().await;
+    let mut config = node_config("node-a", &[], tolerant());
+    config.admin_allowed_hosts = vec!["admin.example.internal".into()];
+    let a = Node::builder(config, |_, _| Discard).start().await.unwrap();
+    let addr = a.admin_addr().unwrap();
+    let port = addr.port();
+    let send = |path: &str, headers: &[(&str, String)], body: Option<&str>| {
+        let url = format!("http://{addr}{path}");
+        let mut request = match body {
+            Some(body) => http().post(url).body(body.to_owned()),
+            None => http().get(url),
+        };
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        async move {
+            let response = request.send().await.expect("admin API answers");
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            (status, body["error"].as_str().unwrap_or("").to_string())
+        }
+    };
+    let json = ("content-type", "application/json".to_string());
+    let refused = [
+        ("/cluster/leave", vec![], 415, "unsupported_media_type"),
+        (
+            "/cluster/leave",
+            vec![("content-type", "text/plain".into())],
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "/cluster/leave",
+            vec![
+                ("content-type", "application/x-www-form-urlencoded".into()),
+                ("origin", "http://evil.example".into()),
+            ],
+            403,
+            "forbidden",
+        ),
+        (
+            "/cluster/leave",
+            vec![json.clone(), ("origin", "http://evil.example".into())],
+            403,
+            "forbidden",
+        ),
+        (
+            "/cluster/leave",
+            vec![json.clone(), ("origin", "null".into())],
+            403,
+            "forbidden",
+        ),
+        (
+            "/cluster/leave",
+            vec![json.clone(), ("host", format!("rebound.example:{port}"))],
+            403,
+            "forbidden",
+        ),
+    ];
+    for (path, headers, status, error) in refused {
+        let answer = send(path, &headers, Some("")).await;
+        assert_eq!(answer, (status, error.to_string()), "{headers:?}");
+    }
+    // DNS rebinding reads too: a page of rebound.example reads nothing.
+    let rebound = [("host", format!("rebound.example:{port}"))];
+    assert_eq!(send("/cluster/members", &rebound, None).await.0, 403);
+    assert_eq!(
+        a.membership().view().self_member().map(|m| m.status),
+        Some(Status::Ready),
+        "nothing refused stopped the node"
+    );
+    // Served: the bound address, localhost on loopback, an allowed name, its own origin.
+    for host in [
+        addr.to_string(),
+        format!("localhost:{port}"),
+        format!("admin.example.internal:{port}"),
+    ] {
+        let headers = [("host", host.clone())];
+        assert_eq!(send("/health", &headers, None).await.0, 200, "{host}");
+        let same_origin = [
+            ("host", host.clone()),
+            ("origin", format!("http://{host}")),
+            json.clone(),
+        ];
+        let probe = send("/cluster/probe", &same_origin, Some(r#"{"node":"nobody"}"#)).await;
+        assert_eq!(probe.1, "unknown_node", "{host}");
+    }
+    let leave = send("/cluster/leave", &[json], Some("")).await;
+    assert_eq!(leave.0, 200);
+    assert_eq!(
+        within(Duration::from_secs(15), "the leave ends", a.stopped()).await,
+        Stopped::LeaveRequested
+    );
 }

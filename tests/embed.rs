@@ -106,6 +106,7 @@ async fn two_embedded_routers_form_a_cluster_and_each_stops_cleanly() {
     // A leave through the admin API: the node carries it out and the program exits 0.
     let response = http()
         .post(format!("{admin2}/cluster/leave"))
+        .header("content-type", "application/json")
         .send()
         .await
         .unwrap();

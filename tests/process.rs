@@ -244,6 +244,7 @@ async fn three_processes_converge_see_a_crash_and_a_graceful_leave() {
     let mut first = first;
     let response = http()
         .post(format!("http://{}/cluster/leave", first.admin))
+        .header("content-type", "application/json")
         .send()
         .await
         .unwrap();

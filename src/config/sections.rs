@@ -53,6 +53,11 @@ crate::settings! {
         /// anything (`POST /cluster/leave`, `/cluster/probe`, `/cluster/broadcast`) need
         /// `Authorization: Bearer <token>`; the read-only routes stay open. Read at start.
         pub admin_token_file: Option<PathBuf> = None,
+        /// Host names the admin API answers to besides an IP address (and `localhost` when it
+        /// binds loopback or every address): a request whose `Host` names anything else is
+        /// refused (403), so a web page cannot reach the API through a name that it rebinds to
+        /// the node's address.
+        pub admin_allowed_hosts: Vec<String> = Vec::new(),
         /// A file holding the cluster secret: one or more secrets separated by whitespace (one
         /// a line), each at least 16 visible ASCII characters. When set, the forwarding
         /// handshake proves both sides know a secret and gossip datagrams are sealed; the first
@@ -251,6 +256,19 @@ impl Config {
                 .is_none()
             {
                 return invalid("seeds", &format!("`{seed}` is not IP:port or host:port"));
+            }
+        }
+        for host in &self.admin_allowed_hosts {
+            let valid = !host.is_empty()
+                && host.len() <= 253
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'));
+            if !valid {
+                return invalid(
+                    "admin_allowed_hosts",
+                    &format!("`{host}` is not a host name (letters, digits, '.' and '-')"),
+                );
             }
         }
         if self.cluster_secret_file.is_some() && self.cluster_secret.is_some() {

@@ -159,6 +159,9 @@ impl NodeBuilder {
         let admin_stop = CancellationToken::new();
         let mut admin_tasks = Vec::new();
         if let Some(listener) = admin_listener {
+            if let Some(warning) = admin::exposure(config.admin_addr, token.is_some()) {
+                warn!(admin_addr = %config.admin_addr, "{warning}");
+            }
             let state = admin::AdminState {
                 membership: membership.clone(),
                 forwarder: forwarder.clone(),
@@ -166,6 +169,10 @@ impl NodeBuilder {
                 prometheus: self.prometheus.clone(),
                 stop: stop.clone(),
                 token,
+                hosts: Arc::new(admin::Hosts::new(
+                    admin_addr.unwrap_or(config.admin_addr),
+                    &config.admin_allowed_hosts,
+                )),
             };
             let stopped = admin_stop.clone();
             admin_tasks.push(tokio::spawn(async move {
