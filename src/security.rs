@@ -355,7 +355,10 @@ pub fn random<const N: usize>() -> Result<[u8; N], NoRandom> {
 /// Refuses datagrams sent outside a window around now, and a second datagram with the nonce of
 /// one it admitted. Remembers at most `REPLAY_MEMORY` nonces, the oldest by send time
 /// forgotten first; whenever it forgets one it refuses everything sent up to that one's time as
-/// stale, so a forgotten datagram is refused all the same, even if the clock steps back.
+/// stale, so a forgotten datagram is refused all the same, even if the clock steps back. The
+/// window is around the clock as it reads now: a clock that jumped ahead and was set back
+/// hears fresh datagrams again at once. (Datagrams it admitted while ahead, from a peer whose
+/// clock was ahead too, leave their send times refused until the clock passes them.)
 #[derive(Debug)]
 pub struct ReplayGuard {
     window_ms: u64,
@@ -365,8 +368,6 @@ pub struct ReplayGuard {
     nonces: HashSet<[u8; NONCE_LEN]>,
     /// Datagrams sent at or before this are refused.
     floor: u64,
-    /// The latest time seen: the clock stepping back does not reopen the window.
-    now: u64,
 }
 
 impl ReplayGuard {
@@ -383,7 +384,6 @@ impl ReplayGuard {
             seen: BTreeSet::new(),
             nonces: HashSet::new(),
             floor: 0,
-            now: 0,
         }
     }
 
@@ -394,8 +394,7 @@ impl ReplayGuard {
         nonce: [u8; NONCE_LEN],
         now_ms: u64,
     ) -> Result<(), Unopened> {
-        self.now = self.now.max(now_ms);
-        let oldest = self.now.saturating_sub(self.window_ms);
+        let oldest = now_ms.saturating_sub(self.window_ms);
         while let Some(&(sent, _)) = self.seen.first() {
             if sent >= oldest {
                 break;
@@ -608,5 +607,29 @@ mod tests {
         assert_eq!(guard.admit(1_001, [3; 12], 1_000), Ok(()));
         assert_eq!(guard.admit(1_002, [4; 12], 1_000), Ok(()));
         assert_eq!(guard.admit(1_000, [2; 12], 1_000), Err(Unopened::Stale));
+    }
+
+    /// The local clock jumps hours ahead (a host that booted fast), then back: while it is
+    /// ahead, correct peers' datagrams are stale (the clocks disagree); once it is back, fresh
+    /// ones open again at once, and what was admitted before stays refused.
+    #[test]
+    fn the_replay_guard_hears_again_once_a_clock_that_jumped_ahead_is_set_back() {
+        const HOUR: u64 = 3_600_000;
+        let t = 10 * HOUR;
+        let mut guard = ReplayGuard::new(30_000);
+        assert_eq!(guard.admit(t, [1; 12], t), Ok(()));
+        assert_eq!(guard.admit(t + 1, [2; 12], t + 1), Ok(()));
+        // Three hours ahead: a correct peer's datagram is out of the window.
+        assert_eq!(
+            guard.admit(t + 2, [3; 12], t + 3 * HOUR),
+            Err(Unopened::Stale)
+        );
+        // Set back, a second later.
+        assert_eq!(guard.admit(t + 1_000, [4; 12], t + 1_000), Ok(()));
+        assert_eq!(guard.admit(t + 1_001, [5; 12], t + 1_001), Ok(()));
+        // Replays stay refused, forgotten or remembered.
+        for (sent, nonce) in [(t, 1), (t + 1, 2), (t + 1_000, 4)] {
+            assert!(guard.admit(sent, [nonce; 12], t + 1_002).is_err(), "{nonce}");
+        }
     }
 }
