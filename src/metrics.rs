@@ -65,13 +65,73 @@ pub const ADMIN_UNAUTHORIZED: &str = "wamp_cluster_admin_unauthorized_total";
 /// (`host`, `origin`, `content_type`).
 pub const ADMIN_REFUSED: &str = "wamp_cluster_admin_refused_total";
 
-/// How long a gauge or histogram that is no longer updated stays in the output: series of
-/// peers that left are dropped after this, so churn cannot grow the output without bound.
-/// Counters are kept: one dropped and recreated would lose its first increment to `rate()`.
+/// How long a series that is no longer updated stays in the output: series of peers that
+/// left are dropped after this, counters too, so churn cannot grow the output without bound.
+/// The series of a live peer are updated once a second, whether anything happened or not, so
+/// they never go; a peer that comes back gets them again.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How often the recorder's upkeep (idle timeouts, histogram buckets) runs.
 pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The node's own counters (not a peer's) by the label values each can have: touched once a
+/// second by [`touch_node_counters`], so that a counter that rarely moves is not dropped by the
+/// idle timeout between two increments, and each starts at 0 before its first.
+const NODE_COUNTERS: &[(&str, &str, &[&str])] = &[
+    (
+        MEMBERSHIP_EVENTS,
+        "kind",
+        &[
+            "joined",
+            "restarted",
+            "leaving",
+            "left",
+            "down",
+            "unreachable",
+            "reachable",
+        ],
+    ),
+    (
+        HANDSHAKES_REFUSED,
+        "reason",
+        &[
+            "bad_hello",
+            "no_common_version",
+            "wrong_cluster",
+            "wrong_node",
+            "overloaded",
+            "shutting_down",
+            "bad_secret",
+            "bad_certificate",
+            "timeout",
+            "tls",
+        ],
+    ),
+    (
+        FRAMES_REFUSED,
+        "reason",
+        &[
+            "too_large",
+            "malformed",
+            "io",
+            "unexpected",
+            "idle",
+            "write_stalled",
+        ],
+    ),
+    (GOSSIP_DROPPED, "reason", &["unsealed", "stale", "replayed"]),
+    (ADMIN_REFUSED, "reason", &["host", "origin", "content_type"]),
+];
+
+/// Keeps the node's own counters in the output (see [`NODE_COUNTERS`]).
+pub(crate) fn touch_node_counters(node: &str) {
+    for (name, label, values) in NODE_COUNTERS {
+        for value in *values {
+            metrics::counter!(*name, "node" => node.to_owned(), *label => *value).increment(0);
+        }
+    }
+    metrics::counter!(ADMIN_UNAUTHORIZED, "node" => node.to_owned()).increment(0);
+}
 
 /// Registers metric descriptions with the installed recorder.
 pub fn describe() {
@@ -129,15 +189,18 @@ pub fn describe() {
 /// Call [`PrometheusHandle::run_upkeep`] every [`UPKEEP_INTERVAL`]; the node does it for the
 /// handle it is given.
 pub fn install_prometheus() -> Result<PrometheusHandle, String> {
+    install_prometheus_with(IDLE_TIMEOUT)
+}
+
+/// [`install_prometheus`] with another idle timeout (tests that watch series go). The first
+/// call in a process decides the timeout.
+pub fn install_prometheus_with(idle_timeout: Duration) -> Result<PrometheusHandle, String> {
     static HANDLE: std::sync::OnceLock<Result<PrometheusHandle, String>> =
         std::sync::OnceLock::new();
     HANDLE
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()
-                .idle_timeout(
-                    MetricKindMask::GAUGE | MetricKindMask::HISTOGRAM,
-                    Some(IDLE_TIMEOUT),
-                )
+                .idle_timeout(MetricKindMask::ALL, Some(idle_timeout))
                 .install_recorder()
                 .map_err(|err| err.to_string())?;
             describe();

@@ -9,6 +9,29 @@ pub struct NodeId(Arc<str>);
 
 crate::shared_str::shared_string!(NodeId, "a node id");
 
+/// Longest node id or cluster id accepted, in bytes.
+pub const MAX_ID_LEN: usize = 128;
+
+/// Whether `id` is a valid node id or cluster id: 1 to [`MAX_ID_LEN`] bytes of letters,
+/// digits, `.`, `_` and `-`; why not, if it is not. The same rules hold for ids in the
+/// configuration and ids that come from the network.
+pub(crate) fn check(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        Err("must be set".to_string())
+    } else if id.len() > MAX_ID_LEN {
+        Err(format!("longer than {MAX_ID_LEN} bytes"))
+    } else if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        Err(format!(
+            "`{id}` contains {c:?}; use letters, digits, '.', '_' and '-'"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 /// The DNS name a node id stands for in a TLS certificate, or why it cannot stand for one.
 pub(crate) fn dns_name(node_id: &str) -> Result<rustls::pki_types::ServerName<'static>, String> {
     match rustls::pki_types::ServerName::try_from(node_id.to_owned()) {

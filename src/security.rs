@@ -629,7 +629,10 @@ mod tests {
         assert_eq!(guard.admit(t + 1_001, [5; 12], t + 1_001), Ok(()));
         // Replays stay refused, forgotten or remembered.
         for (sent, nonce) in [(t, 1), (t + 1, 2), (t + 1_000, 4)] {
-            assert!(guard.admit(sent, [nonce; 12], t + 1_002).is_err(), "{nonce}");
+            assert!(
+                guard.admit(sent, [nonce; 12], t + 1_002).is_err(),
+                "{nonce}"
+            );
         }
     }
 }

@@ -97,8 +97,12 @@ async fn a_short_receive_ack_leaves_the_outcome_for_the_next() {
     .await;
     c.recorders[1].accept_hung();
     f.receive_ack(id, Duration::from_secs(5)).await.unwrap();
-    let stats = &f.stats()[&NodeId::from("node-1")];
-    assert_eq!((stats.acked, stats.late_acks), (1, 0));
+    // Counted by the connection's reader right after it hands over the outcome.
+    wait_until(Duration::from_secs(5), "the ack counted, not late", || {
+        let stats = &f.stats()[&NodeId::from("node-1")];
+        (stats.acked, stats.late_acks) == (1, 0)
+    })
+    .await;
     c.stop().await;
 }
 

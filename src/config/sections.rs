@@ -10,8 +10,7 @@ use crate::error::ConfigError;
 use crate::security::{Secret, SECRET_ENV};
 use crate::wire::FRAME_LIMIT;
 
-/// Longest node id or cluster id accepted, in bytes.
-pub const MAX_ID_LEN: usize = 128;
+pub use crate::node_id::MAX_ID_LEN;
 
 /// Largest size of the labels once encoded for gossip, in bytes. Labels travel in every gossip
 /// exchange, so they must stay small.
@@ -435,19 +434,7 @@ impl Config {
 }
 
 fn validate_id(key: &str, id: &str) -> Result<(), ConfigError> {
-    let message = if id.is_empty() {
-        "must be set".to_string()
-    } else if id.len() > MAX_ID_LEN {
-        format!("longer than {MAX_ID_LEN} bytes")
-    } else if let Some(c) = id
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        format!("`{id}` contains {c:?}; use letters, digits, '.', '_' and '-'")
-    } else {
-        return Ok(());
-    };
-    Err(ConfigError::invalid(key, message))
+    crate::node_id::check(id).map_err(|message| ConfigError::invalid(key, message))
 }
 
 fn validate_advertise(

@@ -429,11 +429,8 @@ async fn connection(
         mut writer,
         ..
     } = accepted;
-    reader.get_mut().count_in(metrics::counter!(
-        m::BYTES_RECEIVED,
-        "node" => ctx.node.to_string(),
-        "peer" => from.to_string()
-    ));
+    let received = ctx.received_from(&from);
+    reader.get_mut().count_in(received.clone());
     let mut serving = Serving {
         ctx,
         from: &from,
@@ -442,9 +439,8 @@ async fn connection(
         deliver,
         out: BytesMut::new(),
         codec: FrameCodec::new(ctx.config.max_frame_bytes),
-        answers: Answers::new(ctx.received_from(&from)),
+        answers: Answers::new(received),
         broken: false,
-        throttled: None,
     };
     let ended = serving.serve(&mut reader, &mut writer).await;
     // A connection that a newer one took over closes quietly, however it ended: its peer
@@ -479,8 +475,6 @@ struct Serving<'a> {
     answers: Answers,
     /// A write failed or was cut short.
     broken: bool,
-    /// Counts the pauses of a peer over its frame rate, once it was paused.
-    throttled: Option<metrics::Counter>,
 }
 
 impl Serving<'_> {
@@ -560,16 +554,10 @@ impl Serving<'_> {
             {
                 // Over the peer's rate: read nothing for a while (the peer's writes back up),
                 // after sending what is answered.
-                let (node, from) = (&ctx.node, self.from);
-                self.throttled
-                    .get_or_insert_with(|| {
-                        metrics::counter!(
-                            m::INBOUND_THROTTLED,
-                            "node" => node.to_string(),
-                            "peer" => from.to_string()
-                        )
-                    })
-                    .increment(1);
+                self.answers
+                    .received
+                    .throttled
+                    .fetch_add(1, Ordering::Relaxed);
                 if !self.send(write).await {
                     return None;
                 }

@@ -62,6 +62,7 @@ use crate::wire;
 use crate::NodeId;
 use context::Context;
 use link::{Link, Offered};
+use stats::Received;
 
 /// The links by peer, looked up on every send: hashed with foldhash, several times cheaper
 /// than the standard library's SipHash for short keys (the keys are member ids, not chosen by
@@ -519,29 +520,57 @@ impl Inner {
         Ok(link)
     }
 
-    /// Sets the gauges and drops the counters and closed links of peers no longer in the view.
+    /// Publishes the counters and gauges, and drops the counters and closed links of peers no
+    /// longer in the view.
     fn update_gauges(&self) {
         metrics::gauge!(crate::metrics::PENDING_ACKS, "node" => self.ctx.node.to_string())
             .set(self.ctx.pending.len() as f64);
+        crate::metrics::touch_node_counters(self.ctx.node.as_str());
         let view = self.ctx.membership.view();
         let mut links = self.links();
         links.retain(|_, link| !link.is_closed());
-        for link in links.values() {
-            link.stats.queue_depth.set(link.queued() as f64);
-        }
+        let queued: HashMap<NodeId, usize> = links
+            .iter()
+            .map(|(node, link)| (node.clone(), link.queued()))
+            .collect();
         drop(links);
-        self.stats
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|node, _| view.member(node.as_str()).is_some());
-        // A peer's connections hold its counts while they serve, in the view or not yet.
-        self.ctx
-            .received
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|node, received| {
+        let stats: Vec<(NodeId, Arc<stats::PeerStats>)> = {
+            let mut stats = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
+            stats.retain(|node, _| view.member(node.as_str()).is_some());
+            stats.iter().map(|(n, s)| (n.clone(), s.clone())).collect()
+        };
+        for (node, stats) in stats {
+            stats.publish(queued.get(&node).copied());
+        }
+        // A peer's connections hold its counts while they serve, in the view or not yet; what
+        // they read is published before the counts of a closed one go.
+        let received: Vec<(NodeId, Arc<Received>)> = {
+            let mut received = self
+                .ctx
+                .received
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let all = received
+                .iter()
+                .map(|(n, r)| (n.clone(), r.clone()))
+                .collect();
+            received.retain(|node, received| {
                 Arc::strong_count(received) > 1 || view.member(node.as_str()).is_some()
             });
+            all
+        };
+        // Ids that are not members (yet) share one series: strangers cannot make new ones.
+        let mut strangers = stats::Inbound::default();
+        for (node, received) in received {
+            let inbound = received.unpublished();
+            match view.member(node.as_str()) {
+                Some(_) => inbound.publish(&self.ctx.node, node.as_str()),
+                None => strangers.add(inbound),
+            }
+        }
+        if !strangers.is_empty() {
+            strangers.publish(&self.ctx.node, stats::NON_MEMBER);
+        }
     }
 }
 

@@ -5,7 +5,10 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use metrics::Counter;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::stats::Received;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -79,17 +82,17 @@ impl AsyncWrite for WriteSide {
 /// handshake).
 pub(crate) struct CountingRead {
     read: ReadSide,
-    bytes: Option<Counter>,
+    counts: Option<Arc<Received>>,
 }
 
 impl CountingRead {
     pub(crate) fn new(read: ReadSide) -> CountingRead {
-        CountingRead { read, bytes: None }
+        CountingRead { read, counts: None }
     }
 
-    /// Counts the bytes read from now on in `bytes`.
-    pub(crate) fn count_in(&mut self, bytes: Counter) {
-        self.bytes = Some(bytes);
+    /// Counts the bytes read from now on in the peer's `counts`.
+    pub(crate) fn count_in(&mut self, counts: Arc<Received>) {
+        self.counts = Some(counts);
     }
 }
 
@@ -101,8 +104,9 @@ impl AsyncRead for CountingRead {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.read).poll_read(cx, buf);
-        if let Some(bytes) = &self.bytes {
-            bytes.increment((buf.filled().len() - before) as u64);
+        if let Some(counts) = &self.counts {
+            let read = (buf.filled().len() - before) as u64;
+            counts.bytes.fetch_add(read, Ordering::Relaxed);
         }
         polled
     }

@@ -250,7 +250,9 @@ mod fixed_u32 {
 
 /// What the listener answers a [`Hello`]: the version to speak, or why not. A pure function.
 pub fn negotiate(hello: &Hello, cluster_id: &str, node_id: &NodeId) -> Result<u16, RefuseReason> {
-    if hello.magic != MAGIC {
+    // A node id that could not be configured is refused as configured ones are: it would
+    // become a label, a map key and a log field.
+    if hello.magic != MAGIC || crate::node_id::check(hello.node_id.as_str()).is_err() {
         return Err(RefuseReason::BadHello);
     }
     if hello.cluster_id != cluster_id {
