@@ -486,9 +486,13 @@ impl Serving<'_> {
             return true;
         }
         let ctx = self.ctx;
+        // The write first: a stop cuts only a write that waits for the socket, never one that
+        // would go through at once (the last verdicts of a drained handler come just before
+        // the stop).
         let sent = tokio::select! {
-            _ = ctx.shutdown.cancelled() => false,
+            biased;
             sent = write_out(ctx, write, &mut self.out) => sent,
+            _ = ctx.shutdown.cancelled() => false,
         };
         // A write cut short leaves part of a frame behind: nothing more may follow it.
         self.broken = !sent;
