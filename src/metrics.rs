@@ -105,6 +105,7 @@ const NODE_COUNTERS: &[(&str, &str, &[&str])] = &[
             "bad_certificate",
             "timeout",
             "tls",
+            "clock_skew",
         ],
     ),
     (

@@ -339,7 +339,7 @@ async fn a_newer_connection_from_the_same_node_takes_over_from_the_older() {
     };
     let forward = |id: u64| {
         Frame::Forward(Box::new(Forward {
-            ttl_ms: 5000,
+            deadline_ms: protocol::wall_clock_ms() + 5000,
             id,
             delivery: Delivery {
                 from: PeerId::session("realm1", "peer-x", 1),
@@ -460,4 +460,77 @@ async fn an_ack_completes_only_what_was_written_on_its_connection() {
     c.recorders[1].accept_hung();
     f.receive_ack(id, Duration::from_secs(5)).await.unwrap();
     c.stop().await;
+}
+
+/// A message whose sender gave up while it waited at the receiver is never delivered: the
+/// receiving node's runtime is blocked for 3 s (its process starved or paused) while a forward
+/// with a 1 s timeout reaches its socket; the sender gets `Timeout`, and once the receiver runs
+/// again it expires the message by its deadline instead of handing it over. The next message
+/// is delivered.
+#[test]
+fn a_message_read_after_its_sender_gave_up_is_never_delivered() {
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let (senders, receivers) = (runtime(), runtime());
+    senders.block_on(async {
+        let _serial = SERIAL.lock().await;
+        let a_config = node_config("node-0", &[], tolerant());
+        let b_config = node_config("node-1", &[a_config.gossip_addr], tolerant());
+        let a = Node::builder(a_config, |_, _| Discard)
+            .start()
+            .await
+            .unwrap();
+        let recorder = Arc::new(Recorder::default());
+        let handler = recorder.clone();
+        let b = receivers
+            .spawn(async move {
+                Node::builder(b_config, move |_, _| handler)
+                    .start()
+                    .await
+                    .unwrap()
+            })
+            .await
+            .unwrap();
+        wait_until(Duration::from_secs(15), "b ready", || {
+            a.membership().view().is_target("node-1")
+        })
+        .await;
+        let f = a.forwarder();
+        f.forward(from(&a), to("node-1"), publish(1), &options(5000))
+            .await
+            .unwrap();
+        // Both of the receiver's workers sleep: nothing of it runs but its gossip thread.
+        let blocked: Vec<_> = (0..2)
+            .map(|_| receivers.spawn(async { std::thread::sleep(Duration::from_secs(3)) }))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let late = f
+            .forward(from(&a), to("node-1"), publish(2), &options(1000))
+            .await;
+        assert_eq!(
+            late,
+            Err(ForwardError::Timeout {
+                node: "node-1".into()
+            })
+        );
+        for task in blocked {
+            task.await.unwrap();
+        }
+        f.forward(from(&a), to("node-1"), publish(3), &options(5000))
+            .await
+            .unwrap();
+        let seen: Vec<_> = recorder
+            .seen()
+            .iter()
+            .map(|d| d.message.request_id())
+            .collect();
+        assert_eq!(seen, [Some(1), Some(3)], "message 2 was delivered late");
+        b.abort().await;
+        a.abort().await;
+    });
 }

@@ -93,7 +93,8 @@ async fn bad_input_on_the_forward_port_is_refused_and_counted_while_good_peers_a
     // min_version and max_version, one-byte varints, follow the length prefix, the variant
     // index and the magic's four bytes.
     let at = 4 + 1 + 4;
-    assert_eq!(future[at..at + 2], [1, 1]);
+    let versions = [protocol::MIN_VERSION as u8, protocol::MAX_VERSION as u8];
+    assert_eq!(future[at..at + 2], versions);
     future[at] = 99;
     future[at + 1] = 99;
     let answer = send_and_read(target, &future).await;
@@ -105,6 +106,21 @@ async fn bad_input_on_the_forward_port_is_refused_and_counted_while_good_peers_a
             Some(protocol::Frame::Refuse {
                 reason: protocol::RefuseReason::NoCommonVersion { .. }
             })
+        ),
+        "{frame:?}"
+    );
+    // A hello whose clock is an hour away from the node's: refused, both clocks named.
+    let mut skewed = protocol::hello("default", "intruder", "node-1");
+    skewed.wall_clock_ms -= 3_600_000;
+    let answer = send_and_read(target, &protocol::encode(&protocol::Frame::Hello(skewed))).await;
+    let mut answer = bytes::BytesMut::from(&answer[..]);
+    let frame = tokio_util::codec::Decoder::decode(&mut codec, &mut answer).unwrap();
+    assert!(
+        matches!(
+            frame,
+            Some(protocol::Frame::Refuse {
+                reason: protocol::RefuseReason::ClockSkew { listener_ms, dialer_ms }
+            }) if listener_ms - dialer_ms >= 3_600_000
         ),
         "{frame:?}"
     );
@@ -135,7 +151,10 @@ async fn bad_input_on_the_forward_port_is_refused_and_counted_while_good_peers_a
         <[u8]>::to_vec,
     )
     .unwrap();
-    assert!(protocol::set_ttl(&mut forward, 5000));
+    assert!(protocol::set_deadline(
+        &mut forward,
+        protocol::wall_clock_ms() + 5000
+    ));
     bytes.extend_from_slice(&forward);
     bytes.extend_from_slice(&protocol::encode(&protocol::Frame::Ping { id: 5 }));
     let mut answers = bytes::BytesMut::from(&send_and_read(target, &bytes).await[..]);
@@ -185,6 +204,10 @@ async fn bad_input_on_the_forward_port_is_refused_and_counted_while_good_peers_a
         ),
         (
             "wamp_cluster_handshakes_refused_total{node=\"node-1\",reason=\"no_common_version\"}",
+            1,
+        ),
+        (
+            "wamp_cluster_handshakes_refused_total{node=\"node-1\",reason=\"clock_skew\"}",
             1,
         ),
         (

@@ -140,6 +140,13 @@ crate::settings! {
         /// minutes; the pause starts at 50 ms and doubles, with jitter.
         #[serde(with = "crate::config::ms")]
         pub max_redial_backoff_ms: Duration = Duration::from_millis(2000),
+        /// How far a dialer's wall clock may be from this node's, 1 ms to 1 h; a dialer
+        /// further off is refused (`clock_skew`). A forwarded message carries its sender's
+        /// deadline by the sender's clock and is not delivered once this node's clock has
+        /// passed it, so a message reaches a handler at most this long after its sender gave
+        /// up (however long it waited in buffers). Keep the clocks in step (NTP) and this low.
+        #[serde(with = "crate::config::ms")]
+        pub max_clock_skew_ms: Duration = Duration::from_millis(1000),
     }
 }
 
@@ -360,6 +367,12 @@ impl Config {
             f.max_redial_backoff_ms,
             ms(50),
             ms(600_000),
+        )?;
+        within(
+            "forward.max_clock_skew_ms",
+            f.max_clock_skew_ms,
+            ms(1),
+            ms(3_600_000),
         )?;
         let l = &self.limits;
         if l.max_inbound_connections.get() > 65_536 {

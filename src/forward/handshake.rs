@@ -129,6 +129,7 @@ fn hello(ctx: &Context, to: &NodeId) -> Hello {
         node_id: ctx.node.clone(),
         generation: ctx.generation,
         to_node: to.clone(),
+        wall_clock_ms: wire::wall_clock_ms(),
     }
 }
 
@@ -302,6 +303,9 @@ async fn check(
     let checked = |hello: &Hello| {
         let version =
             wire::negotiate(hello, &ctx.cluster_id, &ctx.node).map_err(HandshakeError::Refused)?;
+        let max_skew = ctx.config.max_clock_skew_ms.as_millis() as u64;
+        wire::check_clock(hello, wire::wall_clock_ms(), max_skew)
+            .map_err(HandshakeError::Refused)?;
         if certificate.is_some_and(|cert| !crate::tls::names(cert, hello.node_id.as_str())) {
             return Err(HandshakeError::Refused(RefuseReason::BadCertificate));
         }

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 use tracing::{debug, Instrument};
 
-use super::context::Context;
+use super::context::{Context, MAX_TIMEOUT};
 use super::handshake;
 use super::pending::{Outcome, PendingCount};
 use super::queue::{Batch, Queued, Refused, SendQueue, Taken};
@@ -49,11 +49,6 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Link connection numbers, unique in the process (for logs).
 static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
-
-/// Milliseconds of a timeout as a frame's time to live.
-pub(crate) fn ttl_ms(timeout: Duration) -> u32 {
-    u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX)
-}
 
 /// The sending side of the link to one peer.
 ///
@@ -331,10 +326,10 @@ impl Written {
     }
 }
 
-/// Readies a batch for its write at `now`: sets each frame's time to live, leaves out the
-/// frames whose sender gave up (the waiter or the sweep ends their entries), and notes the
-/// others as written.
-fn prepare(batch: &mut Batch, now: Instant, written: &mut Written) {
+/// Readies a batch for its write at `now` (`wall_ms` by the wall clock): sets each frame's
+/// deadline by the wall clock, leaves out the frames whose sender gave up (the waiter or the
+/// sweep ends their entries), and notes the others as written.
+fn prepare(batch: &mut Batch, now: Instant, wall_ms: u64, written: &mut Written) {
     let (mut at, mut kept) = (0, 0);
     for frame in &batch.frames {
         let from = at;
@@ -345,10 +340,8 @@ fn prepare(batch: &mut Batch, now: Instant, written: &mut Written) {
         if kept != from {
             batch.bytes.copy_within(from..at, kept);
         }
-        wire::set_ttl(
-            &mut batch.bytes[kept..kept + frame.len],
-            ttl_ms(frame.deadline - now),
-        );
+        let left = (frame.deadline - now).min(MAX_TIMEOUT).as_millis() as u64;
+        wire::set_deadline(&mut batch.bytes[kept..kept + frame.len], wall_ms + left);
         kept += frame.len;
         written.note(frame.id);
     }
@@ -481,7 +474,12 @@ impl Connection<'_> {
             match queue.take_all(&mut batch) {
                 Taken::Some => {
                     let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
-                    prepare(&mut batch, Instant::now(), &mut written);
+                    prepare(
+                        &mut batch,
+                        Instant::now(),
+                        wire::wall_clock_ms(),
+                        &mut written,
+                    );
                 }
                 Taken::Empty => {
                     let keepalive = limits.keepalive_interval_ms;
@@ -523,16 +521,17 @@ mod tests {
         for id in 1..=5 {
             written.note(id);
         }
-        written.answered(1);
+        assert!(written.answered(1));
         // 2 got no answer (its handler did not answer in time): 3's answer forgets it.
-        written.answered(3);
-        written.answered(3);
-        written.answered(9);
+        assert!(written.answered(3));
+        assert!(!written.answered(3), "a duplicate");
+        assert!(!written.answered(9), "never written here");
+        assert!(!written.answered(2), "forgotten");
         assert_eq!(written.take(), [4, 5]);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_batch_keeps_the_frames_still_wanted_with_their_time_to_live_set() {
+    async fn a_batch_keeps_the_frames_still_wanted_with_their_deadline_set() {
         use crate::delivery::Delivery;
         use crate::wamp::{Dict, WampMessage};
         use crate::PeerId;
@@ -554,7 +553,7 @@ mod tests {
         let mut batch = Batch::default();
         queue.take_all(&mut batch);
         let mut written = Written::default();
-        prepare(&mut batch, now, &mut written);
+        prepare(&mut batch, now, 1_000_000, &mut written);
         assert_eq!(written.take(), [1, 3]);
         let mut codec = FrameCodec::new(1 << 20);
         let mut bytes = bytes::BytesMut::from(&batch.bytes[..]);
@@ -562,7 +561,7 @@ mod tests {
         while let Some(Frame::Forward(f)) =
             tokio_util::codec::Decoder::decode(&mut codec, &mut bytes).unwrap()
         {
-            seen.push((f.id, f.ttl_ms));
+            seen.push((f.id, f.deadline_ms));
             assert_eq!(
                 f.delivery,
                 Delivery {
@@ -572,7 +571,7 @@ mod tests {
                 }
             );
         }
-        assert_eq!(seen, [(1, 300), (3, 1500)]);
+        assert_eq!(seen, [(1, 1_000_300), (3, 1_001_500)]);
     }
 
     #[test]

@@ -42,7 +42,7 @@ use super::stats::{Counts, Received};
 use super::stream::{CountingRead, WriteSide};
 use crate::delivery::{Deliver, Delivery, NackReason, Verdict};
 use crate::metrics as m;
-use crate::wire::{Frame, FrameCodec, RefuseReason, WireError};
+use crate::wire::{self, Frame, FrameCodec, RefuseReason, WireError};
 use crate::NodeId;
 
 /// Answers gathered before they are written even if more frames are readable.
@@ -519,9 +519,6 @@ impl Serving<'_> {
         write: &mut WriteSide,
     ) -> Option<String> {
         let ctx = self.ctx;
-        // Time the connection read nothing since it last waited for the socket: frames read
-        // now may have been waiting that long.
-        let mut stalled = Duration::ZERO;
         let mut rate = FrameRate::new(
             ctx.limits.max_inbound_frames_per_sec_per_peer.get(),
             std::time::Instant::now(),
@@ -541,7 +538,6 @@ impl Serving<'_> {
             }
             if self.answers.is_full() {
                 // Read nothing more until the oldest verdict is known.
-                let began = Instant::now();
                 if !self.send(write).await {
                     return None;
                 }
@@ -549,7 +545,6 @@ impl Serving<'_> {
                     _ = ctx.shutdown.cancelled() => return None,
                     _ = self.answers.first_known() => {}
                 }
-                stalled += began.elapsed();
                 continue;
             }
             if let Some(wait) = (!token)
@@ -569,7 +564,6 @@ impl Serving<'_> {
                     _ = ctx.shutdown.cancelled() => return None,
                     _ = tokio::time::sleep(wait) => {}
                 }
-                stalled += wait;
                 continue;
             }
             token = true;
@@ -580,7 +574,6 @@ impl Serving<'_> {
                     if !self.send(write).await {
                         return None;
                     }
-                    stalled = Duration::ZERO;
                     let idle = ctx.limits.idle_timeout_ms;
                     tokio::select! {
                         _ = ctx.shutdown.cancelled() => return None,
@@ -614,10 +607,11 @@ impl Serving<'_> {
             };
             let answered = match frame {
                 Frame::Forward(forward) => {
-                    let (id, ttl_ms) = (forward.id, forward.ttl_ms);
-                    let ttl = Duration::from_millis(ttl_ms.into())
-                        .min(MAX_TIMEOUT)
-                        .saturating_sub(stalled);
+                    // By this node's clock, read as the frame is taken: however long it
+                    // waited in buffers, or while this process was paused, counts.
+                    let id = forward.id;
+                    let left = forward.deadline_ms.saturating_sub(wire::wall_clock_ms());
+                    let ttl = Duration::from_millis(left).min(MAX_TIMEOUT);
                     let verdict = {
                         let delivering = lock(self.delivering);
                         let newest = *delivering == self.number;

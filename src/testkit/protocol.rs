@@ -9,8 +9,9 @@ pub use crate::membership::chitchat_config;
 pub use crate::security::{ClusterKeys, ReplayGuard, Role, Transcript, Unopened};
 pub use crate::wire::frame::Forward;
 pub use crate::wire::{
-    encode_forward, hello_bytes, negotiate, set_ttl, take_acks, Frame, FrameCodec, Hello,
-    RefuseReason, WireError, FRAME_LIMIT, MAGIC, MAX_VERSION, MIN_VERSION,
+    check_clock, encode_forward, hello_bytes, negotiate, set_deadline, take_acks, wall_clock_ms,
+    Frame, FrameCodec, Hello, RefuseReason, WireError, FRAME_LIMIT, MAGIC, MAX_VERSION,
+    MIN_VERSION,
 };
 
 /// `frame`, encoded as a node writes it.
@@ -52,6 +53,7 @@ pub fn hello(cluster: &str, node_id: &str, to_node: &str) -> Hello {
         node_id: node_id.into(),
         generation: 1,
         to_node: to_node.into(),
+        wall_clock_ms: crate::wire::wall_clock_ms(),
     }
 }
 

@@ -24,7 +24,7 @@ thread_local! {
 
 /// Encodes a whole `Forward` frame (length prefix included, as [`FrameCodec`] writes it) into
 /// a buffer of the thread's and hands it to `use_frame`, which copies it where it must go (a
-/// link's send queue); its time to live is set later with [`set_ttl`]. Refused when longer than
+/// link's send queue); its deadline is set later with [`set_deadline`]. Refused when longer than
 /// `max_frame_bytes`, or nested too deep for any node to read.
 pub fn encode_forward<R>(
     id: u64,
@@ -68,18 +68,18 @@ fn length_of(prefix: &[u8]) -> usize {
     u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize
 }
 
-/// Where `ttl_ms` sits in an encoded `Forward` frame: after the length prefix and the one-byte
-/// variant index.
-const TTL_OFFSET: usize = LENGTH_BYTES + 1;
+/// Where `deadline_ms` sits in an encoded `Forward` frame: after the length prefix and the
+/// one-byte variant index.
+const DEADLINE_OFFSET: usize = LENGTH_BYTES + 1;
 
-/// Sets the time to live of an encoded `Forward` frame (as [`FrameCodec`] wrote it) just before
-/// it is written, so that time spent in the send queue counts. Returns `false`, changing
-/// nothing, when `frame` is not an encoded `Forward` frame.
-pub fn set_ttl(frame: &mut [u8], ttl_ms: u32) -> bool {
-    if frame.len() < TTL_OFFSET + 4 || frame[LENGTH_BYTES] != FORWARD_VARIANT {
+/// Sets the deadline of an encoded `Forward` frame (as [`FrameCodec`] wrote it) just before it
+/// is written, by the writer's wall clock then. Returns `false`, changing nothing, when `frame`
+/// is not an encoded `Forward` frame.
+pub fn set_deadline(frame: &mut [u8], deadline_ms: u64) -> bool {
+    if frame.len() < DEADLINE_OFFSET + 8 || frame[LENGTH_BYTES] != FORWARD_VARIANT {
         return false;
     }
-    frame[TTL_OFFSET..TTL_OFFSET + 4].copy_from_slice(&ttl_ms.to_be_bytes());
+    frame[DEADLINE_OFFSET..DEADLINE_OFFSET + 8].copy_from_slice(&deadline_ms.to_be_bytes());
     true
 }
 
@@ -202,7 +202,7 @@ impl Encoder<&Frame> for FrameCodec {
             return encode_forward(forward.id, from, to, message, max, |bytes| {
                 let start = dst.len();
                 dst.extend_from_slice(bytes);
-                set_ttl(&mut dst[start..], forward.ttl_ms);
+                set_deadline(&mut dst[start..], forward.deadline_ms);
             })
             .map_err(|err| match err {
                 EncodeError::TooLarge { len, max } => WireError::TooLarge { len, max },
@@ -273,7 +273,7 @@ mod tests {
         for (id, message) in (0..).zip(samples().into_iter().filter(|m| m.is_forwardable())) {
             frames.push(Frame::Forward(Box::new(Forward {
                 id,
-                ttl_ms: 5000,
+                deadline_ms: 5000,
                 delivery: Delivery {
                     from: PeerId::session("realm1", "a", 1),
                     to: PeerId::node("realm1", "b"),
@@ -421,16 +421,16 @@ mod tests {
     }
 
     #[test]
-    fn the_time_to_live_of_an_encoded_forward_frame_can_be_set_in_place() {
+    fn the_deadline_of_an_encoded_forward_frame_can_be_set_in_place() {
         let mut codec = FrameCodec::new(FRAME_LIMIT);
         for frame in every_frame() {
             let mut bytes = encoded(&frame);
             let is_forward = matches!(frame, Frame::Forward(_));
-            assert_eq!(set_ttl(&mut bytes, 1234), is_forward);
+            assert_eq!(set_deadline(&mut bytes, 1_234_567_890_123), is_forward);
             let decoded = codec.decode(&mut bytes).unwrap().unwrap();
             match (decoded, frame) {
                 (Frame::Forward(d), Frame::Forward(f)) => {
-                    assert_eq!(d.ttl_ms, 1234);
+                    assert_eq!(d.deadline_ms, 1_234_567_890_123);
                     assert_eq!(d.delivery, f.delivery);
                 }
                 (d, f) => assert_eq!(d, f),
@@ -489,7 +489,7 @@ mod tests {
                 )
                 .unwrap()[..],
             );
-            set_ttl(&mut bytes, f.ttl_ms);
+            set_deadline(&mut bytes, f.deadline_ms);
             assert_eq!(&bytes[..], &by_bincode(&frame)[..]);
         }
         let big = WampMessage::Publish {
@@ -583,7 +583,7 @@ mod tests {
             for message in messages {
                 for (from, to) in [(&peers[0], &peers[1]), (&peers[1], &peers[0])] {
                     frames.push(Forward {
-                        ttl_ms: 0,
+                        deadline_ms: 0,
                         id: u64::MAX - 3,
                         delivery: Delivery {
                             from: from.clone(),

@@ -370,8 +370,8 @@ pub(crate) fn message(buf: &mut Vec<u8>, message: &WampMessage) -> Result<(), To
     Ok(())
 }
 
-/// Appends a `Forward` frame's fields after its variant index: room for `ttl_ms` (4 bytes,
-/// set as the frame is written), then the id, the two peers and the message.
+/// Appends a `Forward` frame's fields after its variant index: room for `deadline_ms` (8
+/// bytes, set as the frame is written), then the id, the two peers and the message.
 pub(crate) fn forward(
     buf: &mut Vec<u8>,
     id: u64,
@@ -379,7 +379,7 @@ pub(crate) fn forward(
     to: &PeerId,
     m: &WampMessage,
 ) -> Result<(), TooDeep> {
-    buf.extend_from_slice(&[0; 4]);
+    buf.extend_from_slice(&[0; 8]);
     varint(buf, id);
     peer(buf, from);
     peer(buf, to);
@@ -568,12 +568,12 @@ pub(crate) fn exact_varint(bytes: &[u8]) -> Option<u64> {
 /// a `Forward` is large, and each move of it is a copy.
 pub(crate) fn read_forward(body: &[u8], names: &mut Names) -> Option<Box<Forward>> {
     let mut r = Cursor(body);
-    let ttl_ms = u32::from_be_bytes(r.array()?);
+    let deadline_ms = u64::from_be_bytes(r.array()?);
     let id = r.varint()?;
     let from = r.peer(names)?;
     let to = r.peer(names)?;
     let mut forward = Box::new(Forward {
-        ttl_ms,
+        deadline_ms,
         id,
         delivery: Delivery {
             from,
@@ -656,7 +656,7 @@ mod tests {
             Err(TooDeep)
         );
         // The same bytes bincode writes are not read here, and the serde path refuses them.
-        let mut bytes = vec![0; 4];
+        let mut bytes = vec![0; 8];
         bytes.push(1);
         for p in [&from, &to] {
             peer(&mut bytes, p);

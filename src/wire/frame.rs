@@ -13,11 +13,12 @@ use crate::NodeId;
 /// The first bytes of every [`Hello`].
 pub const MAGIC: [u8; 4] = *b"WAMC";
 
-/// The oldest protocol version this build speaks.
-pub const MIN_VERSION: u16 = 1;
+/// The oldest protocol version this build speaks. Version 2 carries the dialer's clock in the
+/// hello and each forwarded message's deadline; no release spoke version 1.
+pub const MIN_VERSION: u16 = 2;
 
 /// The newest protocol version this build speaks.
-pub const MAX_VERSION: u16 = 1;
+pub const MAX_VERSION: u16 = 2;
 
 /// The largest frame any configuration may allow, in bytes (64 MiB), and bincode's decode
 /// limit: `forward.max_frame_bytes` is capped here.
@@ -146,6 +147,10 @@ pub struct Hello {
     pub generation: u64,
     /// The node the dialer means to reach (from its view of the cluster).
     pub to_node: NodeId,
+    /// The dialer's wall clock as it says hello, in milliseconds since the Unix epoch: the
+    /// listener refuses a dialer whose clock is further than `forward.max_clock_skew_ms` from
+    /// its own, since it reads forwarded messages' deadlines by its own clock.
+    pub wall_clock_ms: u64,
 }
 
 /// Why a listener refused a connection.
@@ -178,6 +183,13 @@ pub enum RefuseReason {
     BadSecret,
     /// The dialer's TLS certificate does not name the node its hello gives.
     BadCertificate,
+    /// The two clocks are further apart than the listener's `forward.max_clock_skew_ms`.
+    ClockSkew {
+        /// The listener's wall clock as it read the hello, in ms since the Unix epoch.
+        listener_ms: u64,
+        /// The dialer's, as its hello gave it.
+        dialer_ms: u64,
+    },
 }
 
 impl RefuseReason {
@@ -192,6 +204,7 @@ impl RefuseReason {
             RefuseReason::ShuttingDown => "shutting_down",
             RefuseReason::BadSecret => "bad_secret",
             RefuseReason::BadCertificate => "bad_certificate",
+            RefuseReason::ClockSkew { .. } => "clock_skew",
         }
     }
 }
@@ -216,6 +229,14 @@ impl fmt::Display for RefuseReason {
             RefuseReason::BadCertificate => {
                 f.write_str("the certificate does not name the node of the hello")
             }
+            RefuseReason::ClockSkew {
+                listener_ms,
+                dialer_ms,
+            } => write!(
+                f,
+                "the clocks are too far apart: the listener's reads {listener_ms} ms since the \
+                 Unix epoch, the dialer's {dialer_ms}"
+            ),
         }
     }
 }
@@ -223,11 +244,12 @@ impl fmt::Display for RefuseReason {
 /// A message to deliver.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Forward {
-    /// Milliseconds the sender still waits for the ack when it writes the frame; the receiver
-    /// nacks `Expired` rather than deliver once they have passed. Encoded first and with a
-    /// fixed width, so that the writer can set it in an encoded frame (`set_ttl`).
-    #[serde(with = "fixed_u32")]
-    pub ttl_ms: u32,
+    /// When the sender stops waiting for the ack, by its wall clock, in milliseconds since
+    /// the Unix epoch; the receiver nacks `Expired` rather than deliver once its own clock has
+    /// passed it, however long the frame waited in buffers. Encoded first and with a fixed
+    /// width, so that the writer can set it in an encoded frame (`set_deadline`).
+    #[serde(with = "fixed_u64")]
+    pub deadline_ms: u64,
     /// Unique per connection direction; echoed in the `Ack` or `Nack`.
     pub id: u64,
     /// The sending peer, the receiving peer and the message, encoded one after the other as
@@ -235,16 +257,16 @@ pub struct Forward {
     pub delivery: Delivery,
 }
 
-/// A `u32` encoded as 4 big-endian bytes whatever the integer encoding.
-mod fixed_u32 {
+/// A `u64` encoded as 8 big-endian bytes whatever the integer encoding.
+mod fixed_u64 {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    pub fn serialize<S: Serializer>(value: &u32, serializer: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(value: &u64, serializer: S) -> Result<S::Ok, S::Error> {
         value.to_be_bytes().serialize(serializer)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
-        <[u8; 4]>::deserialize(deserializer).map(u32::from_be_bytes)
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+        <[u8; 8]>::deserialize(deserializer).map(u64::from_be_bytes)
     }
 }
 
@@ -273,6 +295,25 @@ pub fn negotiate(hello: &Hello, cluster_id: &str, node_id: &NodeId) -> Result<u1
         });
     }
     Ok(version)
+}
+
+/// Whether the dialer's clock, as `hello` gives it, is within `max_skew_ms` of the listener's
+/// (`now_ms`, both in milliseconds since the Unix epoch). A pure function.
+pub fn check_clock(hello: &Hello, now_ms: u64, max_skew_ms: u64) -> Result<(), RefuseReason> {
+    if hello.wall_clock_ms.abs_diff(now_ms) <= max_skew_ms {
+        return Ok(());
+    }
+    Err(RefuseReason::ClockSkew {
+        listener_ms: now_ms,
+        dialer_ms: hello.wall_clock_ms,
+    })
+}
+
+/// The wall clock in milliseconds since the Unix epoch (0 for a clock before it).
+pub fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The bytes of `hello` that the proofs of the handshake cover: its encoding.
@@ -330,7 +371,27 @@ pub(crate) mod tests {
             node_id: "a".into(),
             generation: 7,
             to_node: "b".into(),
+            wall_clock_ms: 1_000_000,
         }
+    }
+
+    #[test]
+    fn a_dialer_whose_clock_is_too_far_from_ours_is_refused_naming_both_clocks() {
+        assert_eq!(check_clock(&hello(), 1_000_500, 500), Ok(()));
+        assert_eq!(check_clock(&hello(), 999_500, 500), Ok(()));
+        let refused = check_clock(&hello(), 1_000_501, 500).unwrap_err();
+        assert_eq!(
+            refused,
+            RefuseReason::ClockSkew {
+                listener_ms: 1_000_501,
+                dialer_ms: 1_000_000
+            }
+        );
+        let said = refused.to_string();
+        assert!(
+            said.contains("1000501") && said.contains("1000000"),
+            "{said}"
+        );
     }
 
     #[test]

@@ -24,9 +24,9 @@ mod codec;
 mod fast;
 pub mod frame;
 
-pub use codec::{encode_forward, ping, set_ttl, take_acks, FrameCodec};
+pub use codec::{encode_forward, ping, set_deadline, take_acks, FrameCodec};
 pub use frame::EncodeError;
 pub use frame::{
-    hello_bytes, negotiate, Frame, Hello, RefuseReason, WireError, FRAME_LIMIT, MAGIC, MAX_VERSION,
-    MIN_VERSION, READ_BUFFER_BYTES,
+    check_clock, hello_bytes, negotiate, wall_clock_ms, Frame, Hello, RefuseReason, WireError,
+    FRAME_LIMIT, MAGIC, MAX_VERSION, MIN_VERSION, READ_BUFFER_BYTES,
 };
