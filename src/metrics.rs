@@ -106,6 +106,7 @@ const NODE_COUNTERS: &[(&str, &str, &[&str])] = &[
             "timeout",
             "tls",
             "clock_skew",
+            "stale_generation",
         ],
     ),
     (

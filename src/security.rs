@@ -159,6 +159,8 @@ pub struct Transcript<'a> {
     pub dialer_nonce: &'a [u8; HANDSHAKE_NONCE_LEN],
     /// The protocol version the listener chose.
     pub version: u16,
+    /// The listener's generation.
+    pub generation: u64,
 }
 
 /// Why a datagram was dropped.
@@ -253,6 +255,7 @@ impl ClusterKeys {
         mac.update(t.dialer_nonce);
         if role == Role::Listener {
             mac.update(&t.version.to_be_bytes());
+            mac.update(&t.generation.to_be_bytes());
         }
         Some(mac)
     }
@@ -495,6 +498,7 @@ mod tests {
             listener_nonce: ln,
             dialer_nonce: dn,
             version: 1,
+            generation: 7,
         }
     }
 
@@ -513,10 +517,11 @@ mod tests {
             transcript(b"hello", &other_nonce, &dn),
             transcript(b"hello", &ln, &other_nonce),
             Transcript { version: 2, ..t },
+            Transcript { generation: 8, ..t },
         ] {
             let listener = old_new.prove(1, Role::Listener, &t);
             assert!(!old_new.check_with(1, Role::Listener, &changed, &listener));
-            if changed.version == t.version {
+            if (changed.version, changed.generation) == (t.version, t.generation) {
                 assert_eq!(old_new.check(Role::Dialer, &changed, &proof), None);
             }
         }

@@ -399,7 +399,10 @@ async fn an_ack_completes_only_what_was_written_on_its_connection() {
             let Some(Frame::Hello(_)) = protocol::read_frame(&mut stream, &mut buf).await else {
                 panic!("no hello");
             };
-            let welcome = protocol::encode(&Frame::Welcome { version: 1 });
+            let welcome = protocol::encode(&Frame::Welcome {
+                version: protocol::MAX_VERSION,
+                generation: u64::MAX,
+            });
             stream.write_all(&welcome).await.unwrap();
             // Bounded: the test sends it two forwards.
             for _ in 0..2 {
@@ -531,6 +534,135 @@ fn a_message_read_after_its_sender_gave_up_is_never_delivered() {
             .collect();
         assert_eq!(seen, [Some(1), Some(3)], "message 2 was delivered late");
         b.abort().await;
+        a.abort().await;
+    });
+}
+
+/// An old generation of a member cannot connect: a hello from `node-0` with a generation older
+/// than the one the listener's view holds is refused `StaleGeneration` (a paused old process,
+/// resumed, cannot take over the live one's connection); a current one is welcomed with the
+/// listener's own generation, which a dialer checks against its view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_generation_of_a_member_is_refused_and_the_welcome_names_the_listeners() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start(2).await;
+    let target = c.nodes[1].forwarder().local_addr();
+    let current = c.nodes[0].membership().generation();
+    let say = |generation: u64| async move {
+        let mut hello = protocol::hello("default", "node-0", "node-1");
+        hello.generation = generation;
+        let mut stream = tokio::net::TcpStream::connect(target).await.unwrap();
+        stream
+            .write_all(&protocol::encode(&Frame::Hello(hello)))
+            .await
+            .unwrap();
+        protocol::read_frame(&mut stream, &mut BytesMut::new()).await
+    };
+    assert_eq!(
+        say(current - 1).await,
+        Some(Frame::Refuse {
+            reason: protocol::RefuseReason::StaleGeneration { current }
+        })
+    );
+    assert_eq!(
+        say(current).await,
+        Some(Frame::Welcome {
+            version: protocol::MAX_VERSION,
+            generation: c.nodes[1].membership().generation()
+        })
+    );
+    c.stop().await;
+}
+
+/// A restarted peer gets what is meant for it, never its old process: node-1's old process is
+/// paused (its runtime blocked) while a new generation of node-1 starts on other ports; once
+/// node-0 sees the restart it drops its connection to the old process and forwards to the new
+/// one, and the old one, running again, delivers none of it.
+#[test]
+fn a_restarted_peers_old_process_gets_nothing_meant_for_the_new_one() {
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let (main, old) = (runtime(), runtime());
+    main.block_on(async {
+        let _serial = SERIAL.lock().await;
+        let a_config = node_config("node-0", &[], tolerant());
+        let seed = a_config.gossip_addr;
+        let a = Node::builder(a_config, |_, _| Discard)
+            .start()
+            .await
+            .unwrap();
+        let (old_seen, new_seen) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
+        let handler = old_seen.clone();
+        let b_old = old
+            .spawn(async move {
+                Node::builder(node_config("node-1", &[seed], tolerant()), move |_, _| {
+                    handler
+                })
+                .start()
+                .await
+                .unwrap()
+            })
+            .await
+            .unwrap();
+        wait_until(Duration::from_secs(15), "the old b ready", || {
+            a.membership().view().is_target("node-1")
+        })
+        .await;
+        let f = a.forwarder();
+        f.forward(from(&a), to("node-1"), publish(1), &options(5000))
+            .await
+            .unwrap();
+        let mut events = a.membership().subscribe_events();
+        // The old process stops running (its gossip thread goes on, as a resumed process's
+        // would).
+        let paused: Vec<_> = (0..2)
+            .map(|_| old.spawn(async { std::thread::sleep(Duration::from_secs(6)) }))
+            .collect();
+        let handler = new_seen.clone();
+        let b_new = Node::builder(node_config("node-1", &[seed], tolerant()), move |_, _| {
+            handler
+        })
+        .start()
+        .await
+        .unwrap();
+        let generation = b_new.membership().generation();
+        within(Duration::from_secs(5), "a sees the restart", async {
+            loop {
+                if let Ok(MembershipEvent::Restarted { node, .. }) = events.recv().await {
+                    if node == "node-1" {
+                        return;
+                    }
+                }
+            }
+        })
+        .await;
+        wait_until(Duration::from_secs(15), "the new b ready", || {
+            let view = a.membership().view();
+            view.is_target("node-1")
+                && view.member("node-1").map(|m| m.generation) == Some(generation)
+        })
+        .await;
+        for i in 2..5 {
+            f.forward(from(&a), to("node-1"), publish(i), &options(3000))
+                .await
+                .unwrap();
+        }
+        for task in paused {
+            task.await.unwrap();
+        }
+        // Running again, the old process finds nothing meant for the new one.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let ids =
+            |r: &Recorder| -> Vec<_> { r.seen().iter().map(|d| d.message.request_id()).collect() };
+        assert_eq!(ids(&old_seen), [Some(1)]);
+        assert_eq!(ids(&new_seen), [Some(2), Some(3), Some(4)]);
+        b_new.abort().await;
+        b_old.abort().await;
         a.abort().await;
     });
 }

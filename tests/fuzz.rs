@@ -70,7 +70,10 @@ fn frame_seeds() -> &'static [Vec<u8>] {
         assert!(frames.len() > 10, "{} forward seeds", frames.len());
         for frame in [
             Frame::Hello(hello()),
-            Frame::Welcome { version: 1 },
+            Frame::Welcome {
+                version: 1,
+                generation: 9,
+            },
             Frame::Ack { id: 1 << 33 },
             Frame::Nack {
                 id: 3,
@@ -248,6 +251,7 @@ proptest! {
             listener_nonce: &listener_nonce,
             dialer_nonce: &dialer_nonce,
             version: 1,
+            generation: 9,
         };
         let proof = keys.prove(0, Role::Dialer, &t);
         prop_assert_eq!(keys.check(Role::Dialer, &t, &proof), Some(0));

@@ -87,32 +87,40 @@ fn hello(cluster: &str) -> Hello {
     protocol::hello(cluster, "tester", "node-1")
 }
 
-/// Says hello, reads the challenge, sends what `answer` makes of the listener's nonce; returns
-/// the bytes sent, the listener's nonce and its last frame (`None`: closed without one).
+/// Says hello, reads the challenge, sends what `answer` makes of the hello and the listener's
+/// nonce; returns the bytes sent, the hello, the listener's nonce and its last frame (`None`:
+/// closed without one).
 async fn handshake(
     target: SocketAddr,
-    answer: impl FnOnce([u8; 32]) -> Vec<u8>,
-) -> (Vec<u8>, [u8; 32], Option<Frame>) {
+    answer: impl FnOnce(&Hello, [u8; 32]) -> Vec<u8>,
+) -> (Vec<u8>, Hello, [u8; 32], Option<Frame>) {
     let mut stream = TcpStream::connect(target).await.unwrap();
-    let mut sent = encode(&Frame::Hello(hello("default")));
+    let said = hello("default");
+    let mut sent = encode(&Frame::Hello(said.clone()));
     stream.write_all(&sent).await.unwrap();
     let mut buf = BytesMut::new();
     let Some(Frame::Challenge { nonce }) = read_frame(&mut stream, &mut buf).await else {
         panic!("no challenge");
     };
-    let reply = answer(nonce);
+    let reply = answer(&said, nonce);
     stream.write_all(&reply).await.unwrap();
     sent.extend_from_slice(&reply);
-    (sent, nonce, read_frame(&mut stream, &mut buf).await)
+    (sent, said, nonce, read_frame(&mut stream, &mut buf).await)
 }
 
-fn proof(keys: &ClusterKeys, listener_nonce: [u8; 32], dialer_nonce: [u8; 32]) -> Frame {
-    let hello = protocol::hello_bytes(&hello("default"));
+fn proof(
+    keys: &ClusterKeys,
+    hello: &Hello,
+    listener_nonce: [u8; 32],
+    dialer_nonce: [u8; 32],
+) -> Frame {
+    let hello = protocol::hello_bytes(hello);
     let transcript = Transcript {
         hello: &hello,
         listener_nonce: &listener_nonce,
         dialer_nonce: &dialer_nonce,
         version: 0,
+        generation: 0,
     };
     Frame::Proof {
         nonce: dialer_nonce,
@@ -139,24 +147,35 @@ async fn handshakes_without_a_fresh_proof_of_the_secret_are_refused_and_counted(
         let bad_secret = Some(Frame::Refuse {
             reason: RefuseReason::BadSecret,
         });
-        let (_, _, answer) =
-            handshake(target, |nonce| encode(&proof(&wrong, nonce, [1; 32]))).await;
+        let (_, _, _, answer) = handshake(target, |hello, nonce| {
+            encode(&proof(&wrong, hello, nonce, [1; 32]))
+        })
+        .await;
         assert_eq!(answer, bad_secret, "a proof of another secret");
-        let (_, _, answer) = handshake(target, |_| encode(&Frame::Ping { id: 1 })).await;
+        let (_, _, _, answer) = handshake(target, |_, _| encode(&Frame::Ping { id: 1 })).await;
         assert_eq!(answer, bad_secret, "no proof");
 
-        let (sent, listener_nonce, answer) =
-            handshake(target, |nonce| encode(&proof(&right, nonce, [2; 32]))).await;
-        let Some(Frame::Verified { version, mac }) = answer else {
+        let (sent, said, listener_nonce, answer) = handshake(target, |hello, nonce| {
+            encode(&proof(&right, hello, nonce, [2; 32]))
+        })
+        .await;
+        let Some(Frame::Verified {
+            version,
+            generation,
+            mac,
+        }) = answer
+        else {
             panic!("a right proof is not verified: {answer:?}");
         };
+        assert_eq!(generation, c.nodes[1].membership().generation());
         // The listener proves the secret in turn, over the same transcript.
-        let hello = protocol::hello_bytes(&hello("default"));
+        let hello = protocol::hello_bytes(&said);
         let transcript = Transcript {
             hello: &hello,
             listener_nonce: &listener_nonce,
             dialer_nonce: &[2; 32],
             version,
+            generation,
         };
         assert_eq!(version, protocol::MAX_VERSION);
         assert!(right.check_with(0, Role::Listener, &transcript, &mac));
@@ -198,14 +217,18 @@ async fn impostor(welcome: bool) -> (SocketAddr, tokio::task::JoinHandle<()>) {
                 };
                 if welcome {
                     let _ = stream
-                        .write_all(&encode(&Frame::Welcome { version: 1 }))
+                        .write_all(&encode(&Frame::Welcome {
+                            version: protocol::MAX_VERSION,
+                            generation: u64::MAX,
+                        }))
                         .await;
                 } else {
                     let challenge = encode(&Frame::Challenge { nonce: [5; 32] });
                     let _ = stream.write_all(&challenge).await;
                     if let Some(Frame::Proof { .. }) = read_frame(&mut stream, &mut buf).await {
                         let verified = Frame::Verified {
-                            version: 1,
+                            version: protocol::MAX_VERSION,
+                            generation: u64::MAX,
                             mac: [6; 32],
                         };
                         let _ = stream.write_all(&encode(&verified)).await;

@@ -78,7 +78,7 @@ fn rss_bytes() -> u64 {
 /// and answers nothing: a peer that never acks and holds nothing per message.
 async fn black_hole() -> SocketAddr {
     use futures_util::{SinkExt, StreamExt};
-    use wamp_cluster::testkit::protocol::{Frame, FrameCodec};
+    use wamp_cluster::testkit::protocol::{Frame, FrameCodec, MAX_VERSION};
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -86,7 +86,11 @@ async fn black_hole() -> SocketAddr {
             tokio::spawn(async move {
                 let mut framed = tokio_util::codec::Framed::new(stream, FrameCodec::new(1 << 20));
                 if let Some(Ok(Frame::Hello(_))) = framed.next().await {
-                    let _ = framed.send(&Frame::Welcome { version: 1 }).await;
+                    let welcome = Frame::Welcome {
+                        version: MAX_VERSION,
+                        generation: u64::MAX,
+                    };
+                    let _ = framed.send(&welcome).await;
                 }
                 let mut stream = framed.into_inner();
                 let mut buf = vec![0u8; 64 * 1024];

@@ -32,6 +32,15 @@ pub(crate) enum HandshakeError {
     /// Connecting failed.
     #[error("connect: {0}")]
     Connect(io::Error),
+    /// The listener is an older generation of the node than the one the dialer knows: an old
+    /// process (paused, then resumed) still holding the address.
+    #[error("the listener is generation {listener} of the node, older than {known}")]
+    StaleListener {
+        /// The listener's generation.
+        listener: u64,
+        /// The generation the dialer knows.
+        known: u64,
+    },
     /// The TLS handshake failed.
     #[error("TLS: {0}")]
     Tls(io::Error),
@@ -134,11 +143,13 @@ fn hello(ctx: &Context, to: &NodeId) -> Hello {
 }
 
 /// Connects to `node` at `addr` and does the dialer's side of the handshake, within
-/// `forward.connect_timeout_ms`.
+/// `forward.connect_timeout_ms`. A listener older than generation `known` (the view's) is
+/// refused.
 pub(crate) async fn dial(
     ctx: &Context,
     node: &NodeId,
     addr: std::net::SocketAddr,
+    known: Option<u64>,
 ) -> Result<(FramedRead<ReadSide, FrameCodec>, WriteSide), HandshakeError> {
     let handshake = async {
         let stream = TcpStream::connect(addr)
@@ -162,9 +173,15 @@ pub(crate) async fn dial(
         let mut codec = FrameCodec::new(ctx.config.max_frame_bytes);
         send(&mut write, &mut codec, &Frame::Hello(hello.clone())).await?;
         let mut reader = FramedRead::with_capacity(read, codec, wire::READ_BUFFER_BYTES);
-        let version = match (next(&mut reader).await?, &ctx.protection.keys) {
+        let (version, generation) = match (next(&mut reader).await?, &ctx.protection.keys) {
             (Frame::Refuse { reason }, _) => return Err(HandshakeError::Refused(reason)),
-            (Frame::Welcome { version }, None) => version,
+            (
+                Frame::Welcome {
+                    version,
+                    generation,
+                },
+                None,
+            ) => (version, generation),
             (Frame::Welcome { .. }, Some(_)) => return Err(HandshakeError::ListenerWithoutSecret),
             (Frame::Challenge { .. }, None) => return Err(HandshakeError::SecretWanted),
             (Frame::Challenge { nonce: theirs }, Some(keys)) => {
@@ -175,25 +192,37 @@ pub(crate) async fn dial(
                     listener_nonce: &theirs,
                     dialer_nonce: &ours,
                     version: 0,
+                    generation: 0,
                 };
                 let mac = keys.prove(0, Role::Dialer, &transcript);
                 let proof = Frame::Proof { nonce: ours, mac };
                 send(&mut write, reader.decoder_mut(), &proof).await?;
-                let (version, mac) = match next(&mut reader).await? {
-                    Frame::Verified { version, mac } => (version, mac),
+                let (version, generation, mac) = match next(&mut reader).await? {
+                    Frame::Verified {
+                        version,
+                        generation,
+                        mac,
+                    } => (version, generation, mac),
                     Frame::Refuse { reason } => return Err(HandshakeError::Refused(reason)),
                     other => return Err(HandshakeError::Unexpected(other.name())),
                 };
                 transcript.version = version;
+                transcript.generation = generation;
                 if !keys.check_with(0, Role::Listener, &transcript, &mac) {
                     return Err(HandshakeError::BadListenerProof);
                 }
-                version
+                (version, generation)
             }
             (other, _) => return Err(HandshakeError::Unexpected(other.name())),
         };
         if !(wire::MIN_VERSION..=wire::MAX_VERSION).contains(&version) {
             return Err(HandshakeError::Version(version));
+        }
+        if let Some(known) = known.filter(|known| generation < *known) {
+            return Err(HandshakeError::StaleListener {
+                listener: generation,
+                known,
+            });
         }
         Ok((reader, write))
     };
@@ -303,6 +332,16 @@ async fn check(
     let checked = |hello: &Hello| {
         let version =
             wire::negotiate(hello, &ctx.cluster_id, &ctx.node).map_err(HandshakeError::Refused)?;
+        let known = ctx
+            .membership
+            .peek_view()
+            .member(hello.node_id.as_str())
+            .map(|m| m.generation);
+        if let Some(current) = known.filter(|current| hello.generation < *current) {
+            return Err(HandshakeError::Refused(RefuseReason::StaleGeneration {
+                current,
+            }));
+        }
         let max_skew = ctx.config.max_clock_skew_ms.as_millis() as u64;
         wire::check_clock(hello, wire::wall_clock_ms(), max_skew)
             .map_err(HandshakeError::Refused)?;
@@ -313,7 +352,14 @@ async fn check(
     };
     let Some(keys) = &ctx.protection.keys else {
         let version = checked(&hello)?;
-        return Ok((hello, Frame::Welcome { version }));
+        let generation = ctx.generation;
+        return Ok((
+            hello,
+            Frame::Welcome {
+                version,
+                generation,
+            },
+        ));
     };
     // With a secret, the node says nothing about itself (its cluster id, its node id) to a
     // dialer that has not proved it knows one.
@@ -333,12 +379,22 @@ async fn check(
         listener_nonce: &ours,
         dialer_nonce: &theirs,
         version: 0,
+        generation: 0,
     };
     let key = keys
         .check(Role::Dialer, &transcript, &proof)
         .ok_or(HandshakeError::Refused(RefuseReason::BadSecret))?;
     let version = checked(&hello)?;
+    let generation = ctx.generation;
     transcript.version = version;
+    transcript.generation = generation;
     let mac = keys.prove(key, Role::Listener, &transcript);
-    Ok((hello, Frame::Verified { version, mac }))
+    Ok((
+        hello,
+        Frame::Verified {
+            version,
+            generation,
+            mac,
+        },
+    ))
 }

@@ -126,6 +126,13 @@ impl Link {
         }
     }
 
+    /// Drops the connection now being served for a new one, to the address the view gives
+    /// then (the peer restarted: the connection may reach its old process). Frames written on
+    /// it fail with `ConnectionLost`; queued ones go on the next.
+    pub fn reset(&self) {
+        self.reset.notify_waiters();
+    }
+
     /// Frames waiting in the queue.
     pub fn queued(&self) -> usize {
         self.queue.len()
@@ -213,7 +220,7 @@ async fn run(ctx: Arc<Context>, link: Arc<Link>, mut addr: SocketAddr) {
             .member(node.as_str())
             .map(|m| m.generation);
         let span = tracing::info_span!("connection", number, %addr, generation);
-        match handshake::dial(&ctx, node, addr)
+        match handshake::dial(&ctx, node, addr, generation)
             .instrument(span.clone())
             .await
         {
@@ -233,7 +240,7 @@ async fn run(ctx: Arc<Context>, link: Arc<Link>, mut addr: SocketAddr) {
                 };
                 let why = tokio::select! {
                     why = connection.serve(reader, writer).instrument(span.clone()) => why,
-                    _ = link.reset.notified() => "no pong to a probe in time: the connection is dead".to_string(),
+                    _ = link.reset.notified() => "reset: no pong to a probe in time, or the peer restarted".to_string(),
                 };
                 if ctx.shutdown.is_cancelled() {
                     break;

@@ -55,7 +55,7 @@ pub use context::MAX_TIMEOUT;
 use crate::config::{ForwardConfig, LimitsConfig};
 use crate::delivery::Deliver;
 use crate::error::ForwardError;
-use crate::membership::Membership;
+use crate::membership::{Membership, MembershipEvent};
 use crate::peer_id::PeerId;
 use crate::wamp::WampMessage;
 use crate::wire;
@@ -145,7 +145,9 @@ impl Forwarder {
         ctx.tasks
             .spawn(sweep(inner.clone()).instrument(span.clone()));
         ctx.tasks
-            .spawn(probe_unreachable(inner.clone()).instrument(span));
+            .spawn(probe_unreachable(inner.clone()).instrument(span.clone()));
+        ctx.tasks
+            .spawn(reset_restarted(inner.clone()).instrument(span));
         Forwarder { inner }
     }
 
@@ -570,6 +572,30 @@ impl Inner {
         }
         if !strangers.is_empty() {
             strangers.publish(&self.ctx.node, stats::NON_MEMBER);
+        }
+    }
+}
+
+/// Resets the link to a node that restarted: its connection may reach the old process (paused,
+/// not yet dead), which must not get what is meant for the new one.
+async fn reset_restarted(inner: Arc<Inner>) {
+    let mut events = inner.ctx.membership.subscribe_events();
+    loop {
+        let event = tokio::select! {
+            _ = inner.ctx.shutdown.cancelled() => return,
+            event = events.recv() => event,
+        };
+        match event {
+            Ok(MembershipEvent::Restarted { node, .. }) => {
+                if let Some(link) = inner.links().get(&node) {
+                    link.reset();
+                }
+            }
+            Ok(_) => {}
+            // Events were missed: the dialer's generation check still refuses an old process
+            // when its connection breaks or a probe resets it.
+            Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => return,
         }
     }
 }

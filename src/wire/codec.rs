@@ -244,7 +244,10 @@ mod tests {
     fn every_frame() -> Vec<Frame> {
         let mut frames = vec![
             Frame::Hello(hello()),
-            Frame::Welcome { version: 1 },
+            Frame::Welcome {
+                version: 1,
+                generation: 1 << 40,
+            },
             Frame::Refuse {
                 reason: RefuseReason::WrongCluster {
                     expected: "c".into(),
@@ -267,6 +270,7 @@ mod tests {
             },
             Frame::Verified {
                 version: 1,
+                generation: 1 << 40,
                 mac: [10; 32],
             },
         ];

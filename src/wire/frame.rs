@@ -55,6 +55,9 @@ pub enum Frame {
     Welcome {
         /// The highest version both sides speak.
         version: u16,
+        /// The listener's generation: a dialer that knows a newer one of that node has reached
+        /// an old process (paused, then resumed) and goes no further.
+        generation: u64,
     },
     /// Listener → dialer: refused; the listener closes the connection.
     Refuse {
@@ -105,8 +108,10 @@ pub enum Frame {
     Verified {
         /// The highest version both sides speak.
         version: u16,
-        /// HMAC-SHA256 of the hello, both nonces and the version, with the secret the dialer's
-        /// proof was made with.
+        /// The listener's generation, as in `Welcome`.
+        generation: u64,
+        /// HMAC-SHA256 of the hello, both nonces, the version and the generation, with the
+        /// secret the dialer's proof was made with.
         mac: [u8; 32],
     },
 }
@@ -183,6 +188,12 @@ pub enum RefuseReason {
     BadSecret,
     /// The dialer's TLS certificate does not name the node its hello gives.
     BadCertificate,
+    /// The dialer is an older generation of its node than the one the listener knows: an old
+    /// process, paused, then resumed.
+    StaleGeneration {
+        /// The generation the listener knows.
+        current: u64,
+    },
     /// The two clocks are further apart than the listener's `forward.max_clock_skew_ms`.
     ClockSkew {
         /// The listener's wall clock as it read the hello, in ms since the Unix epoch.
@@ -204,6 +215,7 @@ impl RefuseReason {
             RefuseReason::ShuttingDown => "shutting_down",
             RefuseReason::BadSecret => "bad_secret",
             RefuseReason::BadCertificate => "bad_certificate",
+            RefuseReason::StaleGeneration { .. } => "stale_generation",
             RefuseReason::ClockSkew { .. } => "clock_skew",
         }
     }
@@ -229,6 +241,10 @@ impl fmt::Display for RefuseReason {
             RefuseReason::BadCertificate => {
                 f.write_str("the certificate does not name the node of the hello")
             }
+            RefuseReason::StaleGeneration { current } => write!(
+                f,
+                "an older generation of its node than the one known here ({current})"
+            ),
             RefuseReason::ClockSkew {
                 listener_ms,
                 dialer_ms,
