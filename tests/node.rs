@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::SERIAL;
-use wamp_cluster::testkit::cluster::{from, options, to, Recorder};
+use wamp_cluster::testkit::cluster::{from, options, to, Mode, Recorder};
 use wamp_cluster::testkit::{node_config, publish, tolerant, wait_until, within};
 use wamp_cluster::wamp::{Dict, Payload, Value, WampMessage};
 use wamp_cluster::{
@@ -212,6 +212,41 @@ async fn a_leave_drains_the_dispatcher_before_the_node_stops() {
     for id in ids {
         assert_eq!(f.receive_ack(id, BOUND).await, Ok(()));
     }
+    within(BOUND, "abort", a.abort()).await;
+}
+
+/// A leave lets what the leaving node sent finish: forwards whose receiver answers after the
+/// leave's gossip rounds (the receiver's handler holds them 2 s, the rounds take 1 s) end with
+/// their acks, not `ShuttingDown`; a forward asked for during the leave is refused at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leave_lets_the_forwards_in_flight_finish() {
+    let _serial = SERIAL.lock().await;
+    let (a, held, b) = pair(|_| Discard).await;
+    held.set_mode(Mode::Hang);
+    let calls: Vec<_> = (0..3)
+        .map(|i| {
+            let (f, sender) = (b.forwarder().clone(), from(&b));
+            tokio::spawn(async move {
+                f.forward(sender, to("node-0"), publish(i), &options(10_000))
+                    .await
+            })
+        })
+        .collect();
+    wait_until(BOUND, "node-0 holds the three", || held.hung() == 3).await;
+    let leaving = tokio::spawn(async move { (b.leave().await, b) });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    held.accept_hung();
+    for call in calls {
+        assert_eq!(within(BOUND, "a call", call).await.unwrap(), Ok(()));
+    }
+    let (stopped, b) = within(BOUND, "the leave", leaving).await.unwrap();
+    assert_eq!(stopped, Stopped::Left);
+    assert_eq!(
+        b.forwarder()
+            .forward(from(&b), to("node-0"), publish(9), &options(1000))
+            .await,
+        Err(ForwardError::ShuttingDown)
+    );
     within(BOUND, "abort", a.abort()).await;
 }
 

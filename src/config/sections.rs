@@ -74,9 +74,9 @@ crate::settings! {
         pub seeds: Vec<String> = Vec::new(),
         /// Free-form labels, gossiped and shown in `/cluster/members`.
         pub labels: BTreeMap<String, String> = BTreeMap::new(),
-        /// How long stopping waits for each part of the node in turn: the forwarder's tasks,
-        /// the handler's drain of what it accepted, the admin API's open requests; 1 ms to 10
-        /// minutes.
+        /// How long stopping waits for each part of the node in turn: the handler's drain of
+        /// what it accepted, on a leave the answers to the messages this node sent, the
+        /// forwarder's tasks, the admin API's open requests; 1 ms to 10 minutes.
         #[serde(with = "crate::config::ms")]
         pub stop_timeout_ms: Duration = Duration::from_millis(5000),
         /// Gossip and failure detection.

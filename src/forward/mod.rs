@@ -73,6 +73,9 @@ type Links = HashMap<NodeId, Arc<Link>, foldhash::fast::RandomState>;
 /// are dropped.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How often a leave looks whether the messages in flight have their outcomes.
+const IN_FLIGHT_POLL: Duration = Duration::from_millis(10);
+
 /// The longest pause between two sweeps of the pending acks (they run sooner when an entry
 /// is due sooner).
 const LONGEST_SWEEP_PAUSE: Duration = GAUGE_INTERVAL;
@@ -313,6 +316,16 @@ impl Forwarder {
             .ctx
             .delivering
             .store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// For a leave: takes no more messages to send (`ShuttingDown`), and waits until every
+    /// message in flight has its outcome, at most `timeout`.
+    pub(crate) async fn finish_in_flight(&self, timeout: Duration) {
+        self.inner.stopping.store(true, Ordering::Release);
+        let until = Instant::now() + timeout;
+        while self.inner.ctx.pending.any_waiting() && Instant::now() < until {
+            tokio::time::sleep(IN_FLIGHT_POLL).await;
+        }
     }
 
     /// Stops: fails every pending ack with `ShuttingDown`, closes the links and the listener,

@@ -300,6 +300,15 @@ impl Pending {
         t.slots.len() - t.free.len()
     }
 
+    /// Whether any entry still waits for its outcome.
+    pub fn any_waiting(&self) -> bool {
+        self.lock().slots.iter().any(|slot| {
+            slot.entry
+                .as_ref()
+                .is_some_and(|entry| matches!(entry.state, Progress::Waiting(_)))
+        })
+    }
+
     /// Removes entry `id` without an outcome (its frame was never queued).
     pub fn cancel(&self, id: u64) {
         let mut t = self.lock();

@@ -141,6 +141,10 @@ pub(crate) async fn carry_out(stop: Arc<Stop>, mut parts: Parts) {
         Ok(Err(_)) => warn!("the handler panicked while it drained"),
         Err(_) => warn!("the handler did not drain in time"),
     }
+    if request != Request::Abort {
+        // A leave lets what this node sent finish: the receivers may still be answering.
+        parts.forwarder.finish_in_flight(parts.stop_timeout).await;
+    }
     parts.forwarder.stop(parts.stop_timeout).await;
     parts.admin_stop.cancel();
     let admin = futures_util::future::join_all(parts.admin_tasks.iter_mut());
