@@ -150,6 +150,66 @@ async fn a_stopped_node_is_seen_down_by_every_other_node() {
     abort_all(nodes).await;
 }
 
+/// A node that restarts with a lower generation (its clock stepped back between the two runs,
+/// or it moved to a host whose clock is behind) is seen: once its old generation is down, the
+/// new one replaces it on every node, the rings agree, and the new process does not take its
+/// dead previous life for another process with its id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_a_lower_generation_is_seen_and_the_rings_agree() {
+    let _serial = SERIAL.lock().await;
+    let seed = node_config("node-0", &[], detecting());
+    let seed_addr = seed.gossip_addr;
+    let a = start(seed).await;
+    let now_ns = a.membership().generation();
+    let ahead = now_ns + 3_600_000_000_000;
+    let old = Node::builder(node_config("node-1", &[seed_addr], detecting()), |_, _| {
+        Discard
+    })
+    .generation(ahead)
+    .start()
+    .await
+    .unwrap();
+    wait_until(CONVERGE, "the old generation ready", || {
+        a.membership().view().is_target("node-1")
+    })
+    .await;
+    old.abort().await;
+    wait_until(CONVERGE, "the old generation down", || {
+        a.membership()
+            .view()
+            .member("node-1")
+            .is_some_and(|m| !m.live)
+    })
+    .await;
+    let new = start(node_config("node-1", &[seed_addr], detecting())).await;
+    let generation = new.membership().generation();
+    assert!(generation < ahead);
+    wait_until(CONVERGE, "the lower generation seen", || {
+        let view = a.membership().view();
+        view.is_target("node-1") && view.member("node-1").map(|m| m.generation) == Some(generation)
+    })
+    .await;
+    wait_until(CONVERGE, "the rings agree", || {
+        a.membership().view().ring().nodes() == new.membership().view().ring().nodes()
+            && a.membership().view().ring().nodes().len() == 2
+    })
+    .await;
+    a.forwarder()
+        .forward(
+            wamp_cluster::testkit::cluster::from(&a),
+            wamp_cluster::testkit::cluster::to("node-1"),
+            wamp_cluster::testkit::publish(1),
+            &wamp_cluster::testkit::cluster::options(5000),
+        )
+        .await
+        .unwrap();
+    assert!(
+        !new.membership().is_stopped(),
+        "the new process took its previous life for a rival"
+    );
+    abort_all([a, new]).await;
+}
+
 /// A graceful leave is seen as `Leaving` (out of the targets at once) and then `Left`, never
 /// `Down`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

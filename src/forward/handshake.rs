@@ -144,13 +144,13 @@ fn hello(ctx: &Context, to: &NodeId) -> Hello {
 
 /// Connects to `node` at `addr` and does the dialer's side of the handshake, within
 /// `forward.connect_timeout_ms`. A listener older than generation `known` (the view's) is
-/// refused.
+/// refused. Returns the connection's halves and the listener's generation.
 pub(crate) async fn dial(
     ctx: &Context,
     node: &NodeId,
     addr: std::net::SocketAddr,
     known: Option<u64>,
-) -> Result<(FramedRead<ReadSide, FrameCodec>, WriteSide), HandshakeError> {
+) -> Result<(FramedRead<ReadSide, FrameCodec>, WriteSide, u64), HandshakeError> {
     let handshake = async {
         let stream = TcpStream::connect(addr)
             .await
@@ -224,7 +224,7 @@ pub(crate) async fn dial(
                 known,
             });
         }
-        Ok((reader, write))
+        Ok((reader, write, generation))
     };
     tokio::time::timeout(ctx.config.connect_timeout_ms, handshake)
         .await

@@ -62,6 +62,8 @@ pub(crate) struct Link {
     reset: Notify,
     /// Frames read from the peer, plus one per connection made: a sign of life.
     activity: CachePadded<AtomicU64>,
+    /// The generation of the peer the connection now served reaches (0: none yet).
+    serving: AtomicU64,
     /// The epoch of the last view the peer was found live in.
     live_in: AtomicU64,
     /// The peer's pending entries, counted.
@@ -87,6 +89,7 @@ impl Link {
             queue,
             reset: Notify::new(),
             activity: CachePadded::new(AtomicU64::new(0)),
+            serving: AtomicU64::new(0),
             live_in: AtomicU64::new(u64::MAX),
             pending: Arc::new(PendingCount::new(node.clone())),
             stats,
@@ -127,10 +130,13 @@ impl Link {
     }
 
     /// Drops the connection now being served for a new one, to the address the view gives
-    /// then (the peer restarted: the connection may reach its old process). Frames written on
-    /// it fail with `ConnectionLost`; queued ones go on the next.
-    pub fn reset(&self) {
-        self.reset.notify_waiters();
+    /// then, unless it reaches `generation` of the peer (the peer restarted: the connection
+    /// may reach its old process). Frames written on it fail with `ConnectionLost`; queued
+    /// ones go on the next. A connection already made to the new generation stays.
+    pub fn reset_unless_serving(&self, generation: u64) {
+        if self.serving.load(Ordering::Acquire) != generation {
+            self.reset.notify_waiters();
+        }
     }
 
     /// Frames waiting in the queue.
@@ -224,7 +230,8 @@ async fn run(ctx: Arc<Context>, link: Arc<Link>, mut addr: SocketAddr) {
             .instrument(span.clone())
             .await
         {
-            Ok((reader, writer)) => {
+            Ok((reader, writer, generation)) => {
+                link.serving.store(generation, Ordering::Release);
                 backoff = FIRST_BACKOFF;
                 if connected_before {
                     link.stats.reconnected();
@@ -477,7 +484,24 @@ impl Connection<'_> {
         let limits = &self.ctx.limits;
         let queue = &self.link.queue;
         let mut batch = Batch::default();
+        let mut checked_epoch = self.ctx.membership.view_epoch();
         loop {
+            // Nothing is written to a generation of the peer that the view replaced (a paused
+            // old process): what is queued stays for the next connection, to the new one.
+            let epoch = self.ctx.membership.view_epoch();
+            if epoch != checked_epoch {
+                checked_epoch = epoch;
+                let serving = self.link.serving.load(Ordering::Acquire);
+                let shown = self
+                    .ctx
+                    .membership
+                    .peek_view()
+                    .member(self.link.node.as_str())
+                    .map(|m| m.generation);
+                if shown.is_some_and(|shown| shown != serving) {
+                    return "the peer restarted: this connection reaches its old process".into();
+                }
+            }
             match queue.take_all(&mut batch) {
                 Taken::Some => {
                     let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);

@@ -599,9 +599,11 @@ async fn reset_restarted(inner: Arc<Inner>) {
             event = events.recv() => event,
         };
         match event {
-            Ok(MembershipEvent::Restarted { node, .. }) => {
+            Ok(MembershipEvent::Restarted {
+                node, generation, ..
+            }) => {
                 if let Some(link) = inner.links().get(&node) {
-                    link.reset();
+                    link.reset_unless_serving(generation);
                 }
             }
             Ok(_) => {}

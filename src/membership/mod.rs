@@ -140,16 +140,20 @@ impl Membership {
     /// once it hears from another node, or after `gossip.join_timeout_ms`, or at once when no
     /// seed other than itself is configured. With `secret` (the cluster secret's keys, see
     /// [`ClusterKeys::load`]) gossip datagrams are sealed; a program's own transport is used
-    /// as it is (the node refuses one together with a secret).
+    /// as it is (the node refuses one together with a secret). `generation` replaces the
+    /// clock's (tests).
     pub(crate) async fn start(
         config: &Config,
         admin_addr: Option<SocketAddr>,
         secret: Option<ClusterKeys>,
         transport: Option<Box<dyn Transport>>,
+        generation: Option<u64>,
     ) -> Result<Membership, MembershipError> {
-        let generation = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        let generation = generation.unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        });
         let self_id = NodeId::from(config.node_id.as_str());
         let gossip_addr = config.gossip_public_addr();
         let chitchat_config = chitchat_config(config, generation);

@@ -243,36 +243,67 @@ pub struct ViewInput {
     pub gossip: Vec<GossipNode>,
     /// Reachability reports, by node id.
     pub unreachable: HashMap<NodeId, Unreachable>,
-    /// The highest generation ever seen per node id, so an old generation never comes back
-    /// even after chitchat forgot the newer one. Entries of ids that chitchat no longer knows in
-    /// any generation are dropped, so this stays as large as chitchat's own state.
-    pub highest_generation: HashMap<NodeId, u64>,
+    /// The generation shown per node id, and the rebuild in which it was chosen.
+    pub shown: HashMap<NodeId, (u64, u64)>,
+    /// The rebuild in which each generation of each node id was first seen. Another
+    /// generation seen before the shown one was chosen is retired: it never comes back, even
+    /// once chitchat forgot the shown one. A generation first seen later replaces the shown
+    /// one when higher, or once the shown one is down even when lower: a restart after the
+    /// clock stepped back. Entries chitchat no longer knows are dropped, so both stay as large
+    /// as chitchat's own state.
+    pub first_seen: HashMap<(NodeId, u64), u64>,
+    /// Rebuilds so far.
+    pub rebuilds: u64,
 }
 
 /// Builds the view from its input (and drops reachability reports and generation floors that
 /// no longer apply). `previous` lends its ring when the ring's members did not change.
 pub fn derive_view(self_id: &NodeId, input: &mut ViewInput, previous: &LiveView) -> LiveView {
-    // Generation floors live as long as chitchat knows the node id in any generation.
-    let known: HashSet<&NodeId> = input.gossip.iter().map(|n| &n.node_id).collect();
-    input.highest_generation.retain(|id, _| known.contains(id));
-    // Highest generation per node id, never lower than one seen before.
-    let mut latest: BTreeMap<&NodeId, &GossipNode> = BTreeMap::new();
+    input.rebuilds += 1;
+    let rebuild = input.rebuilds;
+    // What is remembered lives as long as chitchat knows the node id in that generation (the
+    // shown one: in any generation).
+    let known: HashSet<(&NodeId, u64)> = input
+        .gossip
+        .iter()
+        .map(|n| (&n.node_id, n.generation))
+        .collect();
+    let known_ids: HashSet<&NodeId> = known.iter().map(|(id, _)| *id).collect();
+    input.shown.retain(|id, _| known_ids.contains(id));
+    input
+        .first_seen
+        .retain(|(id, generation), _| known.contains(&(id, *generation)));
     for node in &input.gossip {
-        let floor = input.highest_generation.get(&node.node_id).copied();
-        if floor.is_some_and(|floor| node.generation < floor) {
-            continue;
-        }
-        match latest.get(&node.node_id) {
-            Some(best) if best.generation >= node.generation => {}
-            _ => {
-                latest.insert(&node.node_id, node);
-            }
+        input
+            .first_seen
+            .entry((node.node_id.clone(), node.generation))
+            .or_insert(rebuild);
+    }
+    // Per node id, the generation to show (see `choose`).
+    let mut by_id: BTreeMap<&NodeId, Vec<&GossipNode>> = BTreeMap::new();
+    for node in &input.gossip {
+        by_id.entry(&node.node_id).or_default().push(node);
+    }
+    let mut latest: BTreeMap<&NodeId, &GossipNode> = BTreeMap::new();
+    for (id, generations) in by_id {
+        let shown = input.shown.get(id).copied();
+        let first_seen = |g: &GossipNode| {
+            input
+                .first_seen
+                .get(&(id.clone(), g.generation))
+                .copied()
+                .unwrap_or(rebuild)
+        };
+        if let Some(node) = choose(&generations, shown, first_seen) {
+            latest.insert(id, node);
         }
     }
     for (id, node) in &latest {
-        input
-            .highest_generation
-            .insert((*id).clone(), node.generation);
+        let chosen = match input.shown.get(*id) {
+            Some(&(generation, at)) if generation == node.generation => at,
+            _ => rebuild,
+        };
+        input.shown.insert((*id).clone(), (node.generation, chosen));
     }
     input.unreachable.retain(|id, report| {
         latest
@@ -324,11 +355,41 @@ pub fn derive_view(self_id: &NodeId, input: &mut ViewInput, previous: &LiveView)
     }
 }
 
+/// Which generation of one node id to show, given `shown` (the generation shown so far and the
+/// rebuild that chose it) and when each was first seen: the highest live generation that is
+/// not retired (another generation, already seen when the shown one was chosen); with none
+/// live, the shown one while chitchat knows it, else the highest not retired. So a restart is
+/// seen whatever the clocks did: a generation that appears after the shown one replaces it
+/// when it is higher, or once the shown one is down when it is lower (the clock stepped back);
+/// a generation passed over never comes back, higher or lower. `None`: every generation
+/// chitchat knows is retired.
+fn choose<'a>(
+    generations: &[&'a GossipNode],
+    shown: Option<(u64, u64)>,
+    first_seen: impl Fn(&GossipNode) -> u64,
+) -> Option<&'a GossipNode> {
+    let retired = |g: &GossipNode| {
+        shown.is_some_and(|(generation, chosen)| {
+            g.generation != generation && first_seen(g) <= chosen
+        })
+    };
+    let candidates = || generations.iter().copied().filter(|g| !retired(g));
+    candidates()
+        .filter(|g| g.alive)
+        .max_by_key(|g| g.generation)
+        .or_else(|| {
+            shown.and_then(|(generation, _)| candidates().find(|g| g.generation == generation))
+        })
+        .or_else(|| candidates().max_by_key(|g| g.generation))
+}
+
 /// The events that lead from `old` to `new`, about nodes other than self, in node id order.
 ///
 /// - `Joined`: the node became live and `ready` (a ring member): for the first time, after a
 ///   restart, or again after it was down with the same generation.
-/// - `Restarted`: a newer generation replaced the old one; `Joined` follows once it is ready.
+/// - `Restarted`: another generation replaced the old one (a newer one, or a lower one that
+///   appeared after the old one died: the clock stepped back); `Joined` follows once it is
+///   ready.
 /// - `Leaving`: the live node published `status=leaving`.
 /// - `Left` / `Down`: the node stopped being live, after announcing its leave or without a word.
 /// - `Unreachable` / `Reachable`: this node's reachability reports (a new generation starts
@@ -344,8 +405,9 @@ pub fn diff_events(old: &LiveView, new: &LiveView) -> Vec<MembershipEvent> {
         let leaving = |m: &Member| m.live && m.status == Status::Leaving;
         let previous = old.member(m.node_id.as_str());
         // The old state that counts: none when this is a new node or a new generation.
+        // Another generation, newer or (after the clock stepped back) older: a restart.
         let same = match previous {
-            Some(o) if o.generation < m.generation => {
+            Some(o) if o.generation != m.generation => {
                 events.push(MembershipEvent::Restarted {
                     node: node(),
                     old_generation: o.generation,
@@ -494,6 +556,41 @@ mod tests {
         assert!(events.is_empty(), "{events:?}");
         assert!(h.view.member("b").is_none());
         assert!(!h.view.is_target("b"));
+    }
+
+    /// The clock stepped back between two runs: generation 5 appears after 20. While 20 is
+    /// alive it stays; once it is down, 5 replaces it (`Restarted`, then `Joined`), and 20
+    /// does not come back, dead or alive.
+    #[test]
+    fn a_lower_generation_that_appears_later_replaces_the_shown_one_once_it_is_down() {
+        let mut h = Harness::new();
+        h.gossip(vec![me(), gossip("b", 20, true, Status::Ready)]);
+        let events = h.gossip(vec![
+            me(),
+            gossip("b", 20, true, Status::Ready),
+            gossip("b", 5, true, Status::Ready),
+        ]);
+        assert!(events.is_empty(), "{events:?}");
+        assert_eq!(h.view.member("b").unwrap().generation, 20);
+        let events = h.gossip(vec![
+            me(),
+            gossip("b", 20, false, Status::Ready),
+            gossip("b", 5, true, Status::Ready),
+        ]);
+        assert_eq!(
+            Harness::kinds(&events),
+            [("restarted", "b".into()), ("joined", "b".into())]
+        );
+        assert_eq!(h.view.member("b").unwrap().generation, 5);
+        assert_eq!(h.view.ring().nodes(), ["b", "me"]);
+        // 20 seems alive again (a paused old process): 5, chosen after it, stays.
+        let events = h.gossip(vec![
+            me(),
+            gossip("b", 20, true, Status::Ready),
+            gossip("b", 5, true, Status::Ready),
+        ]);
+        assert!(events.is_empty(), "{events:?}");
+        assert_eq!(h.view.member("b").unwrap().generation, 5);
     }
 
     #[test]

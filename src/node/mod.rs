@@ -59,6 +59,7 @@ impl Node {
             prometheus: None,
             admin: true,
             transport: None,
+            generation: None,
         }
     }
 }
@@ -70,6 +71,7 @@ pub struct NodeBuilder {
     prometheus: Option<PrometheusHandle>,
     admin: bool,
     transport: Option<Box<dyn Transport>>,
+    generation: Option<u64>,
 }
 
 impl NodeBuilder {
@@ -92,6 +94,14 @@ impl NodeBuilder {
     /// then not sealed: a node with a cluster secret refuses this.
     pub fn transport(mut self, transport: impl Transport) -> Self {
         self.transport = Some(Box::new(transport));
+        self
+    }
+
+    /// Starts as `generation` instead of the clock's time in nanoseconds: for tests and chaos
+    /// runs that replay a restart after the clock stepped back.
+    #[cfg(feature = "testkit")]
+    pub fn generation(mut self, generation: u64) -> Self {
+        self.generation = Some(generation);
         self
     }
 
@@ -142,8 +152,14 @@ impl NodeBuilder {
         let forward_addr = forward_listener
             .local_addr()
             .map_err(|source| NodeError::forward_bind(config.forward_addr, source))?;
-        let membership =
-            Membership::start(config, admin_addr, protection.keys.clone(), self.transport).await?;
+        let membership = Membership::start(
+            config,
+            admin_addr,
+            protection.keys.clone(),
+            self.transport,
+            self.generation,
+        )
+        .await?;
         let forwarder = Forwarder::new(
             config.forward.clone(),
             config.limits.clone(),
