@@ -465,6 +465,43 @@ async fn an_ack_completes_only_what_was_written_on_its_connection() {
     c.stop().await;
 }
 
+/// A runtime of two workers of its own, for a node that a test pauses by blocking them.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Starts a node of `config` on `runtime`, with `handler`.
+async fn start_on(
+    runtime: &tokio::runtime::Runtime,
+    config: wamp_cluster::Config,
+    handler: Arc<Recorder>,
+) -> wamp_cluster::NodeHandle {
+    runtime
+        .spawn(async move {
+            Node::builder(config, move |_, _| handler)
+                .start()
+                .await
+                .unwrap()
+        })
+        .await
+        .unwrap()
+}
+
+/// Blocks both workers of `runtime` for `pause`: nothing of a node on it runs but its gossip
+/// thread, as in a process starved or paused.
+fn block_workers(
+    runtime: &tokio::runtime::Runtime,
+    pause: Duration,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..2)
+        .map(|_| runtime.spawn(async move { std::thread::sleep(pause) }))
+        .collect()
+}
+
 /// A message whose sender gave up while it waited at the receiver is never delivered: the
 /// receiving node's runtime is blocked for 3 s (its process starved or paused) while a forward
 /// with a 1 s timeout reaches its socket; the sender gets `Timeout`, and once the receiver runs
@@ -472,13 +509,6 @@ async fn an_ack_completes_only_what_was_written_on_its_connection() {
 /// is delivered.
 #[test]
 fn a_message_read_after_its_sender_gave_up_is_never_delivered() {
-    let runtime = || {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    };
     let (senders, receivers) = (runtime(), runtime());
     senders.block_on(async {
         let _serial = SERIAL.lock().await;
@@ -489,16 +519,7 @@ fn a_message_read_after_its_sender_gave_up_is_never_delivered() {
             .await
             .unwrap();
         let recorder = Arc::new(Recorder::default());
-        let handler = recorder.clone();
-        let b = receivers
-            .spawn(async move {
-                Node::builder(b_config, move |_, _| handler)
-                    .start()
-                    .await
-                    .unwrap()
-            })
-            .await
-            .unwrap();
+        let b = start_on(&receivers, b_config, recorder.clone()).await;
         wait_until(Duration::from_secs(15), "b ready", || {
             a.membership().view().is_target("node-1")
         })
@@ -507,10 +528,7 @@ fn a_message_read_after_its_sender_gave_up_is_never_delivered() {
         f.forward(from(&a), to("node-1"), publish(1), &options(5000))
             .await
             .unwrap();
-        // Both of the receiver's workers sleep: nothing of it runs but its gossip thread.
-        let blocked: Vec<_> = (0..2)
-            .map(|_| receivers.spawn(async { std::thread::sleep(Duration::from_secs(3)) }))
-            .collect();
+        let blocked = block_workers(&receivers, Duration::from_secs(3));
         tokio::time::sleep(Duration::from_millis(100)).await;
         let late = f
             .forward(from(&a), to("node-1"), publish(2), &options(1000))
@@ -580,13 +598,6 @@ async fn an_older_generation_of_a_member_is_refused_and_the_welcome_names_the_li
 /// one, and the old one, running again, delivers none of it.
 #[test]
 fn a_restarted_peers_old_process_gets_nothing_meant_for_the_new_one() {
-    let runtime = || {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    };
     let (main, old) = (runtime(), runtime());
     main.block_on(async {
         let _serial = SERIAL.lock().await;
@@ -597,18 +608,8 @@ fn a_restarted_peers_old_process_gets_nothing_meant_for_the_new_one() {
             .await
             .unwrap();
         let (old_seen, new_seen) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
-        let handler = old_seen.clone();
-        let b_old = old
-            .spawn(async move {
-                Node::builder(node_config("node-1", &[seed], tolerant()), move |_, _| {
-                    handler
-                })
-                .start()
-                .await
-                .unwrap()
-            })
-            .await
-            .unwrap();
+        let b_config = node_config("node-1", &[seed], tolerant());
+        let b_old = start_on(&old, b_config, old_seen.clone()).await;
         wait_until(Duration::from_secs(15), "the old b ready", || {
             a.membership().view().is_target("node-1")
         })
@@ -620,9 +621,7 @@ fn a_restarted_peers_old_process_gets_nothing_meant_for_the_new_one() {
         let mut events = a.membership().subscribe_events();
         // The old process stops running (its gossip thread goes on, as a resumed process's
         // would).
-        let paused: Vec<_> = (0..2)
-            .map(|_| old.spawn(async { std::thread::sleep(Duration::from_secs(6)) }))
-            .collect();
+        let paused = block_workers(&old, Duration::from_secs(6));
         let handler = new_seen.clone();
         let b_new = Node::builder(node_config("node-1", &[seed], tolerant()), move |_, _| {
             handler
