@@ -4,7 +4,7 @@
 //! node's reachability reports into a [`LiveView`]; [`diff_events`] compares two views and says
 //! what happened between them. Neither touches a socket, so both are unit-tested here.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -243,67 +243,54 @@ pub struct ViewInput {
     pub gossip: Vec<GossipNode>,
     /// Reachability reports, by node id.
     pub unreachable: HashMap<NodeId, Unreachable>,
-    /// The generation shown per node id, and the rebuild in which it was chosen.
-    pub shown: HashMap<NodeId, (u64, u64)>,
-    /// The rebuild in which each generation of each node id was first seen. Another
-    /// generation seen before the shown one was chosen is retired: it never comes back, even
-    /// once chitchat forgot the shown one. A generation first seen later replaces the shown
-    /// one when higher, or once the shown one is down even when lower: a restart after the
-    /// clock stepped back. Entries chitchat no longer knows are dropped, so both stay as large
-    /// as chitchat's own state.
-    pub first_seen: HashMap<(NodeId, u64), u64>,
-    /// Rebuilds so far.
-    pub rebuilds: u64,
+    /// The generation shown per node id.
+    pub shown: HashMap<NodeId, u64>,
+    /// Per node id, the generations passed over: those known when another was chosen to be
+    /// shown. They never come back, even once chitchat forgot the shown one. A generation that
+    /// appears later replaces the shown one when higher, or once the shown one is down even
+    /// when lower: a restart after the clock stepped back. Generations chitchat no longer
+    /// knows are dropped, so both stay as large as chitchat's own state.
+    pub retired: HashMap<NodeId, BTreeSet<u64>>,
 }
 
 /// Builds the view from its input (and drops reachability reports and generation floors that
 /// no longer apply). `previous` lends its ring when the ring's members did not change.
 pub fn derive_view(self_id: &NodeId, input: &mut ViewInput, previous: &LiveView) -> LiveView {
-    input.rebuilds += 1;
-    let rebuild = input.rebuilds;
     // What is remembered lives as long as chitchat knows the node id in that generation (the
     // shown one: in any generation).
-    let known: HashSet<(&NodeId, u64)> = input
-        .gossip
-        .iter()
-        .map(|n| (&n.node_id, n.generation))
-        .collect();
-    let known_ids: HashSet<&NodeId> = known.iter().map(|(id, _)| *id).collect();
-    input.shown.retain(|id, _| known_ids.contains(id));
-    input
-        .first_seen
-        .retain(|(id, generation), _| known.contains(&(id, *generation)));
-    for node in &input.gossip {
-        input
-            .first_seen
-            .entry((node.node_id.clone(), node.generation))
-            .or_insert(rebuild);
-    }
-    // Per node id, the generation to show (see `choose`).
     let mut by_id: BTreeMap<&NodeId, Vec<&GossipNode>> = BTreeMap::new();
     for node in &input.gossip {
         by_id.entry(&node.node_id).or_default().push(node);
     }
+    input.shown.retain(|id, _| by_id.contains_key(id));
+    input.retired.retain(|id, retired| {
+        let known = by_id.get(id).map(Vec::as_slice).unwrap_or_default();
+        retired.retain(|g| known.iter().any(|n| n.generation == *g));
+        !retired.is_empty()
+    });
+    // Per node id, the generation to show (see `choose`).
     let mut latest: BTreeMap<&NodeId, &GossipNode> = BTreeMap::new();
-    for (id, generations) in by_id {
-        let shown = input.shown.get(id).copied();
-        let first_seen = |g: &GossipNode| {
+    for (id, generations) in &by_id {
+        let shown = input.shown.get(*id).copied();
+        let retired = input.retired.get(*id);
+        let is_retired = |g: u64| retired.is_some_and(|r| r.contains(&g));
+        let Some(node) = choose(generations, shown, is_retired) else {
+            continue;
+        };
+        latest.insert(id, node);
+        if shown != Some(node.generation) {
+            // A new choice passes over every other generation known now.
+            let passed = generations
+                .iter()
+                .map(|g| g.generation)
+                .filter(|g| *g != node.generation);
             input
-                .first_seen
-                .get(&(id.clone(), g.generation))
-                .copied()
-                .unwrap_or(rebuild)
-        };
-        if let Some(node) = choose(&generations, shown, first_seen) {
-            latest.insert(id, node);
+                .retired
+                .entry((*id).clone())
+                .or_default()
+                .extend(passed);
+            input.shown.insert((*id).clone(), node.generation);
         }
-    }
-    for (id, node) in &latest {
-        let chosen = match input.shown.get(*id) {
-            Some(&(generation, at)) if generation == node.generation => at,
-            _ => rebuild,
-        };
-        input.shown.insert((*id).clone(), (node.generation, chosen));
     }
     input.unreachable.retain(|id, report| {
         latest
@@ -355,31 +342,28 @@ pub fn derive_view(self_id: &NodeId, input: &mut ViewInput, previous: &LiveView)
     }
 }
 
-/// Which generation of one node id to show, given `shown` (the generation shown so far and the
-/// rebuild that chose it) and when each was first seen: the highest live generation that is
-/// not retired (another generation, already seen when the shown one was chosen); with none
-/// live, the shown one while chitchat knows it, else the highest not retired. So a restart is
-/// seen whatever the clocks did: a generation that appears after the shown one replaces it
-/// when it is higher, or once the shown one is down when it is lower (the clock stepped back);
-/// a generation passed over never comes back, higher or lower. `None`: every generation
-/// chitchat knows is retired.
+/// Which generation of one node id to show, given the one `shown` so far and which are
+/// `retired` (passed over when another was chosen): the highest live generation not retired;
+/// with none live, the shown one while chitchat knows it, else the highest not retired. So a
+/// restart is seen whatever the clocks did: a generation that appears after the shown one
+/// replaces it when it is higher, or once the shown one is down when it is lower (the clock
+/// stepped back); a generation passed over never comes back, higher or lower. `None`: every
+/// generation chitchat knows is retired.
 fn choose<'a>(
     generations: &[&'a GossipNode],
-    shown: Option<(u64, u64)>,
-    first_seen: impl Fn(&GossipNode) -> u64,
+    shown: Option<u64>,
+    retired: impl Fn(u64) -> bool,
 ) -> Option<&'a GossipNode> {
-    let retired = |g: &GossipNode| {
-        shown.is_some_and(|(generation, chosen)| {
-            g.generation != generation && first_seen(g) <= chosen
-        })
+    let candidates = || {
+        generations
+            .iter()
+            .copied()
+            .filter(|g| !retired(g.generation))
     };
-    let candidates = || generations.iter().copied().filter(|g| !retired(g));
     candidates()
         .filter(|g| g.alive)
         .max_by_key(|g| g.generation)
-        .or_else(|| {
-            shown.and_then(|(generation, _)| candidates().find(|g| g.generation == generation))
-        })
+        .or_else(|| shown.and_then(|shown| candidates().find(|g| g.generation == shown)))
         .or_else(|| candidates().max_by_key(|g| g.generation))
 }
 
