@@ -253,7 +253,7 @@ pub struct ViewInput {
     pub retired: HashMap<NodeId, BTreeSet<u64>>,
 }
 
-/// Builds the view from its input (and drops reachability reports and generation floors that
+/// Builds the view from its input (and drops reachability reports and retired generations that
 /// no longer apply). `previous` lends its ring when the ring's members did not change.
 pub fn derive_view(self_id: &NodeId, input: &mut ViewInput, previous: &LiveView) -> LiveView {
     // What is remembered lives as long as chitchat knows the node id in that generation (the
