@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use wamp_cluster::testkit::cluster::{from, options, to, Cluster};
 use wamp_cluster::testkit::protocol::{self, Frame, RefuseReason};
 use wamp_cluster::testkit::{counter, node_config, publish, tolerant, wait_until};
-use wamp_cluster::{Discard, Node, NodeHandle};
+use wamp_cluster::{Discard, Node};
 
 /// The idle timeout of this binary's recorder.
 const IDLE: Duration = Duration::from_secs(3);
@@ -52,13 +52,6 @@ async fn hello(addr: std::net::SocketAddr, node_id: &str) -> Option<Frame> {
     protocol::read_frame(&mut stream, &mut BytesMut::new()).await
 }
 
-fn forward_addr(node: &NodeHandle) -> std::net::SocketAddr {
-    let view = node.membership().view();
-    view.member(node.node_id().as_str())
-        .and_then(|m| m.forward_addr)
-        .unwrap()
-}
-
 /// A thousand handshakes under distinct valid ids of non-members and a thousand under invalid
 /// ids add no series: the strangers' bytes are counted under `peer="non_member"`, and the
 /// invalid ids are refused as a bad hello.
@@ -72,7 +65,7 @@ async fn strangers_cannot_grow_the_metrics() {
         .forward(from(a), to("node-1"), publish(1), &options(5000))
         .await
         .unwrap();
-    let target = forward_addr(&c.nodes[1]);
+    let target = c.nodes[1].forwarder().local_addr();
     // One stranger that sends a frame after its welcome: what it sends is counted.
     let mut first = TcpStream::connect(target).await.unwrap();
     let mut buf = BytesMut::new();

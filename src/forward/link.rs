@@ -456,14 +456,11 @@ impl Connection<'_> {
             .unwrap_or_else(PoisonError::into_inner)
             .answered(id);
         let stats = &self.link.stats;
-        if !ours {
-            if counted {
-                stats.late_ack();
-            }
-            return false;
-        }
         let failure = outcome.as_ref().err().cloned();
-        let Some(latency) = self.ctx.pending.complete(id, outcome, now) else {
+        let completed = ours
+            .then(|| self.ctx.pending.complete(id, outcome, now))
+            .flatten();
+        let Some(latency) = completed else {
             if counted {
                 stats.late_ack();
             }
