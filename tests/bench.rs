@@ -14,11 +14,18 @@ struct Group(u32);
 
 impl Drop for Group {
     fn drop(&mut self) {
-        // Nothing left to kill after a clean exit: the error is expected then.
-        let _ = Command::new("kill")
-            .args(["-KILL", &format!("-{}", self.0)])
-            .stderr(Stdio::null())
-            .status();
+        // kill(2) itself, not the `kill` program: procps-ng 4.0's `kill -KILL -PGID` signals
+        // every process it may (as for -1) when the group no longer exists, as after a clean
+        // exit. Nothing left to kill is not an error here.
+        let Ok(group) = libc::pid_t::try_from(self.0) else {
+            return;
+        };
+        if group > 1 {
+            // SAFETY: kill(2) with a negative pid other than -1 signals that process group only.
+            unsafe {
+                libc::kill(-group, libc::SIGKILL);
+            }
+        }
     }
 }
 
