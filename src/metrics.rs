@@ -47,6 +47,10 @@ pub const RECONNECTS: &str = "wamp_cluster_reconnects_total";
 pub const LATE_ACKS: &str = "wamp_cluster_late_acks_total";
 /// Counter: inbound handshakes refused, by `reason`.
 pub const HANDSHAKES_REFUSED: &str = "wamp_cluster_handshakes_refused_total";
+/// Counter: inbound connections closed to make room for a new one, by `reason` (`unproven`:
+/// the oldest still in its handshake; `superseded`: a newer one from the same node took over;
+/// `non_member`: the oldest from a node id that is not a member).
+pub const INBOUND_EVICTED: &str = "wamp_cluster_inbound_evicted_total";
 /// Counter: inbound connections closed on a bad frame or a limit, by `reason` (`too_large`,
 /// `malformed`, `io`, `unexpected`, `idle`, `write_stalled`).
 pub const FRAMES_REFUSED: &str = "wamp_cluster_frames_refused_total";
@@ -121,6 +125,11 @@ const NODE_COUNTERS: &[(&str, &str, &[&str])] = &[
             "write_stalled",
         ],
     ),
+    (
+        INBOUND_EVICTED,
+        "reason",
+        &["unproven", "superseded", "non_member"],
+    ),
     (GOSSIP_DROPPED, "reason", &["unsealed", "stale", "replayed"]),
     (ADMIN_REFUSED, "reason", &["host", "origin", "content_type"]),
 ];
@@ -159,6 +168,10 @@ pub fn describe() {
     metrics::describe_counter!(
         FRAMES_REFUSED,
         "Inbound connections closed on a bad frame or a limit, by reason."
+    );
+    metrics::describe_counter!(
+        INBOUND_EVICTED,
+        "Inbound connections closed to make room for a new one, by reason."
     );
     metrics::describe_counter!(
         LOG_LINES_LEFT_OUT,

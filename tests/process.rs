@@ -597,3 +597,119 @@ async fn traffic_is_recorded_and_every_acked_message_was_delivered_once_in_order
     let acked_total = checked.acked;
     assert!(acked_total >= 200, "{acked_total} acked messages");
 }
+
+/// Resident memory of process `pid`, in bytes.
+fn resident_bytes(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse::<u64>().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// 256 connections pass the handshake under ids that are not members, each sends all but the
+/// last byte of a 1 MiB frame and falls silent. The node's resident memory grows by less than
+/// its budget for long frames (`limits.max_inbound_buffered_bytes`, 16 MiB here) plus 64 KiB of
+/// read buffer per connection, with room to spare, not by the 256 MiB the frames claim; and it
+/// goes on serving: a probe from the other node is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_cut_short_on_many_connections_take_no_more_memory_than_the_budget() {
+    use tokio::io::AsyncWriteExt;
+    use wamp_cluster::testkit::protocol;
+
+    const CONNECTIONS: usize = 256;
+    const FRAME: usize = 1024 * 1024;
+    const BUDGET: u64 = 16 * 1024 * 1024;
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let limits = [
+        "--forward-max-frame-bytes",
+        "1048576",
+        "--limits-max-inbound-buffered-bytes",
+        "16777216",
+        "--gossip-join-timeout-ms",
+        "500",
+    ];
+    let first = Proc::with_flags(dir.path(), "node-1", &limits);
+    let seed = first.gossip.to_string();
+    let mut flags = limits.to_vec();
+    flags.extend(["--seed", &seed]);
+    let second = Proc::with_flags(dir.path(), "node-2", &flags);
+    let timeout = Duration::from_secs(20);
+    for p in [&first, &second] {
+        p.wait_members(timeout, "both live", |m| all_live(m, 2))
+            .await;
+    }
+    let members = first.members().await.unwrap();
+    let target: SocketAddr = member(&members, "node-1").unwrap()["forward_addr"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let pid = first.process.0.id();
+    let before = resident_bytes(pid);
+
+    // Each intruder: a hello, the welcome, then a frame of FRAME bytes less its last one.
+    let mut frame = vec![0u8; 4 + FRAME];
+    frame[..4].copy_from_slice(&(FRAME as u32).to_be_bytes());
+    frame.pop();
+    let frame = std::sync::Arc::new(frame);
+    let mut intruders = Vec::new();
+    for i in 0..CONNECTIONS {
+        let frame = frame.clone();
+        intruders.push(tokio::spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(target).await.unwrap();
+            let hello = protocol::hello("default", &format!("intruder-{i}"), "node-1");
+            stream
+                .write_all(&protocol::encode(&protocol::Frame::Hello(hello)))
+                .await
+                .unwrap();
+            let mut buf = bytes::BytesMut::new();
+            let welcome = protocol::read_frame(&mut stream, &mut buf).await;
+            assert!(
+                matches!(welcome, Some(protocol::Frame::Welcome { .. })),
+                "{welcome:?}"
+            );
+            // The node reads what its budget allows; the rest waits in the kernel's buffers.
+            let _ = tokio::time::timeout(Duration::from_secs(10), stream.write_all(&frame)).await;
+            stream
+        }));
+    }
+    let mut held = Vec::new();
+    for intruder in intruders {
+        held.push(intruder.await.unwrap());
+    }
+    // What the node would read, it has read by now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let grown = resident_bytes(pid).saturating_sub(before);
+    let bound = BUDGET + (CONNECTIONS as u64) * 64 * 1024;
+    eprintln!(
+        "resident memory grew by {:.1} MiB (bound {} MiB)",
+        grown as f64 / 1048576.0,
+        bound >> 20
+    );
+    assert!(
+        grown < bound + 32 * 1024 * 1024,
+        "resident memory grew by {} MiB with the frames' {} MiB cut short (bound {} MiB)",
+        grown >> 20,
+        (CONNECTIONS * FRAME) >> 20,
+        bound >> 20
+    );
+
+    let url = format!("http://{}/cluster/probe", second.admin);
+    let probe: Value = http()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(r#"{"node":"node-1","timeout_ms":2000}"#)
+        .send()
+        .await
+        .expect("admin API answers")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(probe["ok"], true, "{probe}");
+    drop(held);
+}

@@ -20,7 +20,7 @@ pub use crate::security::{Secret, SECRET_ENV};
 pub use layers::{Layers, Origin};
 pub use sections::{
     Config, ForwardConfig, GossipConfig, LimitsConfig, TlsConfig, MAX_GRACE_PERIOD_SECS,
-    MAX_ID_LEN, MAX_LABELS_BYTES, MAX_QUEUE_BYTES, MAX_QUEUE_CAPACITY,
+    MAX_ID_LEN, MAX_INBOUND_BUFFERED_BYTES, MAX_LABELS_BYTES, MAX_QUEUE_BYTES, MAX_QUEUE_CAPACITY,
 };
 pub use setting::{join, ms, secs, Key, Section, Setting, Table, ENV_PREFIX};
 

@@ -25,6 +25,10 @@ pub const MAX_QUEUE_CAPACITY: usize = 16 * 1024 * 1024;
 /// The largest `forward.queue_capacity_bytes`: 4 GiB.
 pub const MAX_QUEUE_BYTES: usize = 4 * 1024 * 1024 * 1024;
 
+/// The largest `limits.max_inbound_buffered_bytes`: 8 GiB. With the read buffers of 65,536
+/// connections (8 GiB), inbound frames never take more than 16 GiB.
+pub const MAX_INBOUND_BUFFERED_BYTES: usize = 8 * 1024 * 1024 * 1024;
+
 crate::settings! {
     /// The whole configuration of a node. See `config/node.toml` for an annotated example.
     pub struct Config {
@@ -155,9 +159,20 @@ crate::settings! {
     /// `forward.max_frame_bytes`. All nodes of a cluster should use the same values: a node's
     /// keepalive must come more often than its peers' idle timeout.
     pub struct LimitsConfig {
-        /// Inbound forwarding connections served at once, at most 65536; more are closed at
-        /// once and counted (each peer holds one).
+        /// Inbound forwarding connections served at once, at most 65536 (each peer holds
+        /// one). A connection beyond it closes one that a newer connection from the same node
+        /// superseded, else the oldest from a node id that is not a member, else the oldest
+        /// still in its handshake; it is refused only when every connection is a member's.
         pub max_inbound_connections: NonZeroUsize = (const { NonZeroUsize::new(1024).unwrap() }),
+        /// Inbound connections still in their handshake at once, at most 65536 (more than
+        /// `limits.max_inbound_connections` counts as that many); a connection beyond it closes
+        /// the oldest one still in its handshake.
+        pub max_unproven_connections: NonZeroUsize = (const { NonZeroUsize::new(256).unwrap() }),
+        /// Bytes of inbound frames longer than a connection's 64 KiB read buffer that all
+        /// connections of the node hold at once, from `forward.max_frame_bytes` to 8 GiB; a
+        /// connection whose frame finds them taken reads nothing more until there is room.
+        /// With the read buffers, inbound frames take at most this plus 128 KiB per connection.
+        pub max_inbound_buffered_bytes: usize = 256 * 1024 * 1024,
         /// How long an inbound connection has to complete its handshake, 10 ms to 10 minutes.
         #[serde(with = "crate::config::ms")]
         pub handshake_timeout_ms: Duration = Duration::from_millis(2000),
@@ -379,6 +394,23 @@ impl Config {
             return invalid(
                 "limits.max_inbound_connections",
                 "must be between 1 and 65536",
+            );
+        }
+        if l.max_unproven_connections.get() > 65_536 {
+            return invalid(
+                "limits.max_unproven_connections",
+                "must be between 1 and 65536",
+            );
+        }
+        if l.max_inbound_buffered_bytes < f.max_frame_bytes
+            || l.max_inbound_buffered_bytes > MAX_INBOUND_BUFFERED_BYTES
+        {
+            return invalid(
+                "limits.max_inbound_buffered_bytes",
+                &format!(
+                    "must be at least forward.max_frame_bytes and at most \
+                     {MAX_INBOUND_BUFFERED_BYTES}"
+                ),
             );
         }
         within(

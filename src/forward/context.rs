@@ -1,5 +1,5 @@
 //! What the parts of a forwarder share: its identity, settings and protection, the pending-ack
-//! table, the reporter of bad nodes, and one shutdown signal with the tracker of its tasks.
+//! table, the memory budget of long inbound frames, the reporter of bad nodes, and one shutdown signal with the tracker of its tasks.
 //! The links and the listener are handed this, and nothing of the forwarder itself.
 
 use std::collections::HashMap;
@@ -17,6 +17,7 @@ use crate::log_limit::Limiter;
 use crate::membership::Membership;
 use crate::security::ClusterKeys;
 use crate::tls::Tls;
+use crate::wire::ReadBudget;
 use crate::NodeId;
 
 /// The longest timeout a call may have; longer ones are cut to it (a day: an "infinite"
@@ -55,6 +56,9 @@ pub(crate) struct Context {
     pub membership: Membership,
     /// Pending acks of every link.
     pub pending: Pending,
+    /// The memory of long frames being read, shared by every connection
+    /// (`limits.max_inbound_buffered_bytes`).
+    pub read_budget: ReadBudget,
     /// Bad-node reports.
     pub reporter: Reporter,
     /// What each peer's connections delivered here; dropped when the peer leaves the view.
@@ -78,6 +82,7 @@ impl Context {
         cluster_id: String,
         membership: Membership,
     ) -> Context {
+        let read_budget = ReadBudget::new(limits.max_inbound_buffered_bytes);
         Context {
             node: membership.node_id().clone(),
             generation: membership.generation(),
@@ -88,6 +93,7 @@ impl Context {
             reporter: Reporter::new(membership.clone()),
             membership,
             pending: Pending::default(),
+            read_budget,
             received: Mutex::default(),
             bad_input_log: Limiter::new(BAD_INPUT_LINES_PER_SEC),
             delivering: AtomicBool::new(true),

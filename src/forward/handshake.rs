@@ -9,17 +9,16 @@
 use std::io;
 
 use bytes::BytesMut;
-use futures_util::StreamExt;
 use rustls::pki_types::CertificateDer;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_util::codec::{Encoder, FramedRead};
+use tokio_util::codec::Encoder;
 
 use super::context::Context;
 use super::stream::{self, CountingRead, ReadSide, WriteSide};
 use crate::security::{self, Role, Transcript};
-use crate::wire::{self, Frame, FrameCodec, Hello, RefuseReason, WireError};
+use crate::wire::{self, Frame, FrameCodec, FrameReader, Hello, RefuseReason, WireError};
 use crate::NodeId;
 
 /// Largest frame read before the handshake is done: a hello is small, and an unauthenticated
@@ -117,7 +116,7 @@ async fn send(
 }
 
 /// The next frame of the handshake; the end of the stream is `Closed`.
-async fn next<R>(reader: &mut FramedRead<R, FrameCodec>) -> Result<Frame, HandshakeError>
+async fn next<R>(reader: &mut FrameReader<R>) -> Result<Frame, HandshakeError>
 where
     R: tokio::io::AsyncRead + Unpin,
 {
@@ -150,7 +149,7 @@ pub(crate) async fn dial(
     node: &NodeId,
     addr: std::net::SocketAddr,
     known: Option<u64>,
-) -> Result<(FramedRead<ReadSide, FrameCodec>, WriteSide, u64), HandshakeError> {
+) -> Result<(FrameReader<ReadSide>, WriteSide, u64), HandshakeError> {
     let handshake = async {
         let stream = TcpStream::connect(addr)
             .await
@@ -172,7 +171,7 @@ pub(crate) async fn dial(
         let hello = hello(ctx, node);
         let mut codec = FrameCodec::new(ctx.config.max_frame_bytes);
         send(&mut write, &mut codec, &Frame::Hello(hello.clone())).await?;
-        let mut reader = FramedRead::with_capacity(read, codec, wire::READ_BUFFER_BYTES);
+        let mut reader = FrameReader::new(read, codec, ctx.read_budget.clone());
         let (version, generation) = match (next(&mut reader).await?, &ctx.protection.keys) {
             (Frame::Refuse { reason }, _) => return Err(HandshakeError::Refused(reason)),
             (
@@ -237,7 +236,7 @@ pub(crate) struct Accepted {
     /// The dialer's hello.
     pub hello: Hello,
     /// The connection's read side, still with the handshake's frame limit.
-    pub reader: FramedRead<CountingRead, FrameCodec>,
+    pub reader: FrameReader<CountingRead>,
     /// Its write side.
     pub writer: WriteSide,
     /// `Welcome`, or `Verified` with a secret.
@@ -282,10 +281,10 @@ pub(crate) async fn accept(ctx: &Context, stream: TcpStream) -> Result<Accepted,
             stream::tls(tls.into())
         }
     };
-    let mut reader = FramedRead::with_capacity(
+    let mut reader = FrameReader::new(
         CountingRead::new(read),
         FrameCodec::new(HANDSHAKE_FRAME_LIMIT),
-        wire::READ_BUFFER_BYTES,
+        ctx.read_budget.clone(),
     );
     let checked = tokio::time::timeout_at(
         deadline,
@@ -320,7 +319,7 @@ pub(crate) async fn accept(ctx: &Context, stream: TcpStream) -> Result<Accepted,
 /// certificate: the hello and the frame that accepts it.
 async fn check(
     ctx: &Context,
-    reader: &mut FramedRead<CountingRead, FrameCodec>,
+    reader: &mut FrameReader<CountingRead>,
     writer: &mut WriteSide,
     certificate: Option<&CertificateDer<'static>>,
 ) -> Result<(Hello, Frame), HandshakeError> {

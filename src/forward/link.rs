@@ -19,11 +19,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossbeam_utils::CachePadded;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::FutureExt;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_util::codec::FramedRead;
 use tracing::{debug, Instrument};
 
 use super::context::{Context, MAX_TIMEOUT};
@@ -35,7 +34,7 @@ use super::stats::PeerStats;
 use super::stream::{ReadSide, WriteSide};
 use crate::delivery::NackReason;
 use crate::error::ForwardError;
-use crate::wire::{self, Frame, FrameCodec};
+use crate::wire::{self, Frame, FrameReader};
 use crate::NodeId;
 
 /// A writer's buffer that grew larger than this for a burst is given back after the write.
@@ -373,7 +372,7 @@ struct Connection<'a> {
 impl Connection<'_> {
     /// Serves the connection until it breaks or the forwarder shuts down; returns why it
     /// ended.
-    async fn serve(&self, reader: FramedRead<ReadSide, FrameCodec>, writer: WriteSide) -> String {
+    async fn serve(&self, reader: FrameReader<ReadSide>, writer: WriteSide) -> String {
         tokio::select! {
             why = self.read(reader) => why,
             why = self.write(writer) => why,
@@ -382,7 +381,7 @@ impl Connection<'_> {
     }
 
     /// Reads answers and ends their pending entries.
-    async fn read(&self, mut reader: FramedRead<ReadSide, FrameCodec>) -> String {
+    async fn read(&self, mut reader: FrameReader<ReadSide>) -> String {
         let node = &self.link.node;
         let mut answered = false;
         // The time answers are stamped with: read again after each wait for the socket and
@@ -583,7 +582,7 @@ mod tests {
         let mut written = Written::default();
         prepare(&mut batch, now, 1_000_000, &mut written);
         assert_eq!(written.take(), [1, 3]);
-        let mut codec = FrameCodec::new(1 << 20);
+        let mut codec = wire::FrameCodec::new(1 << 20);
         let mut bytes = bytes::BytesMut::from(&batch.bytes[..]);
         let mut seen = Vec::new();
         while let Some(Frame::Forward(f)) =

@@ -27,14 +27,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::FutureExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
-use tokio_util::codec::{Encoder, FramedRead};
+use tokio_util::codec::Encoder;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
+use super::admission::{Admission, Eviction, Slot};
 use super::context::{Context, MAX_TIMEOUT};
 use super::handshake::{self, HandshakeError};
 use super::report::BadReason;
@@ -42,7 +44,7 @@ use super::stats::{Counts, Received};
 use super::stream::{CountingRead, WriteSide};
 use crate::delivery::{Deliver, Delivery, NackReason, Verdict};
 use crate::metrics as m;
-use crate::wire::{self, Frame, FrameCodec, RefuseReason, WireError};
+use crate::wire::{self, Frame, FrameCodec, FrameReader, RefuseReason, WireError};
 use crate::NodeId;
 
 /// Answers gathered before they are written even if more frames are readable.
@@ -275,9 +277,12 @@ impl Answers {
     }
 }
 
-/// Accepts connections until shutdown.
+/// Accepts connections until shutdown, each in a slot of the [`Admission`].
 pub(crate) async fn listen(ctx: Arc<Context>, listener: TcpListener, deliver: Arc<dyn Deliver>) {
-    let slots = Arc::new(Semaphore::new(ctx.limits.max_inbound_connections.get()));
+    let admission = Admission::new(
+        ctx.limits.max_inbound_connections.get(),
+        ctx.limits.max_unproven_connections.get(),
+    );
     let takeover = Arc::new(Takeover::default());
     loop {
         let accepted = tokio::select! {
@@ -285,9 +290,17 @@ pub(crate) async fn listen(ctx: Arc<Context>, listener: TcpListener, deliver: Ar
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => match slots.clone().try_acquire_owned() {
-                Ok(slot) => {
-                    let number = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
+            Ok((stream, peer)) => {
+                let number = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
+                let view = ctx.membership.peek_view();
+                let (slot, evicted) = admission.admit(number, &ctx.shutdown, |node| {
+                    view.member(node.as_str()).is_some()
+                });
+                drop(view);
+                for why in evicted {
+                    count_eviction(&ctx, why);
+                }
+                if let Some(slot) = slot {
                     let span = tracing::info_span!(
                         "inbound",
                         node = %ctx.node,
@@ -296,23 +309,30 @@ pub(crate) async fn listen(ctx: Arc<Context>, listener: TcpListener, deliver: Ar
                         from = tracing::field::Empty,
                         generation = tracing::field::Empty,
                     );
-                    let (ctx2, deliver, takeover) =
-                        (ctx.clone(), deliver.clone(), takeover.clone());
+                    let (ctx2, deliver, takeover, admission) = (
+                        ctx.clone(),
+                        deliver.clone(),
+                        takeover.clone(),
+                        admission.clone(),
+                    );
                     ctx.tasks.spawn(
                         async move {
-                            connection(&ctx2, stream, number, &*deliver, &takeover).await;
-                            drop(slot);
+                            let served = Served {
+                                deliver: &*deliver,
+                                takeover: &takeover,
+                                admission: &admission,
+                            };
+                            connection(&ctx2, stream, number, slot, served).await;
                         }
                         .instrument(span),
                     );
-                }
-                Err(_) => {
+                } else {
                     count_refusal(&ctx, RefuseReason::Overloaded.name());
                     if let Some(left_out) = ctx.may_log_bad_input() {
-                        info!(%peer, left_out, "refused: too many inbound connections");
+                        info!(%peer, left_out, "refused: every slot serves a member");
                     }
                 }
-            },
+            }
             Err(err) => {
                 // Out of file descriptors and the like: wait a little rather than spin.
                 warn!(error = %err, "accept failed");
@@ -325,6 +345,17 @@ pub(crate) async fn listen(ctx: Arc<Context>, listener: TcpListener, deliver: Ar
 fn count_refusal(ctx: &Context, reason: &'static str) {
     metrics::counter!(m::HANDSHAKES_REFUSED, "node" => ctx.node.to_string(), "reason" => reason)
         .increment(1);
+}
+
+fn count_eviction(ctx: &Context, why: Eviction) {
+    metrics::counter!(m::INBOUND_EVICTED, "node" => ctx.node.to_string(), "reason" => why.name())
+        .increment(1);
+    if let Some(left_out) = ctx.may_log_bad_input() {
+        info!(
+            reason = why.name(),
+            left_out, "an inbound connection closed to make room"
+        );
+    }
 }
 
 fn count_bad_frame(ctx: &Context, reason: &'static str) {
@@ -385,16 +416,24 @@ impl FrameRate {
     }
 }
 
-/// Serves one inbound connection.
-async fn connection(
-    ctx: &Context,
-    stream: TcpStream,
-    number: u64,
-    deliver: &dyn Deliver,
-    takeover: &Takeover,
-) {
+/// What the connections of a listener share.
+struct Served<'a> {
+    deliver: &'a dyn Deliver,
+    takeover: &'a Takeover,
+    admission: &'a Admission,
+}
+
+/// Serves inbound connection `number` in its `slot`, until it ends, the slot is taken to make
+/// room (it ends at once then) or the forwarder stops.
+async fn connection(ctx: &Context, stream: TcpStream, number: u64, slot: Slot, served: Served<'_>) {
+    let Served {
+        deliver,
+        takeover,
+        admission,
+    } = served;
+    let stop = &slot.stop;
     let accepted = tokio::select! {
-        _ = ctx.shutdown.cancelled() => return,
+        _ = stop.cancelled() => return,
         accepted = handshake::accept(ctx, stream) => accepted,
     };
     let mut accepted = match accepted {
@@ -410,6 +449,9 @@ async fn connection(
         }
     };
     let from = accepted.hello.node_id.clone();
+    if !admission.prove(&slot, &from) {
+        return;
+    }
     let span = tracing::Span::current();
     span.record("from", tracing::field::display(&from));
     span.record("generation", accepted.hello.generation);
@@ -417,7 +459,7 @@ async fn connection(
     // nothing more.
     let delivering = takeover.take_over(&from, number);
     let welcomed = tokio::select! {
-        _ = ctx.shutdown.cancelled() => Err(HandshakeError::Closed),
+        _ = stop.cancelled() => Err(HandshakeError::Closed),
         welcomed = accepted.welcome(ctx) => welcomed,
     };
     if welcomed.is_err() {
@@ -433,6 +475,7 @@ async fn connection(
     reader.get_mut().count_in(received.clone());
     let mut serving = Serving {
         ctx,
+        stop,
         from: &from,
         number,
         delivering: &delivering,
@@ -447,6 +490,12 @@ async fn connection(
     // is not bad.
     let superseded = *lock(&delivering) != number;
     takeover.end(&from, number);
+    // Closed to make room: a stranger's or a superseded connection, whose answers nobody
+    // waits for.
+    let evicted = stop.is_cancelled() && !ctx.shutdown.is_cancelled();
+    if evicted {
+        return;
+    }
     serving.finish(&mut writer).await;
     let Some(ended) = ended else { return };
     if let Some(left_out) = ctx.may_log_bad_input() {
@@ -454,7 +503,7 @@ async fn connection(
     }
     // The peer's side went away: a crashed node is noticed here at once even by nodes that
     // never sent it anything (a leaving node is not reported; see `Reporter::bad`).
-    if !superseded && !ctx.shutdown.is_cancelled() {
+    if !superseded && !stop.is_cancelled() {
         ctx.reporter.bad(&from, BadReason::ConnectionLost(ended));
     }
 }
@@ -462,6 +511,8 @@ async fn connection(
 /// An accepted connection being served.
 struct Serving<'a> {
     ctx: &'a Context,
+    /// Cancelled when the connection is closed to make room, or the forwarder stops.
+    stop: &'a CancellationToken,
     /// The peer node.
     from: &'a NodeId,
     /// This connection's number.
@@ -492,7 +543,7 @@ impl Serving<'_> {
         let sent = tokio::select! {
             biased;
             sent = write_out(ctx, write, &mut self.out) => sent,
-            _ = ctx.shutdown.cancelled() => false,
+            _ = self.stop.cancelled() => false,
         };
         // A write cut short leaves part of a frame behind: nothing more may follow it.
         self.broken = !sent;
@@ -515,7 +566,7 @@ impl Serving<'_> {
     /// socket broke while answering), else why it ended.
     async fn serve(
         &mut self,
-        reader: &mut FramedRead<CountingRead, FrameCodec>,
+        reader: &mut FrameReader<CountingRead>,
         write: &mut WriteSide,
     ) -> Option<String> {
         let ctx = self.ctx;
@@ -542,7 +593,7 @@ impl Serving<'_> {
                     return None;
                 }
                 tokio::select! {
-                    _ = ctx.shutdown.cancelled() => return None,
+                    _ = self.stop.cancelled() => return None,
                     _ = self.answers.first_known() => {}
                 }
                 continue;
@@ -561,7 +612,7 @@ impl Serving<'_> {
                     return None;
                 }
                 tokio::select! {
-                    _ = ctx.shutdown.cancelled() => return None,
+                    _ = self.stop.cancelled() => return None,
                     _ = tokio::time::sleep(wait) => {}
                 }
                 continue;
@@ -576,7 +627,7 @@ impl Serving<'_> {
                     }
                     let idle = ctx.limits.idle_timeout_ms;
                     tokio::select! {
-                        _ = ctx.shutdown.cancelled() => return None,
+                        _ = self.stop.cancelled() => return None,
                         // A verdict came: write it before reading on.
                         _ = self.answers.first_known() => continue,
                         next = tokio::time::timeout(idle, reader.next()) => match next {

@@ -11,6 +11,7 @@
 //! The forwarder hands its links and listener a shared `context` (configuration, shutdown,
 //! pending acks, the reporter of bad nodes) and is never called back by them.
 //!
+//! - `admission`: who holds the inbound connection slots, and who is closed to make room.
 //! - `context`: what the forwarder's parts share.
 //! - `handshake`: the handshake of both sides, with the cluster secret and TLS.
 //! - `link`: one link per peer: dial, handshake, queue, batched writes, redial.
@@ -22,6 +23,7 @@
 //! - `stream`: plain or TLS streams.
 //! - [`dispatcher`]: a worker pool behind the `Deliver` trait, ordered per session.
 
+mod admission;
 mod context;
 mod dispatcher;
 mod handshake;

@@ -103,6 +103,22 @@ impl FrameCodec {
             names: Default::default(),
         }
     }
+
+    /// The length of the frame at the front of `buf`, its prefix included, once the prefix is
+    /// there; a frame longer than the limit is refused from its prefix.
+    pub fn front(&self, buf: &[u8]) -> Result<Option<usize>, WireError> {
+        let Some(prefix) = buf.get(..LENGTH_BYTES) else {
+            return Ok(None);
+        };
+        let len = length_of(prefix);
+        if len > self.max_frame_bytes {
+            return Err(WireError::TooLarge {
+                len,
+                max: self.max_frame_bytes,
+            });
+        }
+        Ok(Some(LENGTH_BYTES + len))
+    }
 }
 
 /// Takes the `Ack` frames at the start of `buf` (as [`FrameCodec`] writes them), calling
@@ -158,22 +174,13 @@ impl Decoder for FrameCodec {
     type Item = Frame;
     type Error = WireError;
 
+    /// Decodes the frame at the front of `src` once it is whole. Reserves nothing: the
+    /// memory of frames being read is the reader's to bound (`FrameReader`).
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, WireError> {
-        let Some(prefix) = src.get(..LENGTH_BYTES) else {
-            return Ok(None);
+        let total = match self.front(src)? {
+            Some(total) if src.len() >= total => total,
+            _ => return Ok(None),
         };
-        let len = length_of(prefix);
-        if len > self.max_frame_bytes {
-            return Err(WireError::TooLarge {
-                len,
-                max: self.max_frame_bytes,
-            });
-        }
-        let total = LENGTH_BYTES + len;
-        if src.len() < total {
-            src.reserve(total - src.len());
-            return Ok(None);
-        }
         let frame = decode_body(&src[LENGTH_BYTES..total], &mut self.names)?;
         src.advance(total);
         Ok(Some(frame))

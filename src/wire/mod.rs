@@ -17,16 +17,20 @@
 //! - [`frame`]: the frames, the protocol versions and the negotiation of a hello.
 //! - `codec`: frames on a connection (length prefix, decode limit), forwarded frames written
 //!   into a scratch buffer, their time to live set in place.
+//! - `reader`: frames read from a connection, the memory of long ones within a budget shared
+//!   by the node's connections.
 //! - `fast`: the hand-written encoding and decoding of forwarded frames, byte for byte as
 //!   bincode's.
 
 mod codec;
 mod fast;
 pub mod frame;
+mod reader;
 
 pub use codec::{encode_forward, ping, set_deadline, take_acks, FrameCodec};
 pub use frame::EncodeError;
 pub use frame::{
     check_clock, hello_bytes, negotiate, wall_clock_ms, Frame, Hello, RefuseReason, WireError,
-    FRAME_LIMIT, MAGIC, MAX_VERSION, MIN_VERSION, READ_BUFFER_BYTES,
+    FRAME_LIMIT, MAGIC, MAX_VERSION, MIN_VERSION,
 };
+pub use reader::{FrameReader, ReadBudget};
