@@ -108,8 +108,9 @@ async fn a_node_that_acks_without_delivering_fails_invariant_2() {
 }
 
 /// Five nodes with a cluster secret under a fixed fault schedule for 30 s (kill -9, pause,
-/// restart, leave, join, start again), no namespaces: every invariant holds, the faults were applied, the same seed
-/// planned the same schedule, and the timeline was drawn.
+/// restart, a restart whose clock went back an hour, leave, join, start again), no namespaces:
+/// every invariant holds, the faults were applied, the same seed planned the same schedule,
+/// and the timeline was drawn.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chaos_run_holds_every_invariant() {
     let _serial = SERIAL.lock().await;
@@ -136,6 +137,12 @@ async fn a_chaos_run_holds_every_invariant() {
     for kind in ["pause", "restart", "join"] {
         assert!(kinds.iter().any(|k| k == kind), "no {kind}: {kinds:?}");
     }
+    // A restart whose clock went back: a generation lower than the one it replaced.
+    let behind =
+        report["applied"].as_array().unwrap().iter().any(|a| {
+            a["kind"] == "restart" && a.get("skipped").is_none() && a["clock_back_ms"] != 0
+        });
+    assert!(behind, "no restart with the clock behind: {report}");
     assert!(
         report["detection"]["sightings"].as_array().unwrap().len() >= 3,
         "{report}"

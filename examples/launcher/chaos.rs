@@ -40,8 +40,11 @@ pub enum Fault {
     Crash { node: usize },
     /// SIGSTOP, then SIGCONT after `ms`.
     Pause { node: usize, ms: u64 },
-    /// `kill -9`, then the same node id starts again at once (a new generation).
-    Restart { node: usize },
+    /// `kill -9`, then the same node id starts again at once (a new generation); with
+    /// `clock_back_ms`, its generation is its clock's time less that, as after the host's clock
+    /// stepped back (or the node moved to a host whose clock is behind): lower than the
+    /// generation it replaces.
+    Restart { node: usize, clock_back_ms: u64 },
     /// SIGTERM: the node leaves gracefully and exits; it stays away until a `start`.
     Leave { node: usize },
     /// A node that crashed or left starts again (a new generation).
@@ -68,7 +71,7 @@ impl Fault {
             Fault::Partition { side, .. } => side.clone(),
             Fault::Crash { node }
             | Fault::Pause { node, .. }
-            | Fault::Restart { node }
+            | Fault::Restart { node, .. }
             | Fault::Leave { node }
             | Fault::Start { node }
             | Fault::Join { node }
@@ -113,6 +116,10 @@ pub struct Plan {
 /// fault meets a node that had time to join.
 const SETTLE_MS: u64 = 3000;
 
+/// How far the clock of every other restart goes back (the first, the third, …): an hour, so
+/// that the new generation is lower than the old one.
+const CLOCK_BACK_MS: u64 = 3_600_000;
+
 #[derive(Clone, Copy, PartialEq)]
 enum Model {
     /// Running and healthy from this time on.
@@ -129,6 +136,7 @@ pub fn plan(p: &Plan) -> Vec<Planned> {
     let mut rng = Rng::new(p.seed);
     let mut model: Vec<Model> = vec![Model::Up(0); p.nodes];
     let mut joins = 0;
+    let mut restarts = 0;
     let mut schedule = Vec::new();
     let mut t = 0;
     loop {
@@ -195,7 +203,13 @@ pub fn plan(p: &Plan) -> Vec<Planned> {
             "restart" => {
                 let node = rng.pick(&healthy);
                 model[node] = Model::Up(t);
-                Fault::Restart { node: node + 1 }
+                // Taken from the count, not the generator: schedules stay as they were.
+                restarts += 1;
+                let clock_back_ms = if restarts % 2 == 1 { CLOCK_BACK_MS } else { 0 };
+                Fault::Restart {
+                    node: node + 1,
+                    clock_back_ms,
+                }
             }
             "leave" => {
                 let node = rng.pick(&healthy);

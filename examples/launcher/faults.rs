@@ -49,12 +49,12 @@ impl Launcher {
             match &fault {
                 Fault::Crash { .. } => self.kill_node(slots[0]),
                 Fault::Pause { ms, .. } => self.pause(slots[0], *ms),
-                Fault::Restart { .. } => {
+                Fault::Restart { clock_back_ms, .. } => {
                     self.kill_node(slots[0]);
-                    self.start_node(slots[0])?;
+                    self.start_node(slots[0], *clock_back_ms)?;
                 }
                 Fault::Leave { .. } => self.leave_node(slots[0]),
-                Fault::Start { .. } | Fault::Join { .. } => self.start_node(slots[0])?,
+                Fault::Start { .. } | Fault::Join { .. } => self.start_node(slots[0], 0)?,
                 Fault::Partition { side, one_way, ms } => {
                     let others: Vec<usize> = (1..=self.slots.len())
                         .filter(|n| !side.contains(n))

@@ -391,7 +391,7 @@ async fn drive(
 ) -> anyhow::Result<bool> {
     launcher.ensure_slot(args.nodes)?;
     for i in 0..args.nodes {
-        launcher.start_node(i)?;
+        launcher.start_node(i, 0)?;
         if i == 0 {
             // The seed first, so that the others find it.
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -66,8 +66,9 @@ impl Launcher {
         Ok(number - 1)
     }
 
-    /// Starts a new process for `slot`, seeded by a running node.
-    pub(crate) fn start_node(&mut self, slot: usize) -> anyhow::Result<()> {
+    /// Starts a new process for `slot`, seeded by a running node; its generation is its
+    /// clock's time less `clock_back_ms`.
+    pub(crate) fn start_node(&mut self, slot: usize, clock_back_ms: u64) -> anyhow::Result<()> {
         let number = self.slots[slot].number;
         let ip = match &self.netns {
             Some(netns) => IpAddr::V4(netns.ip(number)),
@@ -113,6 +114,9 @@ impl Launcher {
             .process_group(0);
         if let Some(seed) = seed {
             command.args(["--seed", &seed.to_string()]);
+        }
+        if clock_back_ms > 0 {
+            command.args(["--generation-behind-ms", &clock_back_ms.to_string()]);
         }
         if self.broken.as_deref() == Some(name.as_str()) {
             command.arg("--test-ack-without-delivery");

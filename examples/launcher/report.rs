@@ -24,7 +24,17 @@ pub fn describe(fault: &Fault) -> String {
     match fault {
         Fault::Crash { node } => format!("kill -9 node-{node}"),
         Fault::Pause { node, ms } => format!("pause node-{node} for {:.1} s", *ms as f64 / 1e3),
-        Fault::Restart { node } => format!("restart node-{node} (kill -9, start at once)"),
+        Fault::Restart {
+            node,
+            clock_back_ms: 0,
+        } => format!("restart node-{node} (kill -9, start at once)"),
+        Fault::Restart {
+            node,
+            clock_back_ms,
+        } => format!(
+            "restart node-{node} (kill -9, start at once, its clock {:.1} h behind)",
+            *clock_back_ms as f64 / 3.6e6
+        ),
         Fault::Leave { node } => format!("node-{node} leaves"),
         Fault::Start { node } => format!("start node-{node} again"),
         Fault::Join { node } => format!("new node-{node} joins"),
@@ -141,7 +151,7 @@ const OBSERVER_SETTLE_MS: u64 = 2000;
 fn victim(applied: &Applied) -> Option<(usize, Option<u64>)> {
     match &applied.fault {
         _ if applied.skipped.is_some() => None,
-        Fault::Crash { node } | Fault::Restart { node } => Some((*node - 1, None)),
+        Fault::Crash { node } | Fault::Restart { node, .. } => Some((*node - 1, None)),
         Fault::Pause { node, ms } => Some((*node - 1, Some(*ms))),
         _ => None,
     }
@@ -584,7 +594,7 @@ fn timeline(
     }
     // A restart is a kill -9 and a start in the same instant: a black mark shows it.
     for applied in l.applied.iter().filter(|a| a.skipped.is_none()) {
-        if let Fault::Restart { node } = applied.fault {
+        if let Fault::Restart { node, .. } = applied.fault {
             let t = applied.at_ms as f64 / 1e3;
             chart.draw_series(std::iter::once(Rectangle::new(
                 [

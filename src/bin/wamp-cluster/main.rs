@@ -195,8 +195,13 @@ async fn run(config: Config, layers: &Layers, args: NodeArgs) -> anyhow::Result<
         let _ = &args;
         std::sync::Arc::new(wamp_cluster::Discard)
     };
-    let node = Node::builder(config, move |_, _| handler)
-        .prometheus(prometheus)
+    let builder = Node::builder(config, move |_, _| handler).prometheus(prometheus);
+    #[cfg(feature = "testkit")]
+    let builder = match args.traffic.generation() {
+        Some(generation) => builder.generation(generation),
+        None => builder,
+    };
+    let node = builder
         .start()
         .await
         // A file that a key names is read as the node starts: say where the key was set.

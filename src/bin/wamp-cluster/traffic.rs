@@ -15,7 +15,7 @@ use wamp_cluster::{Deliver, Discard, NodeHandle};
 /// How long stopping waits for the test traffic's calls to end (each ends by its timeout).
 const TRAFFIC_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The flags of test traffic.
+/// The flags of test traffic, and of a generation as after the clock stepped back.
 #[derive(clap::Args)]
 pub struct TrafficArgs {
     /// Send test traffic to the other live nodes at this many messages per second.
@@ -28,6 +28,10 @@ pub struct TrafficArgs {
     /// catch.
     #[arg(long, hide = true, requires = "record_dir")]
     test_ack_without_delivery: bool,
+    /// Start as the generation the clock gives less this many milliseconds, as after the
+    /// host's clock stepped back: for chaos runs.
+    #[arg(long, value_name = "MS")]
+    generation_behind_ms: Option<u64>,
 }
 
 /// The traffic and the event record of a running node.
@@ -46,6 +50,15 @@ impl TrafficArgs {
             }
             _ => Ok(()),
         }
+    }
+
+    /// The generation to start as, if the flags set one.
+    pub fn generation(&self) -> Option<u64> {
+        let behind = self.generation_behind_ms?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        Some(now.saturating_sub(behind.saturating_mul(1_000_000)).max(1))
     }
 
     /// The handler of forwarded messages: with a record directory, one that records test
