@@ -18,7 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::Decoder;
 
 use super::codec::FrameCodec;
-use super::frame::{Frame, WireError, READ_BUFFER_BYTES};
+use super::frame::{Frame, WireError, LENGTH_BYTES, READ_BUFFER_BYTES};
 
 /// Bytes of frames longer than a connection's read buffer that a node's connections may hold
 /// at once; shared by clones.
@@ -90,7 +90,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             let room = match wanted {
                 Some(total) if total > READ_BUFFER_BYTES => {
                     if self.taken.is_none() {
-                        let bytes = u32::try_from(total).unwrap_or(u32::MAX);
+                        // The frame's own length, at most `max_frame_bytes`: never more than
+                        // the whole budget.
+                        let bytes = u32::try_from(total - LENGTH_BYTES).unwrap_or(u32::MAX);
                         let budget = self.budget.0.clone();
                         self.taken = Some(budget.acquire_many_owned(bytes).await.ok()?);
                     }
@@ -192,6 +194,17 @@ mod tests {
         assert_eq!(first.next().await.unwrap().unwrap(), frame);
         assert_eq!(second.next().await.unwrap().unwrap(), frame);
         assert_eq!(budget.available(), 300_000);
+    }
+
+    #[tokio::test]
+    async fn a_budget_of_the_frame_limit_reads_a_frame_of_the_limit() {
+        let frame = long(100_000);
+        let bytes = encoded(std::slice::from_ref(&frame));
+        let limit = bytes.len() - 4;
+        let mut reader =
+            FrameReader::new(&bytes[..], FrameCodec::new(limit), ReadBudget::new(limit));
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), reader.next());
+        assert_eq!(read.await.unwrap().unwrap().unwrap(), frame);
     }
 
     #[tokio::test]
