@@ -1,6 +1,7 @@
 //! What the parts of a forwarder share: its identity, settings and protection, the pending-ack
-//! table, the memory budget of long inbound frames, the reporter of bad nodes, and one shutdown signal with the tracker of its tasks.
-//! The links and the listener are handed this, and nothing of the forwarder itself.
+//! table, the memory budget of long inbound frames, the reporter of bad nodes, and one shutdown
+//! signal with the tracker of its tasks. The links and the listener are handed this, and
+//! nothing of the forwarder itself.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
