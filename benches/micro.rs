@@ -125,6 +125,7 @@ fn view(n: usize) -> LiveView {
             generation: 1,
             gossip_addr: SocketAddr::from(([127, 0, 0, 1], port)),
             alive: true,
+            heartbeat: 1,
             keys: NodeKeys {
                 forward_addr: Some(SocketAddr::from(([127, 0, 0, 1], port + 1))),
                 admin_addr: None,

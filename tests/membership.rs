@@ -210,6 +210,68 @@ async fn a_restart_with_a_lower_generation_is_seen_and_the_rings_agree() {
     abort_all([a, new]).await;
 }
 
+/// Starts `name` seeded by `seed`, with its generation an hour behind its clock if `behind`
+/// (a restart after the host's clock stepped back).
+async fn start_as(name: &str, seed: SocketAddr, behind: bool) -> NodeHandle {
+    let builder = Node::builder(node_config(name, &[seed], detecting()), |_, _| Discard);
+    let builder = match behind {
+        true => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap();
+            builder.generation(now.as_nanos() as u64 - 3_600_000_000_000)
+        }
+        false => builder,
+    };
+    builder.start().await.expect("node starts")
+}
+
+/// Waits until every node shows exactly the others' running generations, live.
+async fn agree_on_generations(nodes: &[&NodeHandle], what: &str) {
+    let mut running: Vec<(String, u64)> = nodes
+        .iter()
+        .map(|n| (n.node_id().to_string(), n.membership().generation()))
+        .collect();
+    running.sort();
+    let shown = |node: &NodeHandle| -> Vec<(String, u64)> {
+        let view = node.membership().view();
+        view.members()
+            .iter()
+            .filter(|m| m.live)
+            .map(|m| (m.node_id.to_string(), m.generation))
+            .collect()
+    };
+    let message = format!("{what}: every node shows {running:?}");
+    wait_until(CONVERGE, &message, || {
+        nodes.iter().all(|node| shown(node) == running)
+    })
+    .await;
+}
+
+/// Restarts one after another, each at once after a crash (the old generation still looks
+/// alive for a while), two of them with the clock an hour behind, the seed included: every
+/// node agrees on the running generations after each. A node started after a restart learns
+/// the old generation (dead, but news to it) together with the new, lower one, and shows the
+/// new one once its heartbeat grows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_whose_clocks_go_back_one_after_another_are_seen_by_every_node() {
+    let _serial = SERIAL.lock().await;
+    let n0 = start(node_config("node-0", &[], detecting())).await;
+    let n1 = start_as("node-1", n0.membership().gossip_addr(), false).await;
+    let n2 = start_as("node-2", n0.membership().gossip_addr(), false).await;
+    agree_on_generations(&[&n0, &n1, &n2], "at the start").await;
+    n1.abort().await;
+    let n1 = start_as("node-1", n2.membership().gossip_addr(), true).await;
+    agree_on_generations(&[&n0, &n1, &n2], "node-1 behind").await;
+    n2.abort().await;
+    let n2 = start_as("node-2", n1.membership().gossip_addr(), false).await;
+    agree_on_generations(&[&n0, &n1, &n2], "node-2 restarted").await;
+    n0.abort().await;
+    let n0 = start_as("node-0", n2.membership().gossip_addr(), true).await;
+    agree_on_generations(&[&n0, &n1, &n2], "node-0 behind").await;
+    abort_all([n0, n1, n2]).await;
+}
+
 /// A graceful leave is seen as `Leaving` (out of the targets at once) and then `Left`, never
 /// `Down`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -519,6 +519,7 @@ impl Shared {
                 generation: id.generation_id,
                 gossip_addr: id.gossip_advertise_addr,
                 alive: live.contains(id),
+                heartbeat: state.heartbeat().into(),
                 keys: NodeKeys::parse(state.key_values()),
             })
             .collect();

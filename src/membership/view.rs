@@ -25,6 +25,8 @@ pub struct GossipNode {
     pub gossip_addr: SocketAddr,
     /// Whether chitchat's failure detector holds it alive.
     pub alive: bool,
+    /// Its heartbeat, as far as this node heard: it grows while the process runs.
+    pub heartbeat: u64,
     /// Its published keys.
     pub keys: NodeKeys,
 }
@@ -245,12 +247,15 @@ pub struct ViewInput {
     pub unreachable: HashMap<NodeId, Unreachable>,
     /// The generation shown per node id.
     pub shown: HashMap<NodeId, u64>,
-    /// Per node id, the generations passed over: those known when another was chosen to be
-    /// shown. They never come back, even once chitchat forgot the shown one. A generation that
-    /// appears later replaces the shown one when higher, or once the shown one is down even
-    /// when lower: a restart after the clock stepped back. Generations chitchat no longer
-    /// knows are dropped, so both stay as large as chitchat's own state.
+    /// Per node id, the generations replaced: each one shown before another was chosen. They
+    /// never come back, even once chitchat forgot the one that replaced them.
     pub retired: HashMap<NodeId, BTreeSet<u64>>,
+    /// Per node id and generation, the first heartbeat this node heard. A generation whose
+    /// heartbeat grew since is a running process; one that chitchat holds alive only because
+    /// its last heartbeat is news here (an old process learned from a peer's memory) is not.
+    /// Generations chitchat no longer knows are dropped here and from `retired`, so both stay
+    /// as large as chitchat's own state.
+    pub first_heartbeats: HashMap<NodeId, BTreeMap<u64, u64>>,
 }
 
 /// Builds the view from its input (and drops reachability reports and retired generations that
@@ -263,34 +268,51 @@ pub fn derive_view(self_id: &NodeId, input: &mut ViewInput, previous: &LiveView)
         by_id.entry(&node.node_id).or_default().push(node);
     }
     input.shown.retain(|id, _| by_id.contains_key(id));
+    let knows = |id: &NodeId, g: u64| {
+        by_id
+            .get(id)
+            .is_some_and(|known| known.iter().any(|n| n.generation == g))
+    };
     input.retired.retain(|id, retired| {
-        let known = by_id.get(id).map(Vec::as_slice).unwrap_or_default();
-        retired.retain(|g| known.iter().any(|n| n.generation == *g));
+        retired.retain(|g| knows(id, *g));
         !retired.is_empty()
     });
+    input.first_heartbeats.retain(|id, first| {
+        first.retain(|g, _| knows(id, *g));
+        !first.is_empty()
+    });
+    for node in &input.gossip {
+        input
+            .first_heartbeats
+            .entry(node.node_id.clone())
+            .or_default()
+            .entry(node.generation)
+            .or_insert(node.heartbeat);
+    }
     // Per node id, the generation to show (see `choose`).
     let mut latest: BTreeMap<&NodeId, &GossipNode> = BTreeMap::new();
     for (id, generations) in &by_id {
         let shown = input.shown.get(*id).copied();
         let retired = input.retired.get(*id);
+        let first = input.first_heartbeats.get(*id);
+        let running = |g: &GossipNode| {
+            first
+                .and_then(|first| first.get(&g.generation))
+                .is_some_and(|first| g.heartbeat > *first)
+        };
         let is_retired = |g: u64| retired.is_some_and(|r| r.contains(&g));
-        let Some(node) = choose(generations, shown, is_retired) else {
+        let Some(node) = choose(generations, shown, is_retired, running) else {
             continue;
         };
         latest.insert(id, node);
-        if shown != Some(node.generation) {
-            // A new choice passes over every other generation known now.
-            let passed = generations
-                .iter()
-                .map(|g| g.generation)
-                .filter(|g| *g != node.generation);
+        if let Some(replaced) = shown.filter(|shown| *shown != node.generation) {
             input
                 .retired
                 .entry((*id).clone())
                 .or_default()
-                .extend(passed);
-            input.shown.insert((*id).clone(), node.generation);
+                .insert(replaced);
         }
+        input.shown.insert((*id).clone(), node.generation);
     }
     input.unreachable.retain(|id, report| {
         latest
@@ -342,17 +364,21 @@ pub fn derive_view(self_id: &NodeId, input: &mut ViewInput, previous: &LiveView)
     }
 }
 
-/// Which generation of one node id to show, given the one `shown` so far and which are
-/// `retired` (passed over when another was chosen): the highest live generation not retired;
-/// with none live, the shown one while chitchat knows it, else the highest not retired. So a
-/// restart is seen whatever the clocks did: a generation that appears after the shown one
-/// replaces it when it is higher, or once the shown one is down when it is lower (the clock
-/// stepped back); a generation passed over never comes back, higher or lower. `None`: every
+/// Which generation of one node id to show, given the one `shown` so far, which are `retired`
+/// (replaced) and which are `running` (their heartbeat grew while this node listened): the
+/// highest live generation not retired that is running or higher than the shown one; else
+/// the shown one while chitchat knows it; else (nothing shown yet) the highest live one, else
+/// the highest. So a restart is seen whatever the clocks did: a generation that appears after
+/// the shown one replaces it when it is higher, or once the shown one is down when it is lower
+/// (the clock stepped back); a node that learns both at once shows the running one as soon as
+/// its heartbeat grows, even when the old one, dead but news here, looks alive for a while
+/// and is higher; a generation replaced never comes back, higher or lower. `None`: every
 /// generation chitchat knows is retired.
 fn choose<'a>(
     generations: &[&'a GossipNode],
     shown: Option<u64>,
     retired: impl Fn(u64) -> bool,
+    running: impl Fn(&GossipNode) -> bool,
 ) -> Option<&'a GossipNode> {
     let candidates = || {
         generations
@@ -360,10 +386,16 @@ fn choose<'a>(
             .copied()
             .filter(|g| !retired(g.generation))
     };
+    let newer = |g: &GossipNode| shown.is_none_or(|shown| g.generation > shown);
     candidates()
-        .filter(|g| g.alive)
+        .filter(|g| g.alive && (running(g) || newer(g)))
         .max_by_key(|g| g.generation)
         .or_else(|| shown.and_then(|shown| candidates().find(|g| g.generation == shown)))
+        .or_else(|| {
+            candidates()
+                .filter(|g| g.alive)
+                .max_by_key(|g| g.generation)
+        })
         .or_else(|| candidates().max_by_key(|g| g.generation))
 }
 
@@ -454,12 +486,17 @@ pub fn diff_events(old: &LiveView, new: &LiveView) -> Vec<MembershipEvent> {
 mod tests {
     use super::*;
 
+    /// A heartbeat the harness fills in: the round for a live node, whose process runs, 0 for
+    /// one that is down.
+    const BEATING: u64 = u64::MAX;
+
     fn gossip(id: &str, generation: u64, alive: bool, status: Status) -> GossipNode {
         GossipNode {
             node_id: id.into(),
             generation,
             gossip_addr: "127.0.0.1:1".parse().unwrap(),
             alive,
+            heartbeat: BEATING,
             keys: NodeKeys {
                 forward_addr: Some("127.0.0.1:2".parse().unwrap()),
                 status,
@@ -468,10 +505,18 @@ mod tests {
         }
     }
 
+    /// A generation that chitchat holds alive but whose heartbeat does not grow: a dead
+    /// process whose last heartbeat is news to this node.
+    fn stale(mut node: GossipNode) -> GossipNode {
+        node.heartbeat = 7;
+        node
+    }
+
     struct Harness {
         self_id: NodeId,
         input: ViewInput,
         view: LiveView,
+        round: u64,
     }
 
     impl Harness {
@@ -481,11 +526,18 @@ mod tests {
                 view: LiveView::empty(self_id.clone()),
                 self_id,
                 input: ViewInput::default(),
+                round: 0,
             }
         }
 
-        /// Replaces the gossip input, rebuilds and returns the events.
-        fn gossip(&mut self, nodes: Vec<GossipNode>) -> Vec<MembershipEvent> {
+        /// Replaces the gossip input (a round later), rebuilds and returns the events.
+        fn gossip(&mut self, mut nodes: Vec<GossipNode>) -> Vec<MembershipEvent> {
+            self.round += 1;
+            for node in &mut nodes {
+                if node.heartbeat == BEATING {
+                    node.heartbeat = if node.alive { self.round } else { 0 };
+                }
+            }
             self.input.gossip = nodes;
             self.rebuild()
         }
@@ -575,6 +627,64 @@ mod tests {
         ]);
         assert!(events.is_empty(), "{events:?}");
         assert_eq!(h.view.member("b").unwrap().generation, 5);
+    }
+
+    /// A node that learns both generations at once, after a restart whose clock stepped back:
+    /// the old, higher one, dead but with a last heartbeat that is news here, looks alive for
+    /// a while. The lower one is shown as soon as its heartbeat grows, and the old one never
+    /// comes back.
+    #[test]
+    fn a_node_that_learns_an_old_higher_generation_with_a_live_lower_one_shows_the_lower() {
+        let mut h = Harness::new();
+        h.gossip(vec![
+            me(),
+            stale(gossip("b", 20, true, Status::Ready)),
+            gossip("b", 5, true, Status::Ready),
+        ]);
+        assert_eq!(h.view.member("b").unwrap().generation, 20);
+        let events = h.gossip(vec![
+            me(),
+            stale(gossip("b", 20, true, Status::Ready)),
+            gossip("b", 5, true, Status::Ready),
+        ]);
+        assert_eq!(
+            Harness::kinds(&events),
+            [("restarted", "b".into()), ("joined", "b".into())]
+        );
+        let b = h.view.member("b").unwrap();
+        assert!(b.generation == 5 && b.live);
+        for alive in [false, true] {
+            let events = h.gossip(vec![
+                me(),
+                gossip("b", 20, alive, Status::Ready),
+                gossip("b", 5, true, Status::Ready),
+            ]);
+            assert!(events.is_empty(), "{events:?}");
+            assert_eq!(h.view.member("b").unwrap().generation, 5);
+        }
+    }
+
+    /// A node that joins while an old, lower generation of a member still looks alive (its
+    /// process paused) shows the new one, and keeps it when the old one's heartbeat is heard
+    /// again, until the new one is down.
+    #[test]
+    fn a_node_that_learns_a_paused_lower_generation_with_the_new_one_shows_the_new() {
+        let mut h = Harness::new();
+        for _ in 0..2 {
+            h.gossip(vec![
+                me(),
+                stale(gossip("b", 10, true, Status::Ready)),
+                gossip("b", 20, true, Status::Ready),
+            ]);
+            assert_eq!(h.view.member("b").unwrap().generation, 20);
+        }
+        let events = h.gossip(vec![
+            me(),
+            gossip("b", 10, true, Status::Ready),
+            gossip("b", 20, true, Status::Ready),
+        ]);
+        assert!(events.is_empty(), "{events:?}");
+        assert_eq!(h.view.member("b").unwrap().generation, 20);
     }
 
     #[test]
