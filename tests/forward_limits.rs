@@ -620,6 +620,12 @@ async fn a_thousand_silent_or_trickling_connections_cannot_keep_a_restarted_memb
     drop(intruders);
     let metrics = prometheus.render();
     let sent = sent.unwrap_or_else(|| panic!("node-0 never forwarded to node-1:\n{metrics}"));
+    eprintln!(
+        "node-0 forwarded {sent:?} after its join; {} intruders' connections open, {} closed to \
+         make room",
+        still_open,
+        evicted(&metrics)
+    );
     assert!(
         sent < Duration::from_secs(5),
         "forwarded {sent:?} after its join"
