@@ -43,8 +43,9 @@
 //! - `delivery`: what crosses to a handler on another node: [`Delivery`], [`Verdict`],
 //!   [`NackReason`], and the [`Deliver`] trait a router implements. `error`: one error enum per
 //!   layer.
-//! - `wire`: the node-to-node frames (`frame`), the codec, and the hand-written fast paths of
-//!   forwarded frames; the only place that knows the encoding.
+//! - `wire`: the node-to-node frames (`frame`), the codec, the reader that keeps long frames
+//!   within the node's memory budget, and the hand-written fast paths of forwarded frames; the
+//!   only place that knows the encoding.
 //! - `security` (the cluster secret: keys, proofs, sealing, the replay guard) and
 //!   [`log_limit`]. [`metrics`]: metric names and the Prometheus recorder.
 //! - [`config`]: the keys, declared once ([`settings!`]) for file, environment and flags; their
@@ -55,7 +56,8 @@
 //! - `forward`: the [`Forwarder`]. Its parts get a shared `context` (identity, settings,
 //!   pending acks, the `report`er of bad nodes, one shutdown signal), never the forwarder
 //!   itself: `handshake` (both sides), `link` (one per peer: queue, batched writes, redial),
-//!   `listener` (delivery in arrival order, pipelined verdicts), `pending` (the ack table),
+//!   `listener` (delivery in arrival order, pipelined verdicts), `admission` (who holds the
+//!   inbound slots, and who makes room), `pending` (the ack table),
 //!   `queue`, `stats`, `stream`, and the [`Dispatcher`] worker pool.
 //! - `admin`: the HTTP admin API. `node`: [`Node::builder`] starts everything from one
 //!   [`Config`]; [`NodeHandle`] and its `stop` task stop it, once.
