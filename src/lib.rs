@@ -110,6 +110,7 @@ pub mod metrics;
 mod node;
 mod node_id;
 mod peer_id;
+pub mod router;
 mod security;
 mod shared_str;
 #[cfg(feature = "testkit")]

@@ -8,8 +8,23 @@ use serde::ser::SerializeSeq;
 use serde::{Serialize, Serializer};
 
 use super::dynamic::{Dyn, DynDict, DynList};
-use super::serializer::DecodeError;
 use super::{code, name_of, Dict, Id, Payload, Value, WampMessage, MAX_ID};
+
+/// Bytes that are not a valid WAMP message.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    /// Not the serializer's format at all.
+    #[error("not {serializer}: {detail}")]
+    Syntax {
+        /// The serializer that read the bytes (`json`).
+        serializer: &'static str,
+        /// What the format's decoder said.
+        detail: String,
+    },
+    /// Well-formed, but not a valid message: the text names the field.
+    #[error("protocol violation: {0}")]
+    ProtocolViolation(String),
+}
 
 fn violation(message: impl Into<String>) -> DecodeError {
     DecodeError::ProtocolViolation(message.into())

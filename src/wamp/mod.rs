@@ -6,17 +6,15 @@
 //! - [`Value`] and [`Dict`]: application values; dicts keep their insertion order.
 //! - [`Payload`]: the optional trailing `Arguments`/`ArgumentsKw`, or a transparent payload
 //!   (payload passthrough mode, as end-to-end encryption uses) carried untouched.
-//! - [`Serializer`]: the array form (`[16, 239714735, {}, "com.topic", […]]`) in JSON,
+//! - [`serializer::Serializer`]: the array form (`[16, 239714735, {}, "com.topic", […]]`) in JSON,
 //!   msgpack and CBOR, as clients speak it; [`json`] is its JSON form as text, compact and
 //!   order-preserving.
 
 mod dynamic;
 mod form;
 pub mod json;
-mod serializer;
+pub mod serializer;
 mod value;
-
-pub use serializer::{DecodeError, Serializer};
 
 pub(crate) use value::PREALLOCATE;
 pub use value::{Dict, Payload, Value, MAX_DEPTH};

@@ -12,24 +12,9 @@ use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
 use serde::Deserializer;
 
 use super::dynamic::{read_list, DynSeed};
+pub use super::form::DecodeError;
 use super::form::{from_items, ArrayForm};
 use super::{Value, WampMessage, MAX_DEPTH};
-
-/// Bytes that are not a valid WAMP message.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum DecodeError {
-    /// Not the serializer's format at all.
-    #[error("not {serializer}: {detail}")]
-    Syntax {
-        /// The serializer that read the bytes.
-        serializer: Serializer,
-        /// What the format's decoder said.
-        detail: String,
-    },
-    /// Well-formed, but not a valid message: the text names the field.
-    #[error("protocol violation: {0}")]
-    ProtocolViolation(String),
-}
 
 /// A WAMP serializer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -121,7 +106,7 @@ impl Serializer {
     /// Decodes one message.
     pub fn decode(self, bytes: &[u8]) -> Result<WampMessage, DecodeError> {
         let syntax = |detail: String| DecodeError::Syntax {
-            serializer: self,
+            serializer: self.name(),
             detail,
         };
         let seed = TopSeed {

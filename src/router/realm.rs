@@ -1,0 +1,350 @@
+//! One realm on this node: its sessions, dealer and broker under one lock, its users and
+//! roles, and what a joined session's messages do.
+//!
+//! Every message of a session is handled at once on the connection's task, under the realm's
+//! lock (a `std` mutex, never held across an `.await`): the lookups and the queueing of the
+//! messages it causes, nothing that waits. The deadlines of calls are kept by one task per
+//! realm ([`Realm::run_deadlines`]).
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::auth::{Action, Authenticator, Authorizer};
+use super::broker::Broker;
+use super::config::RealmConfig;
+use super::dealer::Dealer;
+use super::metrics::RealmMetrics;
+use super::request::Refusal;
+use super::session::{Joined, SessionId, SessionInfo, Sessions};
+use super::uri::reason;
+use crate::wamp::{code, Dict, Value, WampMessage};
+use crate::ConfigError;
+
+/// The routing state of a realm.
+#[derive(Debug)]
+pub struct RealmState {
+    /// The sessions joined here.
+    pub sessions: Sessions,
+    /// Registrations and calls.
+    pub dealer: Dealer,
+    /// Subscriptions.
+    pub broker: Broker,
+}
+
+/// A realm on this node.
+#[derive(Debug)]
+pub struct Realm {
+    name: String,
+    authenticator: Authenticator,
+    authorizer: Authorizer,
+    state: Mutex<RealmState>,
+    deadlines: Notify,
+}
+
+impl Realm {
+    /// The realm of a configuration; `key` names it in errors (`router.realms[0]`).
+    pub fn new(config: &RealmConfig, key: &str, node: &str) -> Result<Realm, ConfigError> {
+        let metrics = Arc::new(RealmMetrics::new(node, &config.name));
+        Ok(Realm {
+            name: config.name.clone(),
+            authenticator: Authenticator::new(config, key)?,
+            authorizer: Authorizer::new(config),
+            state: Mutex::new(RealmState {
+                sessions: Sessions::new(metrics),
+                dealer: Dealer::default(),
+                broker: Broker::default(),
+            }),
+            deadlines: Notify::new(),
+        })
+    }
+
+    /// The realm URI.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Who may join, and how they prove it.
+    pub fn authenticator(&self) -> &Authenticator {
+        &self.authenticator
+    }
+
+    /// The routing state, locked. Hold it briefly, never across an `.await`.
+    pub fn lock(&self) -> MutexGuard<'_, RealmState> {
+        // A panic under the lock leaves the state as it was at that point; routing goes on.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a joined session; its WELCOME must be queued first.
+    pub fn join(&self, joined: Joined) {
+        let mut state = self.lock();
+        state.sessions.insert(joined);
+        state.sessions.metrics().sessions.increment(1.0);
+    }
+
+    /// Removes a session: its registrations and subscriptions go, its calls end.
+    pub fn leave(&self, session: SessionId) {
+        let mut state = self.lock();
+        if !state.sessions.contains(session) {
+            return;
+        }
+        let RealmState {
+            sessions,
+            dealer,
+            broker,
+        } = &mut *state;
+        dealer.session_left(sessions, session);
+        broker.session_left(session);
+        sessions.remove(session);
+        sessions.metrics().sessions.decrement(1.0);
+    }
+
+    /// Counts a message received from a client.
+    pub fn count_in(&self, code: u64) {
+        self.lock().sessions.metrics().message_in(code);
+    }
+
+    /// Handles a message of a joined session. `Err` is a protocol violation: the caller ends
+    /// the session with ABORT.
+    pub fn handle(&self, session: &SessionInfo, message: WampMessage) -> Result<(), String> {
+        use WampMessage as M;
+        let now = Instant::now();
+        let mut state = self.lock();
+        let RealmState {
+            sessions,
+            dealer,
+            broker,
+        } = &mut *state;
+        sessions.metrics().message_in(message.code());
+        let refuse = |sessions: &Sessions, request_type: u64, request, refusal: Refusal| {
+            sessions.send(session.id, &refusal.to_error(request_type, request));
+        };
+        let denied = |action: &str, uri: &str| {
+            Refusal::new(
+                reason::NOT_AUTHORIZED,
+                format!("role {} may not {action} {uri}", session.authrole),
+            )
+        };
+        match message {
+            M::Register {
+                request,
+                options,
+                procedure,
+            } => {
+                if !self
+                    .authorizer
+                    .allows(&session.authrole, Action::Register, &procedure)
+                {
+                    refuse(
+                        sessions,
+                        code::REGISTER,
+                        request,
+                        denied("register", &procedure),
+                    );
+                    return Ok(());
+                }
+                match dealer.register(session, &options, &procedure) {
+                    Ok((registration, _)) => {
+                        sessions.send(
+                            session.id,
+                            &M::Registered {
+                                request,
+                                registration,
+                            },
+                        );
+                    }
+                    Err(refusal) => refuse(sessions, code::REGISTER, request, refusal),
+                }
+            }
+            M::Unregister {
+                request,
+                registration,
+            } => match dealer.unregister(sessions, session.id, registration) {
+                Ok(_) => {
+                    sessions.send(session.id, &M::Unregistered { request });
+                }
+                Err(refusal) => refuse(sessions, code::UNREGISTER, request, refusal),
+            },
+            M::Call {
+                request,
+                options,
+                procedure,
+                payload,
+            } => {
+                if !self
+                    .authorizer
+                    .allows(&session.authrole, Action::Call, &procedure)
+                {
+                    refuse(sessions, code::CALL, request, denied("call", &procedure));
+                    return Ok(());
+                }
+                let before = dealer.next_deadline();
+                if let Err(refusal) = dealer.call(
+                    sessions, session, request, &options, &procedure, &payload, now,
+                ) {
+                    refuse(sessions, code::CALL, request, refusal);
+                }
+                if dealer.next_deadline() != before {
+                    self.deadlines.notify_one();
+                }
+            }
+            M::Cancel { request, options } => {
+                if let Err(refusal) = dealer.cancel(sessions, session.id, request, &options) {
+                    refuse(sessions, code::CANCEL, request, refusal);
+                }
+            }
+            M::Yield {
+                request,
+                options,
+                payload,
+            } => dealer.yield_(sessions, session.id, request, &options, &payload),
+            M::Error {
+                request_type: code::INVOCATION,
+                request,
+                details,
+                error,
+                payload,
+            } => dealer.callee_error(sessions, session.id, request, &details, &error, &payload),
+            M::Subscribe {
+                request,
+                options,
+                topic,
+            } => {
+                if !self
+                    .authorizer
+                    .allows(&session.authrole, Action::Subscribe, &topic)
+                {
+                    refuse(
+                        sessions,
+                        code::SUBSCRIBE,
+                        request,
+                        denied("subscribe to", &topic),
+                    );
+                    return Ok(());
+                }
+                match broker.subscribe(session.id, &options, &topic) {
+                    Ok((subscription, _)) => {
+                        sessions.send(
+                            session.id,
+                            &M::Subscribed {
+                                request,
+                                subscription,
+                            },
+                        );
+                    }
+                    Err(refusal) => refuse(sessions, code::SUBSCRIBE, request, refusal),
+                }
+            }
+            M::Unsubscribe {
+                request,
+                subscription,
+            } => match broker.unsubscribe(session.id, subscription) {
+                Ok(_) => {
+                    sessions.send(session.id, &M::Unsubscribed { request });
+                }
+                Err(refusal) => refuse(sessions, code::UNSUBSCRIBE, request, refusal),
+            },
+            M::Publish {
+                request,
+                options,
+                topic,
+                payload,
+            } => {
+                let acknowledge = matches!(options.get("acknowledge"), Some(Value::Bool(true)));
+                let result = if self
+                    .authorizer
+                    .allows(&session.authrole, Action::Publish, &topic)
+                {
+                    broker.publish(sessions, session, &options, &topic, &payload)
+                } else {
+                    Err(denied("publish to", &topic))
+                };
+                match result {
+                    Ok(publication) if acknowledge => {
+                        sessions.send(
+                            session.id,
+                            &M::Published {
+                                request,
+                                publication,
+                            },
+                        );
+                    }
+                    Err(refusal) if acknowledge => {
+                        refuse(sessions, code::PUBLISH, request, refusal)
+                    }
+                    _ => {}
+                }
+            }
+            other => {
+                return Err(format!(
+                    "{} is not a message a client sends in a session",
+                    other.name()
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends calls whose deadline passed, until `stop`.
+    pub async fn run_deadlines(self: Arc<Self>, stop: CancellationToken) {
+        // Without a deadline, look again at least this often (a cheap check).
+        const IDLE: Duration = Duration::from_secs(1);
+        loop {
+            let next = {
+                let mut state = self.lock();
+                let RealmState {
+                    sessions, dealer, ..
+                } = &mut *state;
+                dealer.expire(sessions, Instant::now())
+            };
+            let sleep = match next {
+                Some(at) => tokio::time::sleep_until(at.into()),
+                None => tokio::time::sleep(IDLE),
+            };
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = sleep => {}
+                () = self.deadlines.notified() => {}
+            }
+        }
+    }
+
+    /// The WELCOME details' `roles` of the router: what it really does.
+    pub fn router_roles() -> Dict {
+        let features = |names: &[&str]| {
+            let mut f = Dict::new();
+            for name in names {
+                f.insert((*name).into(), Value::Bool(true));
+            }
+            let mut role = Dict::new();
+            role.insert("features".into(), Value::Dict(f));
+            Value::Dict(role)
+        };
+        let mut roles = Dict::new();
+        roles.insert(
+            "broker".into(),
+            features(&[
+                "publisher_identification",
+                "publisher_exclusion",
+                "subscriber_blackwhite_listing",
+                "pattern_based_subscription",
+                "payload_passthru_mode",
+            ]),
+        );
+        roles.insert(
+            "dealer".into(),
+            features(&[
+                "caller_identification",
+                "progressive_call_results",
+                "call_canceling",
+                "call_timeout",
+                "pattern_based_registration",
+                "shared_registration",
+                "payload_passthru_mode",
+            ]),
+        );
+        roles
+    }
+}
