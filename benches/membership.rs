@@ -243,6 +243,7 @@ fn idle_rss(settle: Duration) -> u64 {
         .args(["--gossip-addr", &gossip.to_string()])
         .args(["--admin-addr", &admin.to_string()])
         .args(["--forward-addr", &forward.to_string()])
+        .args(["--router-ws-addr", "127.0.0.1:0"])
         .env("RUST_LOG", "warn")
         .current_dir(dir.path())
         .stdout(Stdio::null())

@@ -100,6 +100,7 @@
 #![warn(clippy::await_holding_lock)]
 
 mod admin;
+pub mod client;
 pub mod config;
 mod delivery;
 mod error;

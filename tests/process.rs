@@ -87,6 +87,8 @@ impl Proc {
         let log = dir.join(format!("{name}.log"));
         let child = Command::new(BIN)
             .args(args)
+            // Each node's WAMP router on a free port (the program's default is 8090).
+            .env("WAMP_CLUSTER_ROUTER__WS_ADDR", "127.0.0.1:0")
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

@@ -122,6 +122,9 @@ pub struct Run {
     pub admin: SocketAddr,
     #[serde(skip)]
     pub gossip: SocketAddr,
+    /// Where WAMP clients connect (WebSocket).
+    #[serde(skip)]
+    pub ws: SocketAddr,
     /// Milliseconds after the launcher's start.
     pub started_ms: u64,
     pub ended_ms: Option<u64>,
@@ -437,13 +440,16 @@ async fn drive(
         }
     }
     println!(
-        "{} nodes formed a cluster in {:.1} s; their admin APIs:",
+        "{} nodes formed a cluster in {:.1} s; WAMP clients connect to (realm1, anonymous):",
         args.nodes,
         formed.elapsed().as_secs_f64()
     );
     for slot in &launcher.slots {
         if let Some(run) = slot.runs.last() {
-            println!("  {:<8} http://{}", slot.name, run.admin);
+            println!(
+                "  {:<8} ws://{}/ws   admin http://{}",
+                slot.name, run.ws, run.admin
+            );
         }
     }
 

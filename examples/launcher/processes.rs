@@ -76,7 +76,8 @@ impl Launcher {
         };
         let bind = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let port = || free_port_on(bind).context("no free port");
-        let (gossip, forward, admin) = (
+        let (gossip, forward, admin, ws) = (
+            SocketAddr::new(ip, port()?),
             SocketAddr::new(ip, port()?),
             SocketAddr::new(ip, port()?),
             SocketAddr::new(ip, port()?),
@@ -104,6 +105,7 @@ impl Launcher {
             .args(["--gossip-addr", &gossip.to_string()])
             .args(["--forward-addr", &forward.to_string()])
             .args(["--admin-addr", &admin.to_string()])
+            .args(["--router-ws-addr", &ws.to_string()])
             .args(["--traffic-rate", &self.rate.to_string()])
             .arg("--record-dir")
             .arg(&record)
@@ -149,6 +151,7 @@ impl Launcher {
             dir: record,
             admin,
             gossip,
+            ws,
             started_ms: now,
             ended_ms: None,
             killed: false,

@@ -1,7 +1,7 @@
 //! The `wamp-cluster` program: `wamp-cluster node --config config/node.toml`.
 //!
 //! Reads the configuration (file, then `WAMP_CLUSTER_*` variables, then flags), sets up logs and
-//! metrics, starts the node and waits. SIGINT, SIGTERM and `POST /cluster/leave` mean a graceful
+//! metrics, starts the node and its WAMP router (`[router]`), and waits. SIGINT, SIGTERM and `POST /cluster/leave` mean a graceful
 //! leave, then exit 0; a second signal during the leave stops at once (exit 1). Exit codes: 0 after a leave, 1 when the node failed (such as another
 //! process using its node id), 2 for a bad configuration or command line.
 
@@ -18,6 +18,8 @@ use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
 use wamp_cluster::config::{Key, Layers, Origin};
+use wamp_cluster::router::config::RouterConfig;
+use wamp_cluster::router::{Router, RouterError};
 use wamp_cluster::{Config, ConfigError, Node, NodeError, Stopped};
 
 #[derive(Parser)]
@@ -135,7 +137,7 @@ fn init_logging(format: LogFormat) {
 }
 
 fn main() -> ExitCode {
-    let defaults = Layers::new();
+    let defaults = Layers::new().section::<RouterConfig>();
     let matches = Cli::command()
         .mut_subcommand("node", |node| key_flags(node, defaults.keys()))
         .get_matches();
@@ -147,8 +149,9 @@ fn main() -> ExitCode {
     // The subcommand is required: clap has exited without it.
     let node_matches = matches.subcommand_matches("node").unwrap_or(&matches);
     init_logging(args.log_format);
-    let read = layers(defaults, &args, node_matches).and_then(|l| Ok((l.config()?, l)));
-    let (config, layers) = match read {
+    let read = layers(defaults, &args, node_matches)
+        .and_then(|l| Ok(((l.config()?, l.get::<RouterConfig>()?), l)));
+    let ((config, router), layers) = match read {
         Ok(read) => read,
         Err(err) => {
             eprintln!("wamp-cluster: {err:#}");
@@ -167,22 +170,30 @@ fn main() -> ExitCode {
         eprintln!("wamp-cluster: {err}");
         return ExitCode::from(2);
     }
-    match runtime.block_on(run(config, &layers, args)) {
+    match runtime.block_on(run(config, router, &layers, args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             error!("{err:#}");
             eprintln!("wamp-cluster: {err:#}");
             // A file the configuration names, read as the node starts, is a configuration
             // error too.
-            match err.downcast_ref::<NodeError>() {
-                Some(NodeError::Config(_)) => ExitCode::from(2),
-                _ => ExitCode::FAILURE,
+            let config_error = matches!(err.downcast_ref::<NodeError>(), Some(NodeError::Config(_)))
+                || matches!(err.downcast_ref::<RouterError>(), Some(RouterError::Config(_)));
+            if config_error {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
             }
         }
     }
 }
 
-async fn run(config: Config, layers: &Layers, args: NodeArgs) -> anyhow::Result<()> {
+async fn run(
+    config: Config,
+    router: RouterConfig,
+    layers: &Layers,
+    args: NodeArgs,
+) -> anyhow::Result<()> {
     let prometheus = wamp_cluster::metrics::install_prometheus().map_err(anyhow::Error::msg)?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -209,6 +220,19 @@ async fn run(config: Config, layers: &Layers, args: NodeArgs) -> anyhow::Result<
             NodeError::Config(err) => NodeError::Config(layers.locate(err)),
             other => other,
         })?;
+    let router = match Router::start(router, &node.node_id().to_string()).await {
+        Ok(router) => router,
+        Err(err) => {
+            node.abort().await;
+            return Err(match err {
+                RouterError::Config(err) => RouterError::Config(layers.locate(err)),
+                other => other,
+            }
+            .into());
+        }
+    };
+    // The one line a person or a script looks for: where WAMP clients connect.
+    info!(url = %router.ws_url(), rawsocket = ?router.rawsocket_addr(), "WAMP router ready");
     #[cfg(feature = "testkit")]
     let traffic = args.traffic.start(&node);
     let stopped = tokio::select! {
@@ -217,9 +241,11 @@ async fn run(config: Config, layers: &Layers, args: NodeArgs) -> anyhow::Result<
         // A leave through the admin API, or a failure: the node stopped by itself.
         stopped = node.stopped() => Some(stopped),
     };
-    // The traffic ends before the node leaves, so that its calls in flight end normally.
+    // The traffic ends before the node leaves, so that its calls in flight end normally; the
+    // router says GOODBYE to its clients before the node leaves.
     #[cfg(feature = "testkit")]
     traffic.stop().await;
+    router.shutdown().await;
     let stopped = match stopped {
         Some(stopped) => stopped,
         // A second signal during the leave means: stop now.
