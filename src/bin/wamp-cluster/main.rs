@@ -177,8 +177,12 @@ fn main() -> ExitCode {
             eprintln!("wamp-cluster: {err:#}");
             // A file the configuration names, read as the node starts, is a configuration
             // error too.
-            let config_error = matches!(err.downcast_ref::<NodeError>(), Some(NodeError::Config(_)))
-                || matches!(err.downcast_ref::<RouterError>(), Some(RouterError::Config(_)));
+            let config_error =
+                matches!(err.downcast_ref::<NodeError>(), Some(NodeError::Config(_)))
+                    || matches!(
+                        err.downcast_ref::<RouterError>(),
+                        Some(RouterError::Config(_))
+                    );
             if config_error {
                 ExitCode::from(2)
             } else {
