@@ -1169,3 +1169,193 @@ async fn every_auth_method_admits_good_credentials_only_and_roles_limit_what_a_s
     alice.subscribe("com.example.t", Dict::new()).await.unwrap();
     router.shutdown().await;
 }
+
+/// The meta API answers for the realm's sessions, registrations and subscriptions, publishes
+/// their events, and kills sessions on request.
+#[tokio::test]
+async fn the_meta_api_answers_publishes_its_events_and_kills_sessions() {
+    let router = router().await;
+    let url = router.ws_url();
+    let watcher = join(&url, Serializer::Json).await;
+    let mut joins = watcher
+        .subscribe("wamp.session.on_join", Dict::new())
+        .await
+        .unwrap();
+    let mut leaves = watcher
+        .subscribe("wamp.session.on_leave", Dict::new())
+        .await
+        .unwrap();
+    let mut creates = watcher
+        .subscribe("wamp.registration.on_create", Dict::new())
+        .await
+        .unwrap();
+    let mut deletes = watcher
+        .subscribe("wamp.registration.on_delete", Dict::new())
+        .await
+        .unwrap();
+    let mut subscribes = watcher
+        .subscribe("wamp.subscription.on_subscribe", Dict::new())
+        .await
+        .unwrap();
+    let callee = join(&url, Serializer::Msgpack).await;
+    let joined = next_event(&mut joins).await;
+    let Payload::Args(args) = joined.payload else {
+        panic!()
+    };
+    let Value::Dict(details) = &args[0] else {
+        panic!()
+    };
+    assert_eq!(
+        details.get("session"),
+        Some(&Value::Integer(callee.session() as i64))
+    );
+    let rid = callee
+        .register(
+            "com.example.m",
+            dict(&[("invoke", s("roundrobin"))]),
+            |_| async { Ok(Payload::Empty) },
+        )
+        .await
+        .unwrap();
+    let created = next_event(&mut creates).await;
+    let Payload::Args(args) = created.payload else {
+        panic!()
+    };
+    assert_eq!(args[0], Value::Integer(callee.session() as i64));
+    let one = |p: Payload| match p {
+        Payload::Args(mut a) if !a.is_empty() => a.remove(0),
+        other => panic!("{other:?}"),
+    };
+    let call = |procedure: &'static str, args: Vec<Value>| {
+        let watcher = watcher.clone();
+        async move {
+            one(watcher
+                .call(procedure, Payload::Args(args))
+                .await
+                .unwrap()
+                .payload)
+        }
+    };
+    assert_eq!(call("wamp.session.count", vec![]).await, Value::Integer(2));
+    assert_eq!(
+        call("wamp.session.count", vec![Value::List(vec![s("nobody")])]).await,
+        Value::Integer(0)
+    );
+    let Value::List(list) = call("wamp.session.list", vec![]).await else {
+        panic!()
+    };
+    assert_eq!(list.len(), 2);
+    let Value::Dict(got) = call(
+        "wamp.session.get",
+        vec![Value::Integer(callee.session() as i64)],
+    )
+    .await
+    else {
+        panic!()
+    };
+    assert_eq!(got.get("authrole"), Some(&s("anonymous")));
+    let rid_v = Value::Integer(rid as i64);
+    assert_eq!(
+        call("wamp.registration.lookup", vec![s("com.example.m")]).await,
+        rid_v
+    );
+    assert_eq!(
+        call("wamp.registration.match", vec![s("com.example.m")]).await,
+        rid_v
+    );
+    assert_eq!(
+        call("wamp.registration.match", vec![s("com.example.none")]).await,
+        Value::Null
+    );
+    let Value::Dict(list) = call("wamp.registration.list", vec![]).await else {
+        panic!()
+    };
+    assert_eq!(list.get("exact"), Some(&Value::List(vec![rid_v.clone()])));
+    let Value::Dict(reg) = call("wamp.registration.get", vec![rid_v.clone()]).await else {
+        panic!()
+    };
+    assert_eq!(reg.get("invoke"), Some(&s("roundrobin")));
+    assert_eq!(
+        call("wamp.registration.count_callees", vec![rid_v.clone()]).await,
+        Value::Integer(1)
+    );
+    assert_eq!(
+        call("wamp.registration.list_callees", vec![rid_v.clone()]).await,
+        Value::List(vec![Value::Integer(callee.session() as i64)])
+    );
+    let sub = callee
+        .subscribe("com.example.", dict(&[("match", s("prefix"))]))
+        .await
+        .unwrap();
+    next_event(&mut subscribes).await;
+    let sid = Value::Integer(sub.id as i64);
+    assert_eq!(
+        call(
+            "wamp.subscription.lookup",
+            vec![
+                s("com.example."),
+                Value::Dict(dict(&[("match", s("prefix"))]))
+            ]
+        )
+        .await,
+        sid
+    );
+    assert_eq!(
+        call("wamp.subscription.match", vec![s("com.example.x")]).await,
+        Value::List(vec![sid.clone()])
+    );
+    assert_eq!(
+        call("wamp.subscription.count_subscribers", vec![sid.clone()]).await,
+        Value::Integer(1)
+    );
+    let err = watcher
+        .call(
+            "wamp.registration.get",
+            Payload::Args(vec![Value::Integer(1)]),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(wamp_error(err).uri, "wamp.error.no_such_registration");
+    let err = watcher
+        .call("wamp.no.such.thing", Payload::Empty)
+        .await
+        .unwrap_err();
+    assert_eq!(wamp_error(err).uri, "wamp.error.no_such_procedure");
+    // Kill the callee: it gets GOODBYE wamp.close.killed, its registration is deleted.
+    let killed = watcher
+        .call(
+            "wamp.session.kill",
+            Payload::ArgsKw(
+                vec![Value::Integer(callee.session() as i64)],
+                dict(&[("message", s("bye"))]),
+            ),
+        )
+        .await;
+    assert!(killed.is_ok(), "{killed:?}");
+    match tokio::time::timeout(Duration::from_secs(5), callee.closed())
+        .await
+        .unwrap()
+    {
+        Some(ClientError::Abort { reason, .. }) => assert_eq!(reason, "wamp.close.killed"),
+        other => panic!("{other:?}"),
+    }
+    let deleted = next_event(&mut deletes).await;
+    assert_eq!(
+        deleted.payload,
+        Payload::Args(vec![Value::Integer(callee.session() as i64), rid_v])
+    );
+    let left = next_event(&mut leaves).await;
+    assert_eq!(one(left.payload), Value::Integer(callee.session() as i64));
+    assert_eq!(call("wamp.session.count", vec![]).await, Value::Integer(1));
+    let err = watcher
+        .call(
+            "wamp.session.kill",
+            Payload::Args(vec![Value::Integer(watcher.session() as i64)]),
+        )
+        .await;
+    assert_eq!(
+        wamp_error(err.unwrap_err()).uri,
+        "wamp.error.no_such_session"
+    );
+    router.shutdown().await;
+}

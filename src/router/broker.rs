@@ -42,14 +42,14 @@ pub struct Subscription {
 /// A change of the subscriptions, for the meta events.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SubscriptionChange {
-    /// A subscription was created (its first subscriber).
-    Created(SubscriptionId),
+    /// A subscription was created by this session.
+    Created(SessionId, SubscriptionId),
     /// A session subscribed.
     Subscribed(SessionId, SubscriptionId),
     /// A session unsubscribed.
     Unsubscribed(SessionId, SubscriptionId),
-    /// A subscription lost its last subscriber and is gone.
-    Deleted(SubscriptionId),
+    /// A subscription lost its last subscriber (this session) and is gone.
+    Deleted(SessionId, SubscriptionId),
 }
 
 /// Who published, as the events disclose it.
@@ -246,7 +246,7 @@ impl Broker {
         Ok((
             id,
             vec![
-                SubscriptionChange::Created(id),
+                SubscriptionChange::Created(session, id),
                 SubscriptionChange::Subscribed(session, id),
             ],
         ))
@@ -283,7 +283,7 @@ impl Broker {
                 let (policy, uri) = (s.policy, s.uri.clone());
                 self.subscriptions.remove(&id);
                 self.topics.remove(policy, &uri);
-                changes.push(SubscriptionChange::Deleted(id));
+                changes.push(SubscriptionChange::Deleted(session, id));
             }
         }
         changes

@@ -203,14 +203,14 @@ pub struct Dealer {
 /// A change of the registrations, for the meta events.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RegistrationChange {
-    /// A registration was created (its first callee registered).
-    Created(RegistrationId),
+    /// A registration was created by this session (its first callee).
+    Created(SessionId, RegistrationId),
     /// A session became a callee of the registration.
     Registered(SessionId, RegistrationId),
     /// A session stopped being a callee.
     Unregistered(SessionId, RegistrationId),
-    /// A registration lost its last callee and is gone.
-    Deleted(RegistrationId),
+    /// A registration lost its last callee (this session) and is gone.
+    Deleted(SessionId, RegistrationId),
 }
 
 impl Dealer {
@@ -322,7 +322,7 @@ impl Dealer {
         Ok((
             id,
             vec![
-                RegistrationChange::Created(id),
+                RegistrationChange::Created(callee.id, id),
                 RegistrationChange::Registered(callee.id, id),
             ],
         ))
@@ -363,7 +363,7 @@ impl Dealer {
                 let (policy, uri) = (r.policy, r.uri.clone());
                 self.registrations.remove(&registration);
                 self.procedures.remove(policy, &uri);
-                changes.push(RegistrationChange::Deleted(registration));
+                changes.push(RegistrationChange::Deleted(callee, registration));
             }
         }
         let keys: Vec<CallKey> = self

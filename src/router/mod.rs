@@ -33,6 +33,7 @@ pub mod broker;
 pub mod config;
 pub mod connection;
 pub mod dealer;
+pub mod meta;
 pub mod metrics;
 pub mod realm;
 pub mod request;

@@ -16,6 +16,7 @@ use super::auth::{Action, Authenticator, Authorizer};
 use super::broker::Broker;
 use super::config::RealmConfig;
 use super::dealer::Dealer;
+use super::meta;
 use super::metrics::RealmMetrics;
 use super::request::Refusal;
 use super::session::{Joined, SessionId, SessionInfo, Sessions};
@@ -32,6 +33,51 @@ pub struct RealmState {
     pub dealer: Dealer,
     /// Subscriptions.
     pub broker: Broker,
+}
+
+impl RealmState {
+    /// Removes a session: its registrations and subscriptions go, its calls end, and the
+    /// meta events say so.
+    pub fn remove(&mut self, session: SessionId) {
+        let Some(joined) = self.sessions.get(session).cloned() else {
+            return;
+        };
+        let registrations = self.dealer.session_left(&self.sessions, session);
+        let subscriptions = self.broker.session_left(session);
+        self.sessions.remove(session);
+        self.sessions.metrics().sessions.decrement(1.0);
+        meta::registration_events(self, &registrations);
+        meta::subscription_events(self, &subscriptions);
+        let info = &joined.info;
+        meta::publish(
+            self,
+            "wamp.session.on_leave",
+            vec![
+                Value::Integer(info.id as i64),
+                Value::String(info.authid.clone()),
+                Value::String(info.authrole.clone()),
+            ],
+        );
+    }
+
+    /// Closes sessions the meta API killed: GOODBYE with the reason, then the connection.
+    fn kill(&mut self, targets: &[SessionId], reason: &str, message: &str) {
+        for &target in targets {
+            let Some(joined) = self.sessions.get(target).cloned() else {
+                continue;
+            };
+            let mut details = Dict::new();
+            if !message.is_empty() {
+                details.insert("message".into(), Value::String(message.to_owned()));
+            }
+            let _ = joined.outbox.send(&WampMessage::Goodbye {
+                details,
+                reason: reason.to_owned(),
+            });
+            joined.outbox.kill();
+            self.remove(target);
+        }
+    }
 }
 
 /// A realm on this node.
@@ -80,25 +126,15 @@ impl Realm {
     /// Adds a joined session; its WELCOME must be queued first.
     pub fn join(&self, joined: Joined) {
         let mut state = self.lock();
+        let details = meta::session_details(&joined.info);
         state.sessions.insert(joined);
         state.sessions.metrics().sessions.increment(1.0);
+        meta::publish(&state, "wamp.session.on_join", vec![Value::Dict(details)]);
     }
 
     /// Removes a session: its registrations and subscriptions go, its calls end.
     pub fn leave(&self, session: SessionId) {
-        let mut state = self.lock();
-        if !state.sessions.contains(session) {
-            return;
-        }
-        let RealmState {
-            sessions,
-            dealer,
-            broker,
-        } = &mut *state;
-        dealer.session_left(sessions, session);
-        broker.session_left(session);
-        sessions.remove(session);
-        sessions.metrics().sessions.decrement(1.0);
+        self.lock().remove(session);
     }
 
     /// Counts a message received from a client.
@@ -111,13 +147,26 @@ impl Realm {
     pub fn handle(&self, session: &SessionInfo, message: WampMessage) -> Result<(), String> {
         use WampMessage as M;
         let now = Instant::now();
-        let mut state = self.lock();
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        state.sessions.metrics().message_in(message.code());
+        if let M::Call {
+            request,
+            procedure,
+            payload,
+            ..
+        } = &message
+        {
+            if procedure.starts_with("wamp.") {
+                self.meta_call(state, session, *request, procedure, payload);
+                return Ok(());
+            }
+        }
         let RealmState {
             sessions,
             dealer,
             broker,
-        } = &mut *state;
-        sessions.metrics().message_in(message.code());
+        } = state;
         let refuse = |sessions: &Sessions, request_type: u64, request, refusal: Refusal| {
             sessions.send(session.id, &refusal.to_error(request_type, request));
         };
@@ -146,7 +195,7 @@ impl Realm {
                     return Ok(());
                 }
                 match dealer.register(session, &options, &procedure) {
-                    Ok((registration, _)) => {
+                    Ok((registration, changes)) => {
                         sessions.send(
                             session.id,
                             &M::Registered {
@@ -154,6 +203,7 @@ impl Realm {
                                 registration,
                             },
                         );
+                        meta::registration_events(state, &changes);
                     }
                     Err(refusal) => refuse(sessions, code::REGISTER, request, refusal),
                 }
@@ -162,8 +212,9 @@ impl Realm {
                 request,
                 registration,
             } => match dealer.unregister(sessions, session.id, registration) {
-                Ok(_) => {
+                Ok(changes) => {
                     sessions.send(session.id, &M::Unregistered { request });
+                    meta::registration_events(state, &changes);
                 }
                 Err(refusal) => refuse(sessions, code::UNREGISTER, request, refusal),
             },
@@ -225,7 +276,7 @@ impl Realm {
                     return Ok(());
                 }
                 match broker.subscribe(session.id, &options, &topic) {
-                    Ok((subscription, _)) => {
+                    Ok((subscription, changes)) => {
                         sessions.send(
                             session.id,
                             &M::Subscribed {
@@ -233,6 +284,7 @@ impl Realm {
                                 subscription,
                             },
                         );
+                        meta::subscription_events(state, &changes);
                     }
                     Err(refusal) => refuse(sessions, code::SUBSCRIBE, request, refusal),
                 }
@@ -241,8 +293,9 @@ impl Realm {
                 request,
                 subscription,
             } => match broker.unsubscribe(session.id, subscription) {
-                Ok(_) => {
+                Ok(changes) => {
                     sessions.send(session.id, &M::Unsubscribed { request });
+                    meta::subscription_events(state, &changes);
                 }
                 Err(refusal) => refuse(sessions, code::UNSUBSCRIBE, request, refusal),
             },
@@ -285,6 +338,52 @@ impl Realm {
             }
         }
         Ok(())
+    }
+
+    /// A call of a `wamp.` procedure: the meta API answers it.
+    fn meta_call(
+        &self,
+        state: &mut RealmState,
+        session: &SessionInfo,
+        request: u64,
+        procedure: &str,
+        payload: &crate::wamp::Payload,
+    ) {
+        let refuse = |state: &RealmState, refusal: Refusal| {
+            state
+                .sessions
+                .send(session.id, &refusal.to_error(code::CALL, request));
+        };
+        if !self
+            .authorizer
+            .allows(&session.authrole, Action::Call, procedure)
+        {
+            let message = format!("role {} may not call {procedure}", session.authrole);
+            return refuse(state, Refusal::new(reason::NOT_AUTHORIZED, message));
+        }
+        match meta::call(state, session, procedure, payload) {
+            None => refuse(
+                state,
+                Refusal::new(
+                    reason::NO_SUCH_PROCEDURE,
+                    format!("the router has no procedure {procedure}"),
+                ),
+            ),
+            Some(Err(refusal)) => refuse(state, refusal),
+            Some(Ok((payload, effect))) => {
+                state.sessions.send(
+                    session.id,
+                    &WampMessage::Result {
+                        request,
+                        details: Dict::new(),
+                        payload,
+                    },
+                );
+                if let meta::Effect::Kill(targets, reason, message) = effect {
+                    state.kill(&targets, &reason, &message);
+                }
+            }
+        }
     }
 
     /// Ends calls whose deadline passed, until `stop`.

@@ -206,6 +206,18 @@ impl Outbox {
         let _ = self.tx.try_send(frame);
     }
 
+    /// Closes the session from the router's side (the meta API killed it): what is queued is
+    /// written, then the connection closes.
+    pub fn kill(&self) {
+        self.close();
+        self.closed.cancel();
+    }
+
+    /// Whether the session was closed for not reading (a slow consumer).
+    pub fn overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Relaxed)
+    }
+
     /// Writes what is queued, then closes the connection.
     pub fn close(&self) {
         let _ = self.tx.try_send(Outgoing::Close);
@@ -360,6 +372,32 @@ pub fn random_id() -> Id {
     (u64::from_le_bytes(bytes) % MAX_ID) + 1
 }
 
+/// An RFC 3339 UTC timestamp (`2026-12-08T02:31:26.123Z`).
+pub fn timestamp(time: SystemTime) -> String {
+    let d = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -425,6 +463,12 @@ mod tests {
         assert_eq!(sessions.next_request(8), None);
         sessions.map.get_mut(&7).unwrap().last_request = MAX_ID;
         assert_eq!(sessions.next_request(7), Some(1));
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_796_697_086_123);
+        assert_eq!(timestamp(t), "2026-12-08T02:31:26.123Z");
     }
 
     #[test]

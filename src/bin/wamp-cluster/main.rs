@@ -224,7 +224,7 @@ async fn run(
             NodeError::Config(err) => NodeError::Config(layers.locate(err)),
             other => other,
         })?;
-    let router = match Router::start(router, &node.node_id().to_string()).await {
+    let router = match Router::start(router, node.node_id().as_ref()).await {
         Ok(router) => router,
         Err(err) => {
             node.abort().await;

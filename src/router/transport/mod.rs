@@ -147,9 +147,10 @@ pub async fn drive<R: FrameReader, W: FrameWriter>(
     }
     connection.leave();
     outbox.close();
+    let overflowed = outbox.overflowed();
     drop(connection);
     drop(outbox);
-    if closed.is_cancelled() {
+    if overflowed {
         // A slow consumer: what is queued would never be read.
         writer.abort();
     } else if tokio::time::timeout(WRITER_GRACE, &mut writer)
