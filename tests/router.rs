@@ -787,10 +787,12 @@ const HELLO: &str = r#"[1,"realm1",{"roles":{"caller":{}}}]"#;
 /// the spec's other reason) and a close, and the router serves a good client afterwards.
 #[tokio::test]
 async fn a_client_that_breaks_the_protocol_is_aborted_and_the_router_goes_on() {
-    let mut config = RouterConfig::default();
-    config.max_message_bytes = 64 * 1024;
-    config.session_queue_bytes = 1 << 20;
-    let router = router_with(config).await;
+    let router = router_with(RouterConfig {
+        max_message_bytes: 64 * 1024,
+        session_queue_bytes: 1 << 20,
+        ..RouterConfig::default()
+    })
+    .await;
     let url = router.ws_url();
     let cases: &[(&[&str], &str)] = &[
         (&[r#"[48,1,{},"com.x"]"#], "wamp.error.protocol_violation"),
@@ -889,11 +891,13 @@ async fn a_client_that_breaks_the_protocol_is_aborted_and_the_router_goes_on() {
 /// answering pings is closed after the idle timeout.
 #[tokio::test]
 async fn a_silent_subscriber_stays_while_it_answers_pings_and_the_others_are_closed() {
-    let mut config = RouterConfig::default();
-    config.ping_interval_ms = Duration::from_millis(100);
-    config.idle_timeout_ms = Duration::from_millis(400);
-    config.hello_timeout_ms = Duration::from_millis(300);
-    let router = router_with(config).await;
+    let router = router_with(RouterConfig {
+        ping_interval_ms: Duration::from_millis(100),
+        idle_timeout_ms: Duration::from_millis(400),
+        hello_timeout_ms: Duration::from_millis(300),
+        ..RouterConfig::default()
+    })
+    .await;
     let url = router.ws_url();
     let subscriber = join(&url, Serializer::Msgpack).await;
     let mut sub = subscriber
@@ -942,11 +946,13 @@ async fn a_silent_subscriber_stays_while_it_answers_pings_and_the_others_are_clo
 /// subscriber of the same topic keeps receiving every event.
 #[tokio::test]
 async fn a_subscriber_that_stops_reading_is_disconnected_without_slowing_the_others() {
-    let mut config = RouterConfig::default();
-    config.session_queue_messages = 64;
-    config.max_message_bytes = 16 * 1024;
-    config.session_queue_bytes = 256 * 1024;
-    let router = router_with(config).await;
+    let router = router_with(RouterConfig {
+        session_queue_messages: 64,
+        max_message_bytes: 16 * 1024,
+        session_queue_bytes: 256 * 1024,
+        ..RouterConfig::default()
+    })
+    .await;
     let url = router.ws_url();
     // The stalled one: a raw WebSocket that subscribes and then never reads.
     let mut stalled = raw::connect(&url, "wamp.2.json").await;
