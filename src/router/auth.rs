@@ -41,6 +41,7 @@ struct Rights {
     register: bool,
     publish: bool,
     subscribe: bool,
+    disclose: bool,
 }
 
 impl Rights {
@@ -78,6 +79,7 @@ impl Authorizer {
                     register: rule.register,
                     publish: rule.publish,
                     subscribe: rule.subscribe,
+                    disclose: rule.disclose,
                 };
                 if rule.match_policy == "exact" {
                     r.exact.insert(rule.uri.clone(), rights);
@@ -92,18 +94,26 @@ impl Authorizer {
         Authorizer { roles }
     }
 
-    /// Whether `role` may do `action` on `uri`.
-    pub fn allows(&self, role: &str, action: Action, uri: &str) -> bool {
-        let Some(role) = self.roles.get(role) else {
-            return false;
-        };
+    /// The rule of `role` that covers `uri`.
+    fn rights(&self, role: &str, uri: &str) -> Option<Rights> {
+        let role = self.roles.get(role)?;
         if let Some(rights) = role.exact.get(uri) {
-            return rights.allows(action);
+            return Some(*rights);
         }
         role.prefix
             .iter()
             .find(|(prefix, _)| uri.starts_with(prefix.as_str()))
-            .is_some_and(|(_, rights)| rights.allows(action))
+            .map(|(_, rights)| *rights)
+    }
+
+    /// Whether `role` may do `action` on `uri`.
+    pub fn allows(&self, role: &str, action: Action, uri: &str) -> bool {
+        self.rights(role, uri).is_some_and(|r| r.allows(action))
+    }
+
+    /// Whether the identity of `role`'s sessions is disclosed on `uri`.
+    pub fn discloses(&self, role: &str, uri: &str) -> bool {
+        self.rights(role, uri).is_some_and(|r| r.disclose)
     }
 
     /// Whether the realm has this role.

@@ -93,6 +93,11 @@ crate::settings! {
         pub publish: bool = false,
         /// May subscribe to them.
         pub subscribe: bool = false,
+        /// Disclose the identity of this role's sessions (session, authid, authrole) to the
+        /// callees of its calls and the subscribers of its publications on these URIs, as if
+        /// each asked with `disclose_me` (autobahn-python has no `disclose_me` for
+        /// publications).
+        pub disclose: bool = false,
     }
 }
 
@@ -263,6 +268,7 @@ impl RouterConfig {
                     register: true,
                     publish: true,
                     subscribe: true,
+                    disclose: false,
                 }],
             }],
             users: Vec::new(),

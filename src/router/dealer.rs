@@ -396,15 +396,20 @@ impl Dealer {
                 format!("{procedure:?} is not a valid procedure URI"),
             ));
         }
+        // Milliseconds, as the spec says; a float (autobahn-python passes its own number
+        // through) is rounded.
         let timeout = match options.get("timeout") {
             None | Some(Value::Integer(0)) => None,
             Some(Value::Integer(ms)) if *ms > 0 => {
                 Some(std::time::Duration::from_millis(*ms as u64))
             }
+            Some(Value::Float(ms)) if ms.is_finite() && *ms >= 0.0 && *ms < 1e15 => {
+                Some(std::time::Duration::from_millis(ms.round() as u64)).filter(|d| !d.is_zero())
+            }
             Some(_) => {
                 return Err(Refusal::new(
                     reason::INVALID_ARGUMENT,
-                    "option timeout must be a whole number of milliseconds, 0 or more",
+                    "option timeout must be a number of milliseconds, 0 or more",
                 ))
             }
         };

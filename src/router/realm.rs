@@ -232,6 +232,7 @@ impl Realm {
                     return Ok(());
                 }
                 let before = dealer.next_deadline();
+                let options = self.disclosing(session, &procedure, options);
                 if let Err(refusal) = dealer.call(
                     sessions, session, request, &options, &procedure, &payload, now,
                 ) {
@@ -306,6 +307,7 @@ impl Realm {
                 payload,
             } => {
                 let acknowledge = matches!(options.get("acknowledge"), Some(Value::Bool(true)));
+                let options = self.disclosing(session, &topic, options);
                 let result = if self
                     .authorizer
                     .allows(&session.authrole, Action::Publish, &topic)
@@ -338,6 +340,15 @@ impl Realm {
             }
         }
         Ok(())
+    }
+
+    /// The options of a call or publication, with `disclose_me` when the session's role
+    /// discloses it on this URI.
+    fn disclosing(&self, session: &SessionInfo, uri: &str, mut options: Dict) -> Dict {
+        if self.authorizer.discloses(&session.authrole, uri) {
+            options.insert("disclose_me".into(), Value::Bool(true));
+        }
+        options
     }
 
     /// A call of a `wamp.` procedure: the meta API answers it.
