@@ -690,3 +690,198 @@ fn the_checker_finds_circles_and_ignores_tests_comments_and_strings() {
         "{graph:#?}"
     );
 }
+
+/// How `name` is declared in a module's own tokens: `Some(true)` when some declaration of it
+/// is plainly `pub` (not `pub(crate)`, `pub(super)`, not after `#[doc(hidden)]`), `Some(false)`
+/// when it is declared but never so, `None` when not declared there. Items inside test modules
+/// are left out; items of inline modules count too (the caller resolves modules by file).
+fn visibility(tokens: &[Token], name: &str) -> Option<bool> {
+    let kinds = [
+        "fn", "struct", "enum", "trait", "type", "const", "static", "mod", "union",
+    ];
+    let ident = |i: usize| match tokens.get(i) {
+        Some(Token::Ident(w)) => Some(w.as_str()),
+        _ => None,
+    };
+    let mut found = None;
+    let mut hidden = false;
+    let mut i = 0;
+    while i < tokens.len() {
+        match &tokens[i] {
+            Token::Punct('#') => {
+                let attr: Vec<&Token> = tokens[i..(i + 7).min(tokens.len())].iter().collect();
+                let is =
+                    |w: &str, at: usize| matches!(attr.get(at), Some(Token::Ident(x)) if x == w);
+                if is("cfg", 2) && is("test", 4) {
+                    i = skip_item(tokens, i + 7);
+                    hidden = false;
+                    continue;
+                }
+                if is("doc", 2) && is("hidden", 4) {
+                    hidden = true;
+                }
+                // Past the attribute's closing bracket.
+                let mut depth = 0usize;
+                i += 1;
+                while i < tokens.len() {
+                    match tokens[i] {
+                        Token::Punct('[') => depth += 1,
+                        Token::Punct(']') => {
+                            depth = depth.saturating_sub(1);
+                            if depth == 0 {
+                                i += 1;
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                    i += 1;
+                }
+            }
+            Token::Ident(word) => {
+                let (public, mut j) = if word == "pub" {
+                    match tokens.get(i + 1) {
+                        Some(Token::Punct('(')) => (false, i + 4),
+                        _ => (!hidden, i + 1),
+                    }
+                } else {
+                    (false, i)
+                };
+                if let Some(kind) = ident(j) {
+                    if kind == "unsafe" || kind == "async" {
+                        j += 1;
+                    }
+                }
+                match ident(j) {
+                    Some(kind) if kinds.contains(&kind) && ident(j + 1) == Some(name) => {
+                        found = Some(found.unwrap_or(false) || public);
+                    }
+                    Some("macro_rules") if ident(j + 2) == Some(name) => {
+                        found = Some(found.unwrap_or(false) || public);
+                    }
+                    Some("use") => {
+                        // The names a use brings in: the last segment of each path, or its
+                        // alias.
+                        let end = tokens[j..]
+                            .iter()
+                            .position(|t| *t == Token::Punct(';'))
+                            .map_or(tokens.len(), |p| j + p);
+                        let mut k = j + 1;
+                        while k < end {
+                            if let Token::Ident(w) = &tokens[k] {
+                                let next = tokens.get(k + 1);
+                                let is_last = !matches!(next, Some(Token::PathSep));
+                                let aliased = matches!(next, Some(Token::Ident(a)) if a == "as");
+                                if w == name && is_last && !aliased {
+                                    found = Some(found.unwrap_or(false) || public);
+                                }
+                            }
+                            k += 1;
+                        }
+                        i = end;
+                    }
+                    _ => {}
+                }
+                if word != "pub" {
+                    hidden = false;
+                }
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    found
+}
+
+/// The router embeds the library as any other router would: every path from `src/router/`
+/// into the rest of the crate names an item that is public at the crate root (a `pub mod`
+/// or `pub use` of `lib.rs` and, inside a public module, items declared plainly `pub`, not
+/// `pub(crate)` and not `#[doc(hidden)]`).
+#[test]
+fn the_router_uses_only_what_the_crate_makes_public() {
+    let files = crate_files();
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src");
+    let file_of_module = |module: &[String]| -> Option<Vec<Token>> {
+        let base = src.join(module.join("/"));
+        let path = [base.with_extension("rs"), base.join("mod.rs")]
+            .into_iter()
+            .find(|p| p.exists())?;
+        Some(tokens(&std::fs::read_to_string(path).ok()?))
+    };
+    let lib = tokens(&std::fs::read_to_string(src.join("lib.rs")).unwrap());
+    let mut checked = 0;
+    let mut refused = Vec::new();
+    for (module, source) in &files {
+        if module.path.first().map(String::as_str) != Some("router") {
+            continue;
+        }
+        let facts = read_file(&module.path, source);
+        for (within, path) in &facts.uses {
+            if path.first().map(String::as_str) != Some("crate") {
+                continue;
+            }
+            let rest = &path[1..];
+            // Walk the path: each module on it must be public, and so the item it ends at.
+            let mut scope = lib.clone();
+            let mut at: Vec<String> = Vec::new();
+            for (n, segment) in rest.iter().enumerate() {
+                match visibility(&scope, segment) {
+                    Some(true) => {}
+                    // Macros exported at the root (`#[macro_export]`) are public there.
+                    None if at.is_empty() && facts.macros.is_empty() && segment == "settings" => {}
+                    other => {
+                        refused.push(format!(
+                            "{} (in {}): `{}` is {}",
+                            path.join("::"),
+                            within.join("::"),
+                            segment,
+                            if other.is_some() {
+                                "not public"
+                            } else {
+                                "not found"
+                            }
+                        ));
+                        break;
+                    }
+                }
+                at.push(segment.clone());
+                if n + 1 < rest.len() {
+                    match file_of_module(&at) {
+                        Some(t) => scope = t,
+                        // An item, not a module: what follows is its own (a variant, a
+                        // method).
+                        None => break,
+                    }
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 10,
+        "only {checked} paths from the router into the crate seen"
+    );
+    assert!(
+        refused.is_empty(),
+        "the router reaches past the public API:\n{}",
+        refused.join("\n")
+    );
+}
+
+/// The visibility check tells `pub` from `pub(crate)`, `#[doc(hidden)]`, and test modules.
+#[test]
+fn the_public_api_check_tells_pub_from_crate_private_and_hidden() {
+    let t = tokens(
+        "pub fn open() {}\npub(crate) fn inner() {}\n#[doc(hidden)]\npub fn hidden() {}\n\
+         pub use a::{B, C as D};\npub mod m;\n#[cfg(test)]\nmod tests { pub fn in_test() {} }",
+    );
+    assert_eq!(visibility(&t, "open"), Some(true));
+    assert_eq!(visibility(&t, "inner"), Some(false));
+    assert_eq!(visibility(&t, "hidden"), Some(false));
+    assert_eq!(visibility(&t, "B"), Some(true));
+    assert_eq!(visibility(&t, "D"), Some(true));
+    assert_eq!(visibility(&t, "C"), None);
+    assert_eq!(visibility(&t, "m"), Some(true));
+    assert_eq!(visibility(&t, "in_test"), None);
+    assert_eq!(visibility(&t, "absent"), None);
+}

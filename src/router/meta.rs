@@ -9,9 +9,9 @@
 
 use super::broker::{Audience, SubscriptionChange};
 use super::dealer::RegistrationChange;
-use super::realm::RealmState;
 use super::request::Refusal;
 use super::session::{random_id, timestamp, SessionId, SessionInfo};
+use super::state::RealmState;
 use super::uri::{reason, Match};
 use crate::wamp::{Dict, Payload, Value};
 

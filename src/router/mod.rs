@@ -38,6 +38,7 @@ pub mod metrics;
 pub mod realm;
 pub mod request;
 pub mod session;
+pub mod state;
 pub mod transport;
 pub mod uri;
 

@@ -20,63 +20,51 @@ use super::meta;
 use super::metrics::RealmMetrics;
 use super::request::Refusal;
 use super::session::{Joined, SessionId, SessionInfo, Sessions};
+pub use super::state::RealmState;
 use super::uri::reason;
 use crate::wamp::{code, Dict, Value, WampMessage};
 use crate::ConfigError;
 
-/// The routing state of a realm.
-#[derive(Debug)]
-pub struct RealmState {
-    /// The sessions joined here.
-    pub sessions: Sessions,
-    /// Registrations and calls.
-    pub dealer: Dealer,
-    /// Subscriptions.
-    pub broker: Broker,
+/// Removes a session: its registrations and subscriptions go, its calls end, and the
+/// meta events say so.
+pub fn remove(state: &mut RealmState, session: SessionId) {
+    let Some(joined) = state.sessions.get(session).cloned() else {
+        return;
+    };
+    let registrations = state.dealer.session_left(&state.sessions, session);
+    let subscriptions = state.broker.session_left(session);
+    state.sessions.remove(session);
+    state.sessions.metrics().sessions.decrement(1.0);
+    meta::registration_events(state, &registrations);
+    meta::subscription_events(state, &subscriptions);
+    let info = &joined.info;
+    meta::publish(
+        state,
+        "wamp.session.on_leave",
+        vec![
+            Value::Integer(info.id as i64),
+            Value::String(info.authid.clone()),
+            Value::String(info.authrole.clone()),
+        ],
+    );
 }
 
-impl RealmState {
-    /// Removes a session: its registrations and subscriptions go, its calls end, and the
-    /// meta events say so.
-    pub fn remove(&mut self, session: SessionId) {
-        let Some(joined) = self.sessions.get(session).cloned() else {
-            return;
+/// Closes sessions the meta API killed: GOODBYE with the reason, then the connection.
+fn kill(state: &mut RealmState, targets: &[SessionId], reason: &str, message: &str) {
+    for &target in targets {
+        let Some(joined) = state.sessions.get(target).cloned() else {
+            continue;
         };
-        let registrations = self.dealer.session_left(&self.sessions, session);
-        let subscriptions = self.broker.session_left(session);
-        self.sessions.remove(session);
-        self.sessions.metrics().sessions.decrement(1.0);
-        meta::registration_events(self, &registrations);
-        meta::subscription_events(self, &subscriptions);
-        let info = &joined.info;
-        meta::publish(
-            self,
-            "wamp.session.on_leave",
-            vec![
-                Value::Integer(info.id as i64),
-                Value::String(info.authid.clone()),
-                Value::String(info.authrole.clone()),
-            ],
-        );
-    }
-
-    /// Closes sessions the meta API killed: GOODBYE with the reason, then the connection.
-    fn kill(&mut self, targets: &[SessionId], reason: &str, message: &str) {
-        for &target in targets {
-            let Some(joined) = self.sessions.get(target).cloned() else {
-                continue;
-            };
-            let mut details = Dict::new();
-            if !message.is_empty() {
-                details.insert("message".into(), Value::String(message.to_owned()));
-            }
-            let _ = joined.outbox.send(&WampMessage::Goodbye {
-                details,
-                reason: reason.to_owned(),
-            });
-            joined.outbox.kill();
-            self.remove(target);
+        let mut details = Dict::new();
+        if !message.is_empty() {
+            details.insert("message".into(), Value::String(message.to_owned()));
         }
+        let _ = joined.outbox.send(&WampMessage::Goodbye {
+            details,
+            reason: reason.to_owned(),
+        });
+        joined.outbox.kill();
+        remove(state, target);
     }
 }
 
@@ -134,7 +122,7 @@ impl Realm {
 
     /// Removes a session: its registrations and subscriptions go, its calls end.
     pub fn leave(&self, session: SessionId) {
-        self.lock().remove(session);
+        remove(&mut self.lock(), session);
     }
 
     /// Counts a message received from a client.
@@ -391,7 +379,7 @@ impl Realm {
                     },
                 );
                 if let meta::Effect::Kill(targets, reason, message) = effect {
-                    state.kill(&targets, &reason, &message);
+                    kill(state, &targets, &reason, &message);
                 }
             }
         }
