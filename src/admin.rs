@@ -144,8 +144,8 @@ impl Hosts {
     }
 }
 
-/// The admin API's routes.
-pub(crate) fn router(state: AdminState) -> Router {
+/// The admin API's routes, and an embedder's (`extra`).
+pub(crate) fn router(state: AdminState, extra: Option<Router>) -> Router {
     let guarded = Router::new()
         .route("/cluster/leave", post(leave))
         .route("/cluster/probe", post(probe))
@@ -160,6 +160,7 @@ pub(crate) fn router(state: AdminState) -> Router {
         .route("/stats", get(stats))
         .route("/metrics", get(metrics))
         .merge(guarded)
+        .merge(extra.unwrap_or_default().with_state(()))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), same_origin))
         .with_state(state)

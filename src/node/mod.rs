@@ -58,6 +58,7 @@ impl Node {
             }),
             prometheus: None,
             admin: true,
+            admin_routes: None,
             transport: None,
             generation: None,
         }
@@ -70,6 +71,7 @@ pub struct NodeBuilder {
     handler: HandlerFactory,
     prometheus: Option<PrometheusHandle>,
     admin: bool,
+    admin_routes: Option<axum::Router>,
     transport: Option<Box<dyn Transport>>,
     generation: Option<u64>,
 }
@@ -86,6 +88,14 @@ impl NodeBuilder {
     /// that exposes the node's state its own way.
     pub fn without_admin(mut self) -> Self {
         self.admin = false;
+        self
+    }
+
+    /// Serves these routes on the admin API beside its own (a router's `/router/…`), behind
+    /// the same checks of host and origin. They must not change anything: the admin token
+    /// guards only the API's own routes that do.
+    pub fn admin_routes(mut self, routes: axum::Router) -> Self {
+        self.admin_routes = Some(routes);
         self
     }
 
@@ -191,8 +201,9 @@ impl NodeBuilder {
                 )),
             };
             let stopped = admin_stop.clone();
+            let extra_routes = self.admin_routes.clone();
             admin_tasks.push(tokio::spawn(async move {
-                let result = axum::serve(listener, admin::router(state))
+                let result = axum::serve(listener, admin::router(state, extra_routes))
                     .with_graceful_shutdown(stopped.cancelled_owned())
                     .await;
                 if let Err(err) = result {

@@ -17,6 +17,7 @@
 //! - [`auth`]: authentication methods and role rules. [`realm`]: one realm's state under one
 //!   lock, and what a session's message does to it.
 //! - [`connection`]: a connection's session state machine (HELLO … GOODBYE).
+//! - [`admin`]: the router's routes on the node's admin API.
 //! - [`transport`]: WebSocket and RawSocket framing, the timers, the writer.
 //!
 //! # How a call flows
@@ -28,6 +29,7 @@
 //! serializer and queues it on the callee's outbox. The callee's writer task writes it. The
 //! YIELD comes back the same way and ends the call with a RESULT on the caller's outbox.
 
+pub mod admin;
 pub mod auth;
 pub mod broker;
 pub mod config;
@@ -119,14 +121,9 @@ impl Router {
             map,
             max_message_bytes: config.max_message_bytes,
         });
-        let bind = |addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| RouterError::Bind { addr, source })
-        };
-        let ws = bind(config.ws_addr).await?;
+        let ws = listen(config.ws_addr)?;
         let raw = match config.rawsocket_addr {
-            Some(addr) => Some(bind(addr).await?),
+            Some(addr) => Some(listen(addr)?),
             None => None,
         };
         let local = |l: &TcpListener, addr| {
@@ -196,6 +193,13 @@ impl Router {
         self.realms.map.values()
     }
 
+    /// The router's routes for the node's admin API (`GET /router/sessions`,
+    /// `/router/registrations`, `/router/subscriptions`): give them to
+    /// [`NodeBuilder::admin_routes`](crate::NodeBuilder::admin_routes).
+    pub fn admin_routes(&self) -> axum::Router {
+        admin::routes(self.realms.clone())
+    }
+
     /// Stops accepting, says GOODBYE (`wamp.close.system_shutdown`) to every session, and
     /// waits up to 5 s for the connections to close.
     pub async fn shutdown(&self) {
@@ -214,6 +218,25 @@ impl Drop for Router {
     fn drop(&mut self) {
         self.stop.cancel();
     }
+}
+
+/// Connections the kernel completes and queues before the router accepts them: a burst of
+/// clients (a restart of many) waits there rather than being dropped. The kernel caps it at
+/// `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> Result<TcpListener, RouterError> {
+    let bind = || {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    bind().map_err(|source| RouterError::Bind { addr, source })
 }
 
 async fn accept_loop(listener: TcpListener, kind: TransportKind, shared: Arc<Accepting>) {

@@ -210,7 +210,17 @@ async fn run(
         let _ = &args;
         std::sync::Arc::new(wamp_cluster::Discard)
     };
-    let builder = Node::builder(config, move |_, _| handler).prometheus(prometheus);
+    // The router first: its admin routes are the node's too. A bad `[router]` is found before
+    // the node joins anything.
+    let router = Router::start(router, &config.node_id)
+        .await
+        .map_err(|err| match err {
+            RouterError::Config(err) => RouterError::Config(layers.locate(err)),
+            other => other,
+        })?;
+    let builder = Node::builder(config, move |_, _| handler)
+        .prometheus(prometheus)
+        .admin_routes(router.admin_routes());
     #[cfg(feature = "testkit")]
     let builder = match args.traffic.generation() {
         Some(generation) => builder.generation(generation),
@@ -224,17 +234,6 @@ async fn run(
             NodeError::Config(err) => NodeError::Config(layers.locate(err)),
             other => other,
         })?;
-    let router = match Router::start(router, node.node_id().as_ref()).await {
-        Ok(router) => router,
-        Err(err) => {
-            node.abort().await;
-            return Err(match err {
-                RouterError::Config(err) => RouterError::Config(layers.locate(err)),
-                other => other,
-            }
-            .into());
-        }
-    };
     // The one line a person or a script looks for: where WAMP clients connect.
     info!(url = %router.ws_url(), rawsocket = ?router.rawsocket_addr(), "WAMP router ready");
     #[cfg(feature = "testkit")]
