@@ -17,5 +17,5 @@ for i in 1 2 3; do
   target/release/wamp-cluster node --config "config/cluster/node-$i.toml" &
   pids+=($!)
 done
-echo "three nodes running; admin APIs on 127.0.0.1:8081, :8082, :8083; Ctrl-C leaves" >&2
+echo "three nodes running; admin APIs on 127.0.0.1:8081, :8082, :8083; WAMP clients on ws://127.0.0.1:8091/ws, :8092, :8093 (realm1); Ctrl-C leaves" >&2
 wait

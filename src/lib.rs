@@ -133,6 +133,7 @@ pub use membership::{
 pub use node::{Node, NodeBuilder, NodeHandle, Stopped};
 pub use node_id::NodeId;
 pub use peer_id::{PeerId, Realm, SessionId};
+pub use tls::client_acceptor;
 
 /// The version of wamp-cluster, published in gossip as `version`.
 pub use membership::keys::THIS_VERSION as VERSION;

@@ -114,6 +114,38 @@ impl Tls {
     }
 }
 
+/// A TLS acceptor for a node's client-facing listeners (a router's wss:// and RawSocket over
+/// TLS): it presents the node's `[tls]` certificate and asks clients for none. `None` when
+/// `cert_file` and `key_file` are not both set. Errors name the key whose file is wrong.
+pub fn client_acceptor(config: &TlsConfig) -> Result<Option<TlsAcceptor>, ConfigError> {
+    let (Some(cert_file), Some(key_file)) = (&config.cert_file, &config.key_file) else {
+        return Ok(None);
+    };
+    let chain = certificates("tls.cert_file", cert_file)?;
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|err| {
+        ConfigError::invalid(
+            "tls.key_file",
+            format!(
+                "cannot read a private key from {}: {err}",
+                key_file.display()
+            ),
+        )
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|err| ConfigError::invalid("tls.cert_file", err.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|err| {
+            ConfigError::invalid(
+                "tls.key_file",
+                format!("does not match tls.cert_file: {err}"),
+            )
+        })?;
+    Ok(Some(TlsAcceptor::from(Arc::new(server))))
+}
+
 /// Whether `certificate` (already verified against the authorities) names `node_id`.
 pub(crate) fn names(certificate: &CertificateDer<'_>, node_id: &str) -> bool {
     let Ok(name) = crate::node_id::dns_name(node_id) else {

@@ -33,7 +33,7 @@ fn loopback() -> std::net::SocketAddr {
 async fn router_with(mut config: RouterConfig) -> Router {
     config.ws_addr = loopback();
     config.rawsocket_addr = Some(loopback());
-    Router::start(config, "test-node")
+    Router::start(config, "test-node", &wamp_cluster::TlsConfig::default())
         .await
         .expect("router starts")
 }
@@ -1362,6 +1362,92 @@ async fn the_meta_api_answers_publishes_its_events_and_kills_sessions() {
     assert_eq!(
         wamp_error(err.unwrap_err()).uri,
         "wamp.error.no_such_session"
+    );
+    router.shutdown().await;
+}
+
+/// With `router.tls`, both listeners speak TLS with the node's certificate: a client that
+/// trusts its authority calls over wss:// and rss://; a plain client gets nowhere, and the
+/// router goes on.
+#[tokio::test]
+async fn over_tls_clients_connect_by_wss_and_rss_and_plain_ones_are_refused() {
+    let authority = wamp_cluster::testkit::certs::Authority::new();
+    let (cert, key) = authority.issue("localhost", "router");
+    let tls = wamp_cluster::TlsConfig {
+        cert_file: Some(cert),
+        key_file: Some(key),
+        ..wamp_cluster::TlsConfig::default()
+    };
+    let config = RouterConfig {
+        ws_addr: loopback(),
+        rawsocket_addr: Some(loopback()),
+        tls: true,
+        hello_timeout_ms: Duration::from_millis(500),
+        ..RouterConfig::default()
+    };
+    let router = Router::start(config, "tls-node", &tls).await.unwrap();
+    assert!(router.ws_url().starts_with("wss://"));
+    let options = |s| {
+        ClientOptions::new("realm1")
+            .serializer(s)
+            .tls_authorities(&authority.ca_file())
+            .unwrap()
+    };
+    let wss = format!("wss://localhost:{}/ws", router.ws_addr().port());
+    let rss = format!(
+        "rss://localhost:{}",
+        router.rawsocket_addr().unwrap().port()
+    );
+    let callee = Client::connect(&wss, options(Serializer::Json))
+        .await
+        .unwrap();
+    callee
+        .register("com.example.secure", Dict::new(), |_| async {
+            Ok(Payload::Args(vec![s("over tls")]))
+        })
+        .await
+        .unwrap();
+    let caller = Client::connect(&rss, options(Serializer::Cbor))
+        .await
+        .unwrap();
+    let r = caller
+        .call("com.example.secure", Payload::Empty)
+        .await
+        .unwrap();
+    assert_eq!(r.payload, Payload::Args(vec![s("over tls")]));
+    let plain = format!("ws://localhost:{}/ws", router.ws_addr().port());
+    assert!(Client::connect(
+        &plain,
+        ClientOptions::new("realm1").timeout(Duration::from_secs(3))
+    )
+    .await
+    .is_err());
+    let untrusted = Client::connect(&wss, ClientOptions::new("realm1")).await;
+    assert!(
+        matches!(untrusted, Err(ClientError::Connect(_))),
+        "{untrusted:?}"
+    );
+    // Without a certificate, router.tls is refused, naming the key.
+    let err = Router::start(
+        RouterConfig {
+            ws_addr: loopback(),
+            tls: true,
+            ..RouterConfig::default()
+        },
+        "n",
+        &wamp_cluster::TlsConfig::default(),
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert!(err.to_string().contains("router.tls"), "{err}");
+    assert_eq!(
+        caller
+            .call("com.example.secure", Payload::Empty)
+            .await
+            .unwrap()
+            .payload,
+        Payload::Args(vec![s("over tls")])
     );
     router.shutdown().await;
 }

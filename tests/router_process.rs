@@ -255,8 +255,17 @@ async fn ten_thousand_silent_connections_are_closed_and_counted_while_calls_pass
             Err(_) => break,
         }
     }
-    let warnings: Vec<String> = node.log_text().lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).take(5).map(String::from).collect();
-    assert_eq!(closed, SILENT, "every silent connection was closed; the node's warnings: {warnings:#?}");
+    let warnings: Vec<String> = node
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .take(5)
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        closed, SILENT,
+        "every silent connection was closed; the node's warnings: {warnings:#?}"
+    );
     for _ in 0..100 {
         caller
             .call("com.example.ping", Payload::Empty)

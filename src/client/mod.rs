@@ -1,5 +1,5 @@
-//! A small async WAMP client: WebSocket (`ws://host:port/ws`) or RawSocket
-//! (`rs://host:port`), JSON, msgpack or CBOR; call (with progressive results, timeout and
+//! A small async WAMP client: WebSocket (`ws://host:port/ws`, `wss://` over TLS) or RawSocket
+//! (`rs://host:port`, `rss://` over TLS), JSON, msgpack or CBOR; call (with progressive results, timeout and
 //! cancel), register (with progressive results and interrupts), publish (acknowledged or not)
 //! and subscribe. The tests, the benchmarks and the launcher use it, and so can a Rust service.
 //!
@@ -143,6 +143,9 @@ pub struct ClientOptions {
     pub max_message_bytes: usize,
     /// Messages queued for writing before a send waits.
     pub queue: usize,
+    /// For wss:// and rss://: the TLS settings (the authorities the router's certificate must
+    /// chain to).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl ClientOptions {
@@ -155,7 +158,29 @@ impl ClientOptions {
             timeout: Duration::from_secs(10),
             max_message_bytes: 16 << 20,
             queue: 4096,
+            tls: None,
         }
+    }
+
+    /// For wss:// and rss://: trusts the authorities in this PEM file.
+    pub fn tls_authorities(mut self, ca_file: &std::path::Path) -> Result<Self, ClientError> {
+        use rustls::pki_types::pem::PemObject;
+        let bad =
+            |e: &dyn std::fmt::Display| ClientError::Connect(format!("{}: {e}", ca_file.display()));
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in
+            rustls::pki_types::CertificateDer::pem_file_iter(ca_file).map_err(|e| bad(&e))?
+        {
+            roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(&e))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        self.tls = Some(Arc::new(config));
+        Ok(self)
     }
 
     /// With this serializer.
@@ -394,24 +419,42 @@ pub struct Client {
     welcome: Dict,
 }
 
-/// What a URL names.
-enum Target {
-    WebSocket(String, String),
-    RawSocket(String),
+/// What a URL names: the transport, whether over TLS, the `host:port` to dial, the host.
+struct Target {
+    websocket: bool,
+    tls: bool,
+    addr: String,
+    host: String,
 }
 
 fn parse_url(url: &str) -> Result<Target, ClientError> {
-    if let Some(rest) = url.strip_prefix("ws://") {
-        let host = rest.split('/').next().unwrap_or(rest).to_owned();
-        return Ok(Target::WebSocket(url.to_owned(), host));
-    }
-    for scheme in ["rs://", "tcp://"] {
+    let schemes = [
+        ("ws://", true, false),
+        ("wss://", true, true),
+        ("rs://", false, false),
+        ("tcp://", false, false),
+        ("rss://", false, true),
+    ];
+    for (scheme, websocket, tls) in schemes {
         if let Some(rest) = url.strip_prefix(scheme) {
-            return Ok(Target::RawSocket(rest.trim_end_matches('/').to_owned()));
+            let addr = rest.split('/').next().unwrap_or(rest).to_owned();
+            let host = match addr.rsplit_once(':') {
+                Some((host, _)) => host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned(),
+                None => addr.clone(),
+            };
+            return Ok(Target {
+                websocket,
+                tls,
+                addr,
+                host,
+            });
         }
     }
     Err(ClientError::Connect(format!(
-        "{url}: the URL must start with ws:// (WebSocket) or rs:// (RawSocket)"
+        "{url}: the URL must start with ws:// or wss:// (WebSocket), rs:// or rss:// (RawSocket)"
     )))
 }
 
@@ -430,72 +473,26 @@ impl Client {
     /// Connects and joins the realm.
     pub async fn connect(url: &str, options: ClientOptions) -> Result<Client, ClientError> {
         let connect = async {
-            match parse_url(url)? {
-                Target::WebSocket(url, host) => {
-                    let stream = TcpStream::connect(&host)
-                        .await
-                        .map_err(|e| ClientError::Connect(format!("{host}: {e}")))?;
-                    let _ = stream.set_nodelay(true);
-                    let mut request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url.as_str())
-                        .map_err(|e| ClientError::Connect(e.to_string()))?;
-                    request.headers_mut().insert(
-                        "sec-websocket-protocol",
-                        tokio_tungstenite::tungstenite::http::HeaderValue::from_static(
-                            options.serializer.subprotocol(),
-                        ),
-                    );
-                    let (ws, _) = tokio_tungstenite::client_async_with_config(
-                        request,
-                        stream,
-                        Some(websocket::config(options.max_message_bytes)),
-                    )
-                    .await
-                    .map_err(|e| ClientError::Connect(e.to_string()))?;
-                    let (sink, stream) = futures_util::StreamExt::split(ws);
-                    Ok(Self::start(
-                        WsReader(stream),
-                        WsWriter {
-                            sink,
-                            text: options.serializer.is_text(),
-                        },
-                        &options,
-                    ))
-                }
-                Target::RawSocket(host) => {
-                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                    let mut stream = TcpStream::connect(&host)
-                        .await
-                        .map_err(|e| ClientError::Connect(format!("{host}: {e}")))?;
-                    let _ = stream.set_nodelay(true);
-                    let hello =
-                        rawsocket::client_handshake(options.serializer, options.max_message_bytes);
-                    stream
-                        .write_all(&hello)
-                        .await
-                        .map_err(|e| ClientError::Connect(e.to_string()))?;
-                    let mut reply = [0u8; 4];
-                    stream
-                        .read_exact(&mut reply)
-                        .await
-                        .map_err(|e| ClientError::Connect(e.to_string()))?;
-                    let router_max = rawsocket::parse_reply(reply, options.serializer)
-                        .map_err(ClientError::Connect)?;
-                    let (read, write) = tokio::io::split(stream);
-                    Ok(Self::start(
-                        RawReader {
-                            stream: read,
-                            max_bytes: rawsocket::max_length(rawsocket::exponent_for(
-                                options.max_message_bytes,
-                            )),
-                        },
-                        RawWriter {
-                            stream: tokio::io::BufWriter::new(write),
-                            peer_max_bytes: router_max,
-                        },
-                        &options,
-                    ))
-                }
+            let target = parse_url(url)?;
+            let stream = TcpStream::connect(&target.addr)
+                .await
+                .map_err(|e| ClientError::Connect(format!("{}: {e}", target.addr)))?;
+            let _ = stream.set_nodelay(true);
+            if !target.tls {
+                return Self::handshake(stream, &target, url, &options).await;
             }
+            let Some(tls) = options.tls.clone() else {
+                return Err(ClientError::Connect(format!(
+                    "{url}: TLS needs the authorities to trust (ClientOptions::tls_authorities)"
+                )));
+            };
+            let name = rustls::pki_types::ServerName::try_from(target.host.clone())
+                .map_err(|e| ClientError::Connect(format!("{}: {e}", target.host)))?;
+            let stream = tokio_rustls::TlsConnector::from(tls)
+                .connect(name, stream)
+                .await
+                .map_err(|e| ClientError::Connect(format!("TLS with {}: {e}", target.addr)))?;
+            Self::handshake(stream, &target, url, &options).await
         };
         let (shared, mut first) = tokio::time::timeout(options.timeout, connect)
             .await
@@ -543,6 +540,64 @@ impl Client {
             shared.closed.cancel();
         }
         result
+    }
+
+    /// The transport's handshake over `stream`, then the reader and writer tasks.
+    async fn handshake<S>(
+        stream: S,
+        target: &Target,
+        url: &str,
+        options: &ClientOptions,
+    ) -> Result<(Arc<Shared>, mpsc::Receiver<WampMessage>), ClientError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let failed = |e: &dyn std::fmt::Display| ClientError::Connect(e.to_string());
+        if target.websocket {
+            let mut request =
+                tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+                    .map_err(|e| failed(&e))?;
+            request.headers_mut().insert(
+                "sec-websocket-protocol",
+                tokio_tungstenite::tungstenite::http::HeaderValue::from_static(
+                    options.serializer.subprotocol(),
+                ),
+            );
+            let (ws, _) = tokio_tungstenite::client_async_with_config(
+                request,
+                stream,
+                Some(websocket::config(options.max_message_bytes)),
+            )
+            .await
+            .map_err(|e| failed(&e))?;
+            let (sink, stream) = futures_util::StreamExt::split(ws);
+            let writer = WsWriter {
+                sink,
+                text: options.serializer.is_text(),
+            };
+            return Ok(Self::start(WsReader(stream), writer, options));
+        }
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = stream;
+        let hello = rawsocket::client_handshake(options.serializer, options.max_message_bytes);
+        stream.write_all(&hello).await.map_err(|e| failed(&e))?;
+        let mut reply = [0u8; 4];
+        stream
+            .read_exact(&mut reply)
+            .await
+            .map_err(|e| failed(&e))?;
+        let router_max =
+            rawsocket::parse_reply(reply, options.serializer).map_err(ClientError::Connect)?;
+        let (read, write) = tokio::io::split(stream);
+        let reader = RawReader {
+            stream: read,
+            max_bytes: rawsocket::max_length(rawsocket::exponent_for(options.max_message_bytes)),
+        };
+        let writer = RawWriter {
+            stream: tokio::io::BufWriter::new(write),
+            peer_max_bytes: router_max,
+        };
+        Ok(Self::start(reader, writer, options))
     }
 
     fn start<R, W>(

@@ -51,9 +51,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -66,7 +67,7 @@ use self::transport::rawsocket::{self, HandshakeError, RawReader, RawWriter};
 use self::transport::websocket::{self, WsReader, WsWriter};
 use self::transport::{drive, Limits};
 use crate::config::Section;
-use crate::ConfigError;
+use crate::{ConfigError, TlsConfig};
 
 /// Why a router did not start.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +88,7 @@ pub enum RouterError {
 /// A running router: its listeners and every connection's task.
 pub struct Router {
     realms: Arc<Realms>,
+    tls: bool,
     ws_addr: SocketAddr,
     rawsocket_addr: Option<SocketAddr>,
     stop: CancellationToken,
@@ -99,6 +101,7 @@ struct Accepting {
     limits: Limits,
     max_connections: usize,
     connections: AtomicUsize,
+    acceptor: Option<TlsAcceptor>,
     stop: CancellationToken,
     tasks: TaskTracker,
 }
@@ -108,9 +111,23 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 impl Router {
     /// Starts a router for node `node`: its realms (secrets read from their files) and its
-    /// listeners.
-    pub async fn start(config: RouterConfig, node: &str) -> Result<Router, RouterError> {
+    /// listeners; with `router.tls`, over TLS with the node's `[tls]` certificate (`tls`).
+    pub async fn start(
+        config: RouterConfig,
+        node: &str,
+        tls: &TlsConfig,
+    ) -> Result<Router, RouterError> {
         config.validate()?;
+        let acceptor = if config.tls {
+            Some(crate::client_acceptor(tls)?.ok_or_else(|| {
+                ConfigError::invalid(
+                    "router.tls",
+                    "needs tls.cert_file and tls.key_file (the certificate clients see)",
+                )
+            })?)
+        } else {
+            None
+        };
         let mut map = HashMap::new();
         for (i, realm) in config.effective_realms().iter().enumerate() {
             let key = format!("router.realms[{i}]");
@@ -148,6 +165,7 @@ impl Router {
             },
             max_connections: config.max_connections,
             connections: AtomicUsize::new(0),
+            acceptor,
             stop: stop.clone(),
             tasks: tasks.clone(),
         });
@@ -161,6 +179,7 @@ impl Router {
         info!(node, %ws_addr, rawsocket_addr = ?rawsocket_addr, realms = realms.map.len(), "router listening");
         Ok(Router {
             realms,
+            tls: config.tls,
             ws_addr,
             rawsocket_addr,
             stop,
@@ -173,9 +192,10 @@ impl Router {
         self.ws_addr
     }
 
-    /// The WebSocket URL clients connect to (`ws://127.0.0.1:8090/ws`).
+    /// The WebSocket URL clients connect to (`ws://127.0.0.1:8090/ws`, `wss://` with TLS).
     pub fn ws_url(&self) -> String {
-        format!("ws://{}/ws", self.ws_addr)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}/ws", self.ws_addr)
     }
 
     /// The RawSocket listener's address, if it has one.
@@ -264,16 +284,45 @@ async fn accept_loop(listener: TcpListener, kind: TransportKind, shared: Arc<Acc
         let shared2 = shared.clone();
         shared.tasks.spawn(async move {
             let opened = Instant::now();
-            match kind {
-                TransportKind::WebSocket => serve_websocket(&shared2, stream, peer, opened).await,
-                TransportKind::RawSocket => serve_rawsocket(&shared2, stream, peer, opened).await,
+            match &shared2.acceptor {
+                None => serve(&shared2, kind, stream, peer, opened).await,
+                Some(acceptor) => {
+                    let deadline = opened + shared2.limits.hello_timeout;
+                    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => serve(&shared2, kind, tls, peer, opened).await,
+                        Ok(Err(err)) => {
+                            shared2.realms.refused("handshake");
+                            debug!(%peer, %err, "TLS handshake failed");
+                        }
+                        Err(_) => shared2.realms.refused("hello_timeout"),
+                    }
+                }
             }
             shared2.connections.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }
 
-async fn serve_websocket(shared: &Accepting, stream: TcpStream, peer: SocketAddr, opened: Instant) {
+/// Serves one connection, plain or TLS, by its listener's transport.
+async fn serve<S>(
+    shared: &Accepting,
+    kind: TransportKind,
+    stream: S,
+    peer: SocketAddr,
+    opened: Instant,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    match kind {
+        TransportKind::WebSocket => serve_websocket(shared, stream, peer, opened).await,
+        TransportKind::RawSocket => serve_rawsocket(shared, stream, peer, opened).await,
+    }
+}
+
+async fn serve_websocket<S>(shared: &Accepting, stream: S, peer: SocketAddr, opened: Instant)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let deadline = opened + shared.limits.hello_timeout;
     let handshake = websocket::accept(stream, shared.realms.max_message_bytes);
     let (ws, serializer) = match tokio::time::timeout_at(deadline, handshake).await {
@@ -307,12 +356,10 @@ async fn serve_websocket(shared: &Accepting, stream: TcpStream, peer: SocketAddr
     .await;
 }
 
-async fn serve_rawsocket(
-    shared: &Accepting,
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    opened: Instant,
-) {
+async fn serve_rawsocket<S>(shared: &Accepting, mut stream: S, peer: SocketAddr, opened: Instant)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     use tokio::io::AsyncReadExt;
     let deadline = opened + shared.limits.hello_timeout;
     let mut hello = [0u8; 4];

@@ -212,7 +212,7 @@ async fn run(
     };
     // The router first: its admin routes are the node's too. A bad `[router]` is found before
     // the node joins anything.
-    let router = Router::start(router, &config.node_id)
+    let router = Router::start(router, &config.node_id, &config.tls)
         .await
         .map_err(|err| match err {
             RouterError::Config(err) => RouterError::Config(layers.locate(err)),
