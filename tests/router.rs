@@ -1451,3 +1451,131 @@ async fn over_tls_clients_connect_by_wss_and_rss_and_plain_ones_are_refused() {
     );
     router.shutdown().await;
 }
+
+/// An event published with `retain` reaches a later subscriber that asks with `get_retained`
+/// (with `details.retained`), the last one per topic only; one that does not ask gets none.
+#[tokio::test]
+async fn a_retained_event_reaches_later_subscribers_that_ask_for_it() {
+    let router = router().await;
+    let url = router.ws_url();
+    let publisher = join(&url, Serializer::Json).await;
+    let retain = dict(&[
+        ("retain", Value::Bool(true)),
+        ("acknowledge", Value::Bool(true)),
+    ]);
+    publisher
+        .publish(
+            "com.example.state",
+            retain.clone(),
+            Payload::Args(vec![Value::Integer(1)]),
+        )
+        .await
+        .unwrap();
+    let last = publisher
+        .publish(
+            "com.example.state",
+            retain.clone(),
+            Payload::Args(vec![Value::Integer(2)]),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    publisher
+        .publish(
+            "com.example.other",
+            dict(&[("acknowledge", Value::Bool(true))]),
+            Payload::Empty,
+        )
+        .await
+        .unwrap();
+    let late = join(&url, Serializer::Cbor).await;
+    let mut sub = late
+        .subscribe(
+            "com.example.state",
+            dict(&[("get_retained", Value::Bool(true))]),
+        )
+        .await
+        .unwrap();
+    let event = next_event(&mut sub).await;
+    assert_eq!(event.publication, last);
+    assert_eq!(event.payload, Payload::Args(vec![Value::Integer(2)]));
+    assert_eq!(event.details.get("retained"), Some(&Value::Bool(true)));
+    no_event(&mut sub).await;
+    let mut pattern = late
+        .subscribe(
+            "com.example.",
+            dict(&[("match", s("prefix")), ("get_retained", Value::Bool(true))]),
+        )
+        .await
+        .unwrap();
+    let event = next_event(&mut pattern).await;
+    assert_eq!(event.details.get("topic"), Some(&s("com.example.state")));
+    no_event(&mut pattern).await;
+    let plain = join(&url, Serializer::Json).await;
+    let mut without = plain
+        .subscribe("com.example.state", Dict::new())
+        .await
+        .unwrap();
+    no_event(&mut without).await;
+    router.shutdown().await;
+}
+
+/// A session's testaments are published when it ends, whether it says GOODBYE or its
+/// connection drops; flushed ones are not.
+#[tokio::test]
+async fn testaments_are_published_when_their_session_ends_unless_flushed() {
+    let router = router().await;
+    let url = router.ws_url();
+    let watcher = join(&url, Serializer::Json).await;
+    let mut sub = watcher
+        .subscribe("com.example.gone", Dict::new())
+        .await
+        .unwrap();
+    for (i, crash) in [(1, true), (2, false)] {
+        let mortal = join(&url, Serializer::Msgpack).await;
+        let testament = Payload::Args(vec![
+            s("com.example.gone"),
+            Value::List(vec![Value::Integer(i)]),
+            Value::Dict(Dict::new()),
+        ]);
+        mortal
+            .call("wamp.session.add_testament", testament)
+            .await
+            .unwrap();
+        if crash {
+            mortal.disconnect();
+        } else {
+            mortal.leave().await.unwrap();
+        }
+        let event = next_event(&mut sub).await;
+        assert_eq!(
+            event.payload,
+            Payload::ArgsKw(vec![Value::Integer(i)], Dict::new())
+        );
+    }
+    let flushed = join(&url, Serializer::Json).await;
+    let testament = Payload::Args(vec![
+        s("com.example.gone"),
+        Value::List(vec![Value::Integer(3)]),
+    ]);
+    flushed
+        .call("wamp.session.add_testament", testament)
+        .await
+        .unwrap();
+    let n = flushed
+        .call("wamp.session.flush_testaments", Payload::Empty)
+        .await
+        .unwrap();
+    assert_eq!(n.payload, Payload::Args(vec![Value::Integer(1)]));
+    flushed.leave().await.unwrap();
+    no_event(&mut sub).await;
+    let bad = watcher
+        .call(
+            "wamp.session.add_testament",
+            Payload::Args(vec![s("com..x")]),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(wamp_error(bad).uri, "wamp.error.invalid_uri");
+    router.shutdown().await;
+}

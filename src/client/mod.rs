@@ -329,9 +329,17 @@ impl CallHandle {
     }
 }
 
+/// What a REGISTERED or SUBSCRIBED puts in place before anything else is read, so that an
+/// INVOCATION or EVENT right behind it finds its handler or its queue.
+enum Install {
+    Nothing,
+    Handler(Handler),
+    Events(mpsc::Sender<Event>),
+}
+
 enum Waiter {
     /// A request answered by one message.
-    Reply(oneshot::Sender<WampMessage>),
+    Reply(oneshot::Sender<WampMessage>, Install),
     /// A call: progress, then the end.
     Call {
         progress: mpsc::Sender<CallResult>,
@@ -383,9 +391,16 @@ impl Shared {
     }
 
     /// Sends a request and waits for the one message that answers it.
-    async fn request(&self, request: Id, message: WampMessage) -> Result<WampMessage, ClientError> {
+    async fn request(
+        &self,
+        request: Id,
+        message: WampMessage,
+        install: Install,
+    ) -> Result<WampMessage, ClientError> {
         let (tx, rx) = oneshot::channel();
-        self.lock().waiting.insert(request, Waiter::Reply(tx));
+        self.lock()
+            .waiting
+            .insert(request, Waiter::Reply(tx, install));
         if let Err(err) = self.send(message).await {
             self.lock().waiting.remove(&request);
             return Err(err);
@@ -709,6 +724,7 @@ impl Client {
         Fut: Future<Output = Reply> + Send + 'static,
     {
         let request = self.shared.request_id();
+        let handler: Handler = Arc::new(move |invocation| Box::pin(handler(invocation)));
         let reply = self
             .shared
             .request(
@@ -718,17 +734,16 @@ impl Client {
                     options,
                     procedure: procedure.to_owned(),
                 },
+                Install::Handler(handler),
             )
             .await?;
-        let WampMessage::Registered { registration, .. } = reply else {
-            return Err(ClientError::Protocol(format!(
+        match reply {
+            WampMessage::Registered { registration, .. } => Ok(registration),
+            other => Err(ClientError::Protocol(format!(
                 "{} answered REGISTER",
-                reply.name()
-            )));
-        };
-        let handler: Handler = Arc::new(move |invocation| Box::pin(handler(invocation)));
-        self.shared.lock().handlers.insert(registration, handler);
-        Ok(registration)
+                other.name()
+            ))),
+        }
     }
 
     /// Unregisters.
@@ -741,6 +756,7 @@ impl Client {
                     request,
                     registration,
                 },
+                Install::Nothing,
             )
             .await?;
         self.shared.lock().handlers.remove(&registration);
@@ -750,6 +766,7 @@ impl Client {
     /// Subscribes (`options`: `match`, …).
     pub async fn subscribe(&self, topic: &str, options: Dict) -> Result<Subscription, ClientError> {
         let request = self.shared.request_id();
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         let reply = self
             .shared
             .request(
@@ -759,20 +776,19 @@ impl Client {
                     options,
                     topic: topic.to_owned(),
                 },
+                Install::Events(tx),
             )
             .await?;
-        let WampMessage::Subscribed { subscription, .. } = reply else {
-            return Err(ClientError::Protocol(format!(
+        match reply {
+            WampMessage::Subscribed { subscription, .. } => Ok(Subscription {
+                id: subscription,
+                events: rx,
+            }),
+            other => Err(ClientError::Protocol(format!(
                 "{} answered SUBSCRIBE",
-                reply.name()
-            )));
-        };
-        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
-        self.shared.lock().subscriptions.insert(subscription, tx);
-        Ok(Subscription {
-            id: subscription,
-            events: rx,
-        })
+                other.name()
+            ))),
+        }
     }
 
     /// Unsubscribes.
@@ -785,6 +801,7 @@ impl Client {
                     request,
                     subscription,
                 },
+                Install::Nothing,
             )
             .await?;
         self.shared.lock().subscriptions.remove(&subscription);
@@ -811,7 +828,11 @@ impl Client {
             self.shared.send(message).await?;
             return Ok(None);
         }
-        match self.shared.request(request, message).await? {
+        match self
+            .shared
+            .request(request, message, Install::Nothing)
+            .await?
+        {
             WampMessage::Published { publication, .. } => Ok(Some(publication)),
             other => Err(ClientError::Protocol(format!(
                 "{} answered PUBLISH",
@@ -829,7 +850,10 @@ impl Client {
     pub async fn leave(&self) -> Result<(), ClientError> {
         let (tx, rx) = oneshot::channel();
         // GOODBYE has no request id; 0 is never one.
-        self.shared.lock().waiting.insert(0, Waiter::Reply(tx));
+        self.shared
+            .lock()
+            .waiting
+            .insert(0, Waiter::Reply(tx, Install::Nothing));
         self.shared
             .send(WampMessage::Goodbye {
                 details: Dict::new(),
@@ -1069,7 +1093,7 @@ async fn dispatch(shared: &Arc<Shared>, message: WampMessage) -> Option<ClientEr
                 Some(Waiter::Call { done, .. }) if request_type == code::CALL => {
                     let _ = done.send(Err(ClientError::Error(Box::new(err))));
                 }
-                Some(Waiter::Reply(tx)) => {
+                Some(Waiter::Reply(tx, _)) => {
                     let _ = tx.send(WampMessage::Error {
                         request_type,
                         request,
@@ -1161,7 +1185,7 @@ async fn dispatch(shared: &Arc<Shared>, message: WampMessage) -> Option<ClientEr
             }
         }
         WampMessage::Goodbye { reason, .. } => {
-            if let Some(Waiter::Reply(tx)) = shared.lock().waiting.remove(&0) {
+            if let Some(Waiter::Reply(tx, _)) = shared.lock().waiting.remove(&0) {
                 let _ = tx.send(WampMessage::Goodbye {
                     details: Dict::new(),
                     reason: String::new(),
@@ -1191,8 +1215,17 @@ async fn dispatch(shared: &Arc<Shared>, message: WampMessage) -> Option<ClientEr
         | WampMessage::Subscribed { request, .. }
         | WampMessage::Unsubscribed { request }
         | WampMessage::Published { request, .. } => {
-            let waiter = shared.lock().waiting.remove(&request);
-            if let Some(Waiter::Reply(tx)) = waiter {
+            let mut state = shared.lock();
+            if let Some(Waiter::Reply(tx, install)) = state.waiting.remove(&request) {
+                match (install, &message) {
+                    (Install::Handler(h), WampMessage::Registered { registration, .. }) => {
+                        state.handlers.insert(*registration, h);
+                    }
+                    (Install::Events(e), WampMessage::Subscribed { subscription, .. }) => {
+                        state.subscriptions.insert(*subscription, e);
+                    }
+                    _ => {}
+                }
                 let _ = tx.send(message);
             }
         }

@@ -14,10 +14,11 @@ use std::collections::HashMap;
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use indexmap::IndexMap;
 
 use super::request::{bool_option, match_option, Refusal};
 use super::session::{random_id, SessionId, SessionInfo, Sessions};
-use super::uri::{check, reason, Match, PatternMap};
+use super::uri::{check, reason, wildcard_matches, Match, PatternMap};
 use crate::wamp::serializer::Serializer;
 use crate::wamp::{code, Dict, Id, Payload, Value, WampMessage};
 
@@ -172,14 +173,68 @@ impl Audience {
     }
 }
 
+/// The last event published with `retain` on a topic.
+#[derive(Debug, Clone)]
+struct Retained {
+    publication: Id,
+    disclose: Option<Publisher>,
+    audience: Audience,
+    options: Dict,
+    payload: Payload,
+}
+
+/// The details of an EVENT: the topic for a pattern subscription, the publisher when
+/// disclosed, the payload passthrough keys.
+fn event_details(policy: Match, topic: &str, disclose: Option<&Publisher>, options: &Dict) -> Dict {
+    let mut details = Dict::new();
+    if policy != Match::Exact {
+        details.insert("topic".into(), Value::String(topic.to_owned()));
+    }
+    if let Some(p) = disclose {
+        details.insert("publisher".into(), Value::Integer(p.session as i64));
+        details.insert("publisher_authid".into(), Value::String(p.authid.clone()));
+        details.insert(
+            "publisher_authrole".into(),
+            Value::String(p.authrole.clone()),
+        );
+    }
+    details.extend(passthrough(options));
+    details
+}
+
+/// The options of a publication its events carry as details (payload passthrough mode).
+fn passthrough(options: &Dict) -> Dict {
+    ["enc_algo", "enc_key", "enc_serializer"]
+        .into_iter()
+        .filter_map(|key| Some((key.to_owned(), options.get(key)?.clone())))
+        .collect()
+}
+
 /// The broker of one realm on this node.
 #[derive(Debug, Default)]
 pub struct Broker {
     topics: PatternMap<SubscriptionId>,
     subscriptions: HashMap<SubscriptionId, Subscription>,
+    /// Retained events by topic, oldest first; at most `max_retained`.
+    retained: IndexMap<String, Retained>,
+    max_retained: usize,
 }
 
 impl Broker {
+    /// A broker that retains at most `max_retained` events (one per topic, the oldest topic's
+    /// goes first).
+    pub fn new(max_retained: usize) -> Broker {
+        Broker {
+            max_retained,
+            ..Broker::default()
+        }
+    }
+
+    /// How many events are retained.
+    pub fn retained_count(&self) -> usize {
+        self.retained.len()
+    }
+
     /// The subscription with this id.
     pub fn subscription(&self, id: SubscriptionId) -> Option<&Subscription> {
         self.subscriptions.get(&id)
@@ -305,7 +360,7 @@ impl Broker {
     /// PUBLISH from `publisher`: checks it and delivers it to this node's subscribers;
     /// returns the publication id.
     pub fn publish(
-        &self,
+        &mut self,
         sessions: &Sessions,
         publisher: &SessionInfo,
         options: &Dict,
@@ -320,6 +375,7 @@ impl Broker {
         }
         let audience = Audience::from_options(options, publisher.id)?;
         let disclose = bool_option(options, "disclose_me")?.then(|| Publisher::of(publisher));
+        let retain = bool_option(options, "retain")?;
         let publication = random_id();
         self.deliver(
             sessions,
@@ -330,7 +386,64 @@ impl Broker {
             topic,
             payload,
         );
+        if retain && self.max_retained > 0 {
+            self.retained.shift_remove(topic);
+            if self.retained.len() >= self.max_retained {
+                self.retained.shift_remove_index(0);
+            }
+            self.retained.insert(
+                topic.to_owned(),
+                Retained {
+                    publication,
+                    disclose,
+                    audience,
+                    options: passthrough(options),
+                    payload: payload.clone(),
+                },
+            );
+        }
         Ok(publication)
+    }
+
+    /// Sends `session` the retained events its new subscription matches (SUBSCRIBE with
+    /// `get_retained`), each with `details.retained`.
+    pub fn send_retained(
+        &self,
+        sessions: &Sessions,
+        session: SessionId,
+        subscription: SubscriptionId,
+    ) {
+        let (Some(sub), Some(joined)) =
+            (self.subscriptions.get(&subscription), sessions.get(session))
+        else {
+            return;
+        };
+        for (topic, retained) in &self.retained {
+            let matches = match sub.policy {
+                Match::Exact => *topic == sub.uri,
+                Match::Prefix => topic.starts_with(&sub.uri),
+                Match::Wildcard => wildcard_matches(&sub.uri, topic),
+            };
+            if !matches || !retained.audience.admits(&joined.info) {
+                continue;
+            }
+            let mut details = event_details(
+                sub.policy,
+                topic,
+                retained.disclose.as_ref(),
+                &retained.options,
+            );
+            details.insert("retained".into(), Value::Bool(true));
+            sessions.send_to(
+                joined,
+                &WampMessage::Event {
+                    subscription,
+                    publication: retained.publication,
+                    details,
+                    payload: retained.payload.clone(),
+                },
+            );
+        }
     }
 
     /// Sends the EVENTs of a publication to this node's subscribers; returns how many.
@@ -350,23 +463,7 @@ impl Broker {
             let Some(subscription) = self.subscriptions.get(id) else {
                 continue;
             };
-            let mut details = Dict::new();
-            if policy != Match::Exact {
-                details.insert("topic".into(), Value::String(topic.to_owned()));
-            }
-            if let Some(p) = disclose {
-                details.insert("publisher".into(), Value::Integer(p.session as i64));
-                details.insert("publisher_authid".into(), Value::String(p.authid.clone()));
-                details.insert(
-                    "publisher_authrole".into(),
-                    Value::String(p.authrole.clone()),
-                );
-            }
-            for key in ["enc_algo", "enc_key", "enc_serializer"] {
-                if let Some(value) = options.get(key) {
-                    details.insert(key.into(), value.clone());
-                }
-            }
+            let details = event_details(policy, topic, disclose, options);
             let event = WampMessage::Event {
                 subscription: subscription.id,
                 publication,

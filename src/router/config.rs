@@ -47,6 +47,10 @@ crate::settings! {
         /// Connections open at once, sessions and handshakes together, 1 to 1,000,000; one
         /// more is closed at once (counted).
         pub max_connections: usize = 100_000,
+        /// Events kept per realm for subscribers that ask for them (PUBLISH with `retain`,
+        /// SUBSCRIBE with `get_retained`): the last one per topic, at most this many topics
+        /// (the oldest topic's goes first); 0 to 1,000,000, 0 retains nothing.
+        pub max_retained_events: usize = 10_000,
         /// The realms, each with its roles and users (file only).
         pub realms: Vec<RealmConfig> = Vec::new(),
     }
@@ -173,6 +177,12 @@ impl Section for RouterConfig {
             4 << 30,
         )?;
         count("max_connections", self.max_connections, 1, 1_000_000)?;
+        count(
+            "max_retained_events",
+            self.max_retained_events,
+            0,
+            1_000_000,
+        )?;
         let mut names = std::collections::HashSet::new();
         for (i, realm) in self.realms.iter().enumerate() {
             let key = |field: &str| format!("realms[{i}].{field}");

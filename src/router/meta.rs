@@ -128,12 +128,20 @@ fn one(v: Value) -> Payload {
 /// Answers a call of a meta procedure by `caller`; `None` when the router has no such
 /// procedure.
 pub fn call(
-    state: &RealmState,
+    state: &mut RealmState,
     caller: &SessionInfo,
     procedure: &str,
     payload: &Payload,
 ) -> Option<Result<(Payload, Effect), Refusal>> {
     let none = |p: Payload| Ok((p, Effect::None));
+    match procedure {
+        "wamp.session.add_testament" => return Some(add_testament(state, caller, payload)),
+        "wamp.session.flush_testaments" => {
+            let n = state.testaments.remove(&caller.id).map_or(0, |t| t.len());
+            return Some(none(one(id(n as u64))));
+        }
+        _ => {}
+    }
     let sessions = &state.sessions;
     let dealer = &state.dealer;
     let broker = &state.broker;
@@ -290,6 +298,78 @@ pub fn call(
         _ => return None,
     };
     Some(answer)
+}
+
+/// `wamp.session.add_testament(topic, args, kwargs)` with keyword arguments
+/// `publish_options` and `scope` (`destroyed` or `detached`: sessions here do not resume, so
+/// both are published when the session ends, however it ends).
+fn add_testament(
+    state: &mut RealmState,
+    caller: &SessionInfo,
+    payload: &Payload,
+) -> Result<(Payload, Effect), Refusal> {
+    let topic = arg_str(payload, 0, "topic")?.to_owned();
+    if !super::uri::check(&topic, Match::Exact) {
+        return Err(Refusal::new(
+            reason::INVALID_URI,
+            format!("{topic:?} is not a valid topic URI"),
+        ));
+    }
+    let list = |v: Option<&Value>| match v {
+        Some(Value::List(l)) => Ok(l.clone()),
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(_) => Err(Refusal::new(
+            reason::INVALID_ARGUMENT,
+            "argument 1 must be a list",
+        )),
+    };
+    let arguments = list(args(payload).get(1))?;
+    let keywords = match args(payload).get(2) {
+        Some(Value::Dict(d)) => d.clone(),
+        None | Some(Value::Null) => Dict::new(),
+        Some(_) => {
+            return Err(Refusal::new(
+                reason::INVALID_ARGUMENT,
+                "argument 2 must be a dict",
+            ))
+        }
+    };
+    let kw = kwargs(payload);
+    let options = match kw.and_then(|k| k.get("publish_options")) {
+        Some(Value::Dict(d)) => d.clone(),
+        None => Dict::new(),
+        Some(_) => {
+            return Err(Refusal::new(
+                reason::INVALID_ARGUMENT,
+                "publish_options must be a dict",
+            ))
+        }
+    };
+    match kw.and_then(|k| k.get("scope")) {
+        None | Some(Value::String(_)) => {}
+        Some(_) => {
+            return Err(Refusal::new(
+                reason::INVALID_ARGUMENT,
+                "scope must be destroyed or detached",
+            ))
+        }
+    }
+    let testaments = state.testaments.entry(caller.id).or_default();
+    if testaments.len() >= super::state::MAX_TESTAMENTS_PER_SESSION {
+        return Err(Refusal::new(
+            reason::INVALID_ARGUMENT,
+            format!(
+                "a session may leave at most {} testaments",
+                super::state::MAX_TESTAMENTS_PER_SESSION
+            ),
+        ));
+    }
+    testaments.push(super::state::Testament {
+        topic,
+        options,
+        payload: Payload::ArgsKw(arguments, keywords),
+    });
+    Ok((Payload::Empty, Effect::None))
 }
 
 fn kill_reason(payload: &Payload) -> (String, String) {

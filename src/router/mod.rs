@@ -131,7 +131,8 @@ impl Router {
         let mut map = HashMap::new();
         for (i, realm) in config.effective_realms().iter().enumerate() {
             let key = format!("router.realms[{i}]");
-            map.insert(realm.name.clone(), Arc::new(Realm::new(realm, &key, node)?));
+            let realm_state = Realm::new(realm, &key, node, config.max_retained_events)?;
+            map.insert(realm.name.clone(), Arc::new(realm_state));
         }
         let realms = Arc::new(Realms {
             node: node.to_owned(),

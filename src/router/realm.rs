@@ -31,6 +31,19 @@ pub fn remove(state: &mut RealmState, session: SessionId) {
     let Some(joined) = state.sessions.get(session).cloned() else {
         return;
     };
+    // Its testaments go out as its own publications, before it leaves the tables.
+    for testament in state.testaments.remove(&session).unwrap_or_default() {
+        let RealmState {
+            sessions, broker, ..
+        } = &mut *state;
+        let _ = broker.publish(
+            sessions,
+            &joined.info,
+            &testament.options,
+            &testament.topic,
+            &testament.payload,
+        );
+    }
     let registrations = state.dealer.session_left(&state.sessions, session);
     let subscriptions = state.broker.session_left(session);
     state.sessions.remove(session);
@@ -80,7 +93,12 @@ pub struct Realm {
 
 impl Realm {
     /// The realm of a configuration; `key` names it in errors (`router.realms[0]`).
-    pub fn new(config: &RealmConfig, key: &str, node: &str) -> Result<Realm, ConfigError> {
+    pub fn new(
+        config: &RealmConfig,
+        key: &str,
+        node: &str,
+        max_retained: usize,
+    ) -> Result<Realm, ConfigError> {
         let metrics = Arc::new(RealmMetrics::new(node, &config.name));
         Ok(Realm {
             name: config.name.clone(),
@@ -89,7 +107,8 @@ impl Realm {
             state: Mutex::new(RealmState {
                 sessions: Sessions::new(metrics),
                 dealer: Dealer::default(),
-                broker: Broker::default(),
+                broker: Broker::new(max_retained),
+                testaments: Default::default(),
             }),
             deadlines: Notify::new(),
         })
@@ -154,6 +173,7 @@ impl Realm {
             sessions,
             dealer,
             broker,
+            ..
         } = state;
         let refuse = |sessions: &Sessions, request_type: u64, request, refusal: Refusal| {
             sessions.send(session.id, &refusal.to_error(request_type, request));
@@ -273,6 +293,9 @@ impl Realm {
                                 subscription,
                             },
                         );
+                        if matches!(options.get("get_retained"), Some(Value::Bool(true))) {
+                            broker.send_retained(sessions, session.id, subscription);
+                        }
                         meta::subscription_events(state, &changes);
                     }
                     Err(refusal) => refuse(sessions, code::SUBSCRIBE, request, refusal),
@@ -428,6 +451,10 @@ impl Realm {
                 "publisher_exclusion",
                 "subscriber_blackwhite_listing",
                 "pattern_based_subscription",
+                "event_retention",
+                "session_meta_api",
+                "subscription_meta_api",
+                "testament_meta_api",
                 "payload_passthru_mode",
             ]),
         );
@@ -440,6 +467,9 @@ impl Realm {
                 "call_timeout",
                 "pattern_based_registration",
                 "shared_registration",
+                "session_meta_api",
+                "registration_meta_api",
+                "testament_meta_api",
                 "payload_passthru_mode",
             ]),
         );

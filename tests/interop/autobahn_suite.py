@@ -303,6 +303,20 @@ async def publisher_identification_names_the_publisher(args):
     sub.leave(); pub.leave()
 
 
+async def a_retained_event_reaches_a_later_subscriber(args):
+    pub = await connect(args)
+    await pub.publish("com.interop.retained", "first", options=PublishOptions(retain=True, acknowledge=True))
+    await pub.publish("com.interop.retained", "last", options=PublishOptions(retain=True, acknowledge=True))
+    sub = await connect(args)
+    got = []
+    await sub.subscribe(lambda v, details: got.append((v, details.retained)), "com.interop.retained",
+                        SubscribeOptions(get_retained=True, details_arg="details"))
+    await wait_for(lambda: got, "the retained event")
+    await asyncio.sleep(0.1)
+    expect(got == [("last", True)], f"retained {got}")
+    sub.leave(); pub.leave()
+
+
 # ---- Authentication and authorization -------------------------------------------------------
 
 def read(args, name):
@@ -423,6 +437,7 @@ CHECKS = [
     exclusion_and_eligibility_pick_the_receivers,
     pattern_subscriptions_get_the_topic,
     publisher_identification_names_the_publisher,
+    a_retained_event_reaches_a_later_subscriber,
     every_auth_method_admits_good_credentials_only,
     roles_refuse_what_they_do_not_allow,
     meta_procedures_and_events_answer,
