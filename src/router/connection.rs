@@ -321,3 +321,154 @@ impl Drop for Connection {
         self.leave();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::router::config::RouterConfig;
+    use crate::router::session::{OutboxReader, Outgoing};
+    use crate::wamp::json;
+
+    fn realms() -> Arc<Realms> {
+        let config = RouterConfig::default().effective_realms().remove(0);
+        let realm = Realm::new(&config, "router.realms[0]", "n", 10).unwrap();
+        Arc::new(Realms {
+            node: "n".into(),
+            map: [("realm1".to_owned(), Arc::new(realm))]
+                .into_iter()
+                .collect(),
+            max_message_bytes: 1024,
+        })
+    }
+
+    fn connection(realms: &Arc<Realms>) -> (Connection, OutboxReader) {
+        let (outbox, reader) = Outbox::new(Serializer::Json, 64, 1 << 20, CancellationToken::new());
+        let peer = ([127, 0, 0, 1], 1).into();
+        (
+            Connection::new(realms.clone(), outbox, TransportKind::WebSocket, peer),
+            reader,
+        )
+    }
+
+    /// What the connection sent, as JSON texts, and whether it asked to close.
+    fn sent(reader: &mut OutboxReader) -> (Vec<String>, bool) {
+        let mut texts = Vec::new();
+        let mut close = false;
+        while let Ok(item) = reader.rx.try_recv() {
+            match item {
+                Outgoing::Message(b) => texts.push(String::from_utf8(b.to_vec()).unwrap()),
+                Outgoing::Close => close = true,
+                _ => {}
+            }
+        }
+        (texts, close)
+    }
+
+    const HELLO: &str = r#"[1,"realm1",{"roles":{"caller":{}}}]"#;
+
+    #[test]
+    fn hello_opens_a_session_and_goodbye_closes_it() {
+        let realms = realms();
+        let (mut c, mut out) = connection(&realms);
+        assert_eq!(c.on_bytes(HELLO.as_bytes()), Flow::Continue);
+        let (texts, close) = sent(&mut out);
+        assert!(texts[0].starts_with("[2,") && texts[0].contains("\"authrole\":\"anonymous\""));
+        assert!(!close);
+        let id = c.joined().unwrap().id;
+        assert!(realms.map["realm1"].lock().sessions.contains(id));
+        assert_eq!(
+            c.on_bytes(br#"[6,{},"wamp.close.close_realm"]"#),
+            Flow::Close
+        );
+        let (texts, close) = sent(&mut out);
+        assert_eq!(texts, [r#"[6,{},"wamp.close.goodbye_and_out"]"#]);
+        assert!(close);
+        assert!(
+            !realms.map["realm1"].lock().sessions.contains(id),
+            "left the realm"
+        );
+    }
+
+    #[test]
+    fn every_message_out_of_turn_ends_the_session_with_a_protocol_violation() {
+        let realms = realms();
+        let cases: &[&[&str]] = &[
+            &[r#"[48,1,{},"a.b"]"#],
+            &[HELLO, HELLO],
+            &[HELLO, r#"[65,1,2]"#],
+            &[HELLO, r#"[5,"sig",{}]"#],
+            &[r#"[5,"sig",{}]"#],
+            &["[1]"],
+            &["{}"],
+            &["\u{0}garbage"],
+        ];
+        for messages in cases {
+            let (mut c, mut out) = connection(&realms);
+            let mut flow = Flow::Continue;
+            for m in *messages {
+                flow = c.on_bytes(m.as_bytes());
+            }
+            let (texts, close) = sent(&mut out);
+            assert_eq!(flow, Flow::Close, "{messages:?}");
+            assert!(close, "{messages:?}");
+            let last = texts.last().unwrap();
+            assert!(
+                last.starts_with(r#"[3,{"message":"#)
+                    && last.ends_with(r#""wamp.error.protocol_violation"]"#),
+                "{messages:?}: {last}"
+            );
+            assert_eq!(
+                realms.map["realm1"].lock().sessions.len(),
+                0,
+                "{messages:?}"
+            );
+            // Nothing after the end is read.
+            assert_eq!(c.on_bytes(HELLO.as_bytes()), Flow::Close);
+        }
+    }
+
+    #[test]
+    fn a_message_over_the_limit_and_an_unknown_realm_are_aborted_with_their_reasons() {
+        let realms = realms();
+        let (mut c, mut out) = connection(&realms);
+        assert_eq!(c.on_bytes(&[b' '; 2000]), Flow::Close);
+        let (texts, _) = sent(&mut out);
+        assert!(
+            texts[0].contains("router.max_message_bytes (1024)"),
+            "{texts:?}"
+        );
+        let (mut c, mut out) = connection(&realms);
+        assert_eq!(
+            c.on_bytes(br#"[1,"nowhere",{"roles":{"caller":{}}}]"#),
+            Flow::Close
+        );
+        let (texts, _) = sent(&mut out);
+        let abort = json::decode(&texts[0]).unwrap();
+        assert!(
+            matches!(abort, WampMessage::Abort { ref reason, .. } if reason == "wamp.error.no_such_realm")
+        );
+    }
+
+    #[test]
+    fn an_abort_from_the_client_or_the_end_of_the_connection_leaves_the_realm() {
+        let realms = realms();
+        let (mut c, _out) = connection(&realms);
+        c.on_bytes(HELLO.as_bytes());
+        assert_eq!(
+            c.on_bytes(br#"[3,{},"wamp.close.system_shutdown"]"#),
+            Flow::Close
+        );
+        assert_eq!(realms.map["realm1"].lock().sessions.len(), 0);
+        let (mut c, _out) = connection(&realms);
+        c.on_bytes(HELLO.as_bytes());
+        assert_eq!(realms.map["realm1"].lock().sessions.len(), 1);
+        drop(c);
+        assert_eq!(
+            realms.map["realm1"].lock().sessions.len(),
+            0,
+            "dropped: left"
+        );
+    }
+}
