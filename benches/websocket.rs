@@ -5,7 +5,8 @@
 //! `cargo bench --bench websocket` (`-- --quick` for a short run). Prints, per server and
 //! message size: round trips one at a time (p50/p99), messages per second with 64 in flight,
 //! and the server thread's CPU time per message (the fair figure on a shared machine).
-//! Three rounds alternate the servers; each figure is the median with min–max.
+//! Three rounds alternate the servers; each figure is the median with min–max. Then WAMP call
+//! round trips through the router with the crate's client, per transport and serializer.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -235,4 +236,91 @@ fn main() {
             );
         }
     }
+    router_calls(quick);
+}
+
+/// WAMP calls through the router in this process, with the crate's client: one call in flight,
+/// caller and callee on one node, per transport and serializer. The baseline the router's own
+/// benchmarks build on.
+fn router_calls(quick: bool) {
+    use wamp_cluster::client::{Client, ClientOptions};
+    use wamp_cluster::router::config::RouterConfig;
+    use wamp_cluster::router::Router;
+    use wamp_cluster::wamp::serializer::Serializer;
+    use wamp_cluster::wamp::{Dict, Payload, Value};
+
+    let calls = if quick { 2_000 } else { 20_000 };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    println!();
+    println!(
+        "WAMP call round trip through the router (one process, one call in flight), {calls} calls"
+    );
+    println!(
+        "{:<10} {:<8} {:>12} {:>12} {:>12}",
+        "transport", "serial.", "p50 µs", "p99 µs", "calls/s"
+    );
+    rt.block_on(async move {
+        // The body runs as a task on the runtime's workers (see MEASURING.md).
+        tokio::spawn(async move {
+            let config = RouterConfig {
+                ws_addr: ([127, 0, 0, 1], 0).into(),
+                rawsocket_addr: Some(([127, 0, 0, 1], 0).into()),
+                ..RouterConfig::default()
+            };
+            let router = Router::start(config, "bench", &wamp_cluster::TlsConfig::default())
+                .await
+                .unwrap();
+            let urls = [
+                ("websocket", router.ws_url()),
+                (
+                    "rawsocket",
+                    format!("rs://{}", router.rawsocket_addr().unwrap()),
+                ),
+            ];
+            for (transport, url) in urls {
+                for serializer in [Serializer::Json, Serializer::Msgpack] {
+                    let options = ClientOptions::new("realm1").serializer(serializer);
+                    let callee = Client::connect(&url, options.clone()).await.unwrap();
+                    let procedure = format!("bench.echo.{transport}.{serializer}");
+                    callee
+                        .register(
+                            &procedure,
+                            Dict::new(),
+                            |inv| async move { Ok(inv.payload) },
+                        )
+                        .await
+                        .unwrap();
+                    let caller = Client::connect(&url, options).await.unwrap();
+                    let payload = Payload::Args(vec![Value::String("x".repeat(64))]);
+                    let mut latencies = Vec::with_capacity(calls);
+                    let started = Instant::now();
+                    for _ in 0..calls {
+                        let t = Instant::now();
+                        caller.call(&procedure, payload.clone()).await.unwrap();
+                        latencies.push(t.elapsed().as_secs_f64() * 1e6);
+                    }
+                    let per_second = calls as f64 / started.elapsed().as_secs_f64();
+                    latencies.sort_by(f64::total_cmp);
+                    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+                    println!(
+                        "{:<10} {:<8} {:>12.1} {:>12.1} {:>12.0}",
+                        transport,
+                        serializer.name(),
+                        at(0.5),
+                        at(0.99),
+                        per_second
+                    );
+                    caller.leave().await.unwrap();
+                    callee.leave().await.unwrap();
+                }
+            }
+            router.shutdown().await;
+        })
+        .await
+        .unwrap();
+    });
 }
