@@ -1363,6 +1363,25 @@ async fn the_meta_api_answers_publishes_its_events_and_kills_sessions() {
         wamp_error(err.unwrap_err()).uri,
         "wamp.error.no_such_session"
     );
+    // By authid and by authrole: the others go, the caller stays.
+    let a = join(&url, Serializer::Json).await;
+    let b = join(&url, Serializer::Cbor).await;
+    let authid = a.welcome().get("authid").cloned().unwrap();
+    assert_eq!(
+        call("wamp.session.kill_by_authid", vec![authid]).await,
+        Value::Integer(1)
+    );
+    assert!(tokio::time::timeout(Duration::from_secs(5), a.closed())
+        .await
+        .is_ok());
+    assert_eq!(
+        call("wamp.session.kill_by_authrole", vec![s("anonymous")]).await,
+        Value::Integer(1)
+    );
+    assert!(tokio::time::timeout(Duration::from_secs(5), b.closed())
+        .await
+        .is_ok());
+    assert_eq!(call("wamp.session.count", vec![]).await, Value::Integer(1));
     router.shutdown().await;
 }
 

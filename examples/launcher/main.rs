@@ -114,6 +114,37 @@ pub enum State {
     Degraded,
 }
 
+/// Checks with the crate's WAMP client that every router serves: on each, a session
+/// registers a procedure and another calls it.
+async fn check_routers(routers: &[SocketAddr]) -> anyhow::Result<()> {
+    use wamp_cluster::client::{Client, ClientOptions};
+    use wamp_cluster::wamp::{Dict, Payload, Value};
+    for ws in routers {
+        let url = format!("ws://{ws}/ws");
+        let options = ClientOptions::new("realm1").timeout(Duration::from_secs(5));
+        let callee = Client::connect(&url, options.clone())
+            .await
+            .with_context(|| format!("the router at {url}"))?;
+        callee
+            .register("launcher.ping", Dict::new(), |_| async {
+                Ok(Payload::Args(vec![Value::String("pong".into())]))
+            })
+            .await
+            .with_context(|| format!("registering at {url}"))?;
+        let caller = Client::connect(&url, options).await?;
+        let answer = caller
+            .call("launcher.ping", Payload::Empty)
+            .await
+            .with_context(|| format!("calling at {url}"))?;
+        if answer.payload != Payload::Args(vec![Value::String("pong".into())]) {
+            bail!("the router at {url} answered {:?}", answer.payload);
+        }
+        caller.leave().await?;
+        callee.leave().await?;
+    }
+    Ok(())
+}
+
 /// One process start of a node.
 #[derive(Debug, Clone, Serialize)]
 pub struct Run {
@@ -452,6 +483,13 @@ async fn drive(
             );
         }
     }
+    let routers: Vec<SocketAddr> = launcher
+        .slots
+        .iter()
+        .filter_map(|s| s.runs.last().map(|r| r.ws))
+        .collect();
+    check_routers(&routers).await?;
+    println!("every node's router answered a WAMP call (register, call, leave)");
 
     let duration_ms = duration.map(|d| d * 1000);
     let chaos_start = Instant::now();
