@@ -39,7 +39,7 @@
 //! (`tests/layout.rs` checks that no file imports another that imports it back).
 //!
 //! - `node_id`, `peer_id` ([`NodeId`], [`PeerId`]) and [`wamp`] (WAMP messages, values, their
-//!   JSON form): the names and messages everything else speaks of.
+//!   JSON, msgpack and CBOR forms): the names and messages everything else speaks of.
 //! - `delivery`: what crosses to a handler on another node: [`Delivery`], [`Verdict`],
 //!   [`NackReason`], and the [`Deliver`] trait a router implements. `error`: one error enum per
 //!   layer.
@@ -61,6 +61,9 @@
 //!   `queue`, `stats`, `stream`, and the [`Dispatcher`] worker pool.
 //! - `admin`: the HTTP admin API. `node`: [`Node::builder`] starts everything from one
 //!   [`Config`]; [`NodeHandle`] and its `stop` task stop it, once.
+//! - [`router`]: the WAMP router every node program runs, an embedder of this crate that uses
+//!   only what it makes public (sessions, realms, dealer, broker, meta API, WebSocket and
+//!   RawSocket). [`client`]: an async WAMP client.
 //! - `testkit` (feature `testkit`): clusters in one process, a relay that cuts connections,
 //!   test traffic and its invariants, charts, certificates.
 //!

@@ -503,7 +503,10 @@ impl Dealer {
             },
         );
         self.by_caller.insert((caller.id, request), key);
-        sessions.metrics().calls_in_flight.increment(1.0);
+        sessions
+            .metrics()
+            .calls_in_flight
+            .set(self.calls.len() as f64);
         if !sessions.send(callee, &message) {
             // The callee was just closed for not reading: the call ends here.
             self.fail(sessions, key, reason::CANCELED, "the callee is gone");
@@ -531,7 +534,7 @@ impl Dealer {
             self.deadlines.remove(&(deadline, key));
         }
         let metrics = sessions.metrics();
-        metrics.calls_in_flight.decrement(1.0);
+        metrics.calls_in_flight.set(self.calls.len() as f64);
         metrics
             .call_latency
             .record(call.started.elapsed().as_secs_f64());

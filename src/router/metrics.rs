@@ -20,6 +20,30 @@ pub const SLOW_CONSUMERS: &str = "wamp_cluster_router_slow_consumer_disconnects_
 /// `authentication_failed`).
 pub const CONNECTIONS_REFUSED: &str = "wamp_cluster_router_connections_refused_total";
 
+/// Registers the router's metric descriptions with the installed recorder.
+pub fn describe() {
+    metrics::describe_gauge!(SESSIONS, "Sessions joined, per realm.");
+    metrics::describe_counter!(MESSAGES_IN, "Messages received from clients, by type.");
+    metrics::describe_counter!(MESSAGES_OUT, "Messages sent to clients, by type.");
+    metrics::describe_gauge!(CALLS_IN_FLIGHT, "Calls in flight, per realm.");
+    metrics::describe_histogram!(
+        CALL_LATENCY,
+        "Seconds from a CALL to the RESULT or ERROR that ends it."
+    );
+    metrics::describe_counter!(
+        ERRORS,
+        "ERRORs sent to clients, by URI (wamp.error.* by name, others as application)."
+    );
+    metrics::describe_counter!(
+        SLOW_CONSUMERS,
+        "Sessions closed because their client did not read what it was sent."
+    );
+    metrics::describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Client connections closed before or instead of a session, by reason."
+    );
+}
+
 /// The `uri` label of an error: `wamp.error.*` URIs by name, all others `application`.
 pub fn error_label(uri: &str) -> String {
     if uri.starts_with("wamp.error.") {

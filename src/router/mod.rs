@@ -118,6 +118,7 @@ impl Router {
         tls: &TlsConfig,
     ) -> Result<Router, RouterError> {
         config.validate()?;
+        metrics::describe();
         let acceptor = if config.tls {
             Some(crate::client_acceptor(tls)?.ok_or_else(|| {
                 ConfigError::invalid(

@@ -47,7 +47,11 @@ pub fn remove(state: &mut RealmState, session: SessionId) {
     let registrations = state.dealer.session_left(&state.sessions, session);
     let subscriptions = state.broker.session_left(session);
     state.sessions.remove(session);
-    state.sessions.metrics().sessions.decrement(1.0);
+    state
+        .sessions
+        .metrics()
+        .sessions
+        .set(state.sessions.len() as f64);
     meta::registration_events(state, &registrations);
     meta::subscription_events(state, &subscriptions);
     let info = &joined.info;
@@ -135,7 +139,11 @@ impl Realm {
         let mut state = self.lock();
         let details = meta::session_details(&joined.info);
         state.sessions.insert(joined);
-        state.sessions.metrics().sessions.increment(1.0);
+        state
+            .sessions
+            .metrics()
+            .sessions
+            .set(state.sessions.len() as f64);
         meta::publish(&state, "wamp.session.on_join", vec![Value::Dict(details)]);
     }
 
@@ -418,6 +426,11 @@ impl Realm {
                 let RealmState {
                     sessions, dealer, ..
                 } = &mut *state;
+                // The gauges are set at least once a second, so that an idle realm's series
+                // stay (the exporter drops series not updated for a while).
+                let metrics = sessions.metrics();
+                metrics.sessions.set(sessions.len() as f64);
+                metrics.calls_in_flight.set(dealer.calls_in_flight() as f64);
                 dealer.expire(sessions, Instant::now())
             };
             let sleep = match next {
