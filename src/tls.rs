@@ -50,6 +50,15 @@ fn certificates(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, 
     Ok(certs)
 }
 
+fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, ConfigError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|err| {
+        ConfigError::invalid(
+            "tls.key_file",
+            format!("cannot read a private key from {}: {err}", path.display()),
+        )
+    })
+}
+
 impl Tls {
     /// Reads the files of a validated `config` (the node does, as it starts); `None` when
     /// TLS is not configured. Every error names the key whose file is wrong.
@@ -60,15 +69,7 @@ impl Tls {
             return Ok(None);
         };
         let chain = certificates("tls.cert_file", cert_file)?;
-        let key = PrivateKeyDer::from_pem_file(key_file).map_err(|err| {
-            ConfigError::invalid(
-                "tls.key_file",
-                format!(
-                    "cannot read a private key from {}: {err}",
-                    key_file.display()
-                ),
-            )
-        })?;
+        let key = private_key(key_file)?;
         let mut roots = RootCertStore::empty();
         for ca in certificates("tls.ca_file", ca_file)? {
             roots.add(ca).map_err(|err| {
@@ -122,15 +123,7 @@ pub fn client_acceptor(config: &TlsConfig) -> Result<Option<TlsAcceptor>, Config
         return Ok(None);
     };
     let chain = certificates("tls.cert_file", cert_file)?;
-    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|err| {
-        ConfigError::invalid(
-            "tls.key_file",
-            format!(
-                "cannot read a private key from {}: {err}",
-                key_file.display()
-            ),
-        )
-    })?;
+    let key = private_key(key_file)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let server = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

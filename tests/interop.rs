@@ -268,25 +268,32 @@ fn script(command: &mut Command, node: &Node) -> String {
     out
 }
 
+/// Runs a suite once per serializer against one node: each run passes `checks` checks.
+fn suite(node: &Node, checks: usize, command: impl Fn() -> Command) {
+    for serializer in ["json", "msgpack", "cbor"] {
+        let out = script(
+            command()
+                .args(["--ws", &node.ws_url(), "--rs", &node.rs.to_string()])
+                .args(["--serializer", serializer])
+                .arg("--secrets")
+                .arg(node.dir.path()),
+            node,
+        );
+        let passed = out.lines().filter(|l| l.starts_with("ok ")).count();
+        assert_eq!(passed, checks, "{serializer}: every check ran:\n{out}");
+    }
+}
+
 /// autobahn-python, every check of its suite, over each serializer.
 #[test]
 fn autobahn_python_passes_the_full_suite_with_each_serializer() {
     let python = python();
     let node = Node::start();
-    for serializer in ["json", "msgpack", "cbor"] {
-        let out = script(
-            Command::new(&python)
-                .arg(SUITE_PY)
-                .arg("suite")
-                .args(["--ws", &node.ws_url(), "--rs", &node.rs.to_string()])
-                .args(["--serializer", serializer])
-                .arg("--secrets")
-                .arg(node.dir.path()),
-            &node,
-        );
-        let passed = out.lines().filter(|l| l.starts_with("ok ")).count();
-        assert_eq!(passed, 15, "{serializer}: every check ran:\n{out}");
-    }
+    suite(&node, 15, || {
+        let mut command = Command::new(&python);
+        command.arg(SUITE_PY).arg("suite");
+        command
+    });
 }
 
 /// autobahn-js, its smaller suite, over each serializer.
@@ -294,20 +301,11 @@ fn autobahn_python_passes_the_full_suite_with_each_serializer() {
 fn autobahn_js_passes_its_suite_with_each_serializer() {
     let modules = node_modules();
     let node = Node::start();
-    for serializer in ["json", "msgpack", "cbor"] {
-        let out = script(
-            Command::new("node")
-                .arg(SUITE_JS)
-                .env("NODE_PATH", &modules)
-                .args(["--ws", &node.ws_url(), "--rs", &node.rs.to_string()])
-                .args(["--serializer", serializer])
-                .arg("--secrets")
-                .arg(node.dir.path()),
-            &node,
-        );
-        let passed = out.lines().filter(|l| l.starts_with("ok ")).count();
-        assert_eq!(passed, 5, "{serializer}: every check ran:\n{out}");
-    }
+    suite(&node, 5, || {
+        let mut command = Command::new("node");
+        command.arg(SUITE_JS).env("NODE_PATH", &modules);
+        command
+    });
 }
 
 fn s(text: &str) -> Value {

@@ -882,15 +882,7 @@ impl Client {
 }
 
 fn hello(options: &ClientOptions) -> WampMessage {
-    let role = |features: &[&str]| {
-        let mut f = Dict::new();
-        for name in features {
-            f.insert((*name).into(), Value::Bool(true));
-        }
-        let mut role = Dict::new();
-        role.insert("features".into(), Value::Dict(f));
-        Value::Dict(role)
-    };
+    let role = crate::wamp::role;
     let mut roles = Dict::new();
     roles.insert(
         "caller".into(),

@@ -18,7 +18,9 @@ use indexmap::IndexMap;
 
 use super::request::{bool_option, match_option, Refusal};
 use super::session::{random_id, SessionId, SessionInfo, Sessions};
-use super::uri::{check, reason, wildcard_matches, Match, PatternMap};
+use super::uri::{
+    check, reason, wildcard_matches, Change as SubscriptionChange, Match, PatternMap,
+};
 use crate::wamp::serializer::Serializer;
 use crate::wamp::{code, Dict, Id, Payload, Value, WampMessage};
 
@@ -38,19 +40,6 @@ pub struct Subscription {
     pub created: SystemTime,
     /// Its subscribers on this node, in the order they subscribed.
     pub subscribers: Vec<SessionId>,
-}
-
-/// A change of the subscriptions, for the meta events.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SubscriptionChange {
-    /// A subscription was created by this session.
-    Created(SessionId, SubscriptionId),
-    /// A session subscribed.
-    Subscribed(SessionId, SubscriptionId),
-    /// A session unsubscribed.
-    Unsubscribed(SessionId, SubscriptionId),
-    /// A subscription lost its last subscriber (this session) and is gone.
-    Deleted(SessionId, SubscriptionId),
 }
 
 /// Who published, as the events disclose it.
@@ -281,7 +270,7 @@ impl Broker {
                 return Ok((id, Vec::new()));
             }
             subscription.subscribers.push(session);
-            return Ok((id, vec![SubscriptionChange::Subscribed(session, id)]));
+            return Ok((id, vec![SubscriptionChange::Added(session, id)]));
         }
         let mut id = random_id();
         while self.subscriptions.contains_key(&id) {
@@ -302,7 +291,7 @@ impl Broker {
             id,
             vec![
                 SubscriptionChange::Created(session, id),
-                SubscriptionChange::Subscribed(session, id),
+                SubscriptionChange::Added(session, id),
             ],
         ))
     }
@@ -331,7 +320,7 @@ impl Broker {
         session: SessionId,
         id: SubscriptionId,
     ) -> Vec<SubscriptionChange> {
-        let mut changes = vec![SubscriptionChange::Unsubscribed(session, id)];
+        let mut changes = vec![SubscriptionChange::Removed(session, id)];
         if let Some(s) = self.subscriptions.get_mut(&id) {
             s.subscribers.retain(|&x| x != session);
             if s.subscribers.is_empty() {

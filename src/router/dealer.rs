@@ -17,7 +17,7 @@ use std::time::{Instant, SystemTime};
 
 use super::request::{bool_option, match_option, string_option, Refusal};
 use super::session::{random_id, SessionId, SessionInfo, Sessions};
-use super::uri::{check, reason, Match, PatternMap};
+use super::uri::{check, reason, Change as RegistrationChange, Match, PatternMap};
 use crate::wamp::{code, Dict, Id, Payload, Value, WampMessage};
 
 /// A registration id.
@@ -200,19 +200,6 @@ pub struct Dealer {
     deadlines: BTreeSet<(Instant, CallKey)>,
 }
 
-/// A change of the registrations, for the meta events.
-#[derive(Debug, Clone, PartialEq)]
-pub enum RegistrationChange {
-    /// A registration was created by this session (its first callee).
-    Created(SessionId, RegistrationId),
-    /// A session became a callee of the registration.
-    Registered(SessionId, RegistrationId),
-    /// A session stopped being a callee.
-    Unregistered(SessionId, RegistrationId),
-    /// A registration lost its last callee (this session) and is gone.
-    Deleted(SessionId, RegistrationId),
-}
-
 impl Dealer {
     /// The registration with this id.
     pub fn registration(&self, id: RegistrationId) -> Option<&Registration> {
@@ -299,7 +286,7 @@ impl Dealer {
             }
             registration.callees.push(callee_entry);
             registration.disclose_caller |= disclose_caller;
-            return Ok((id, vec![RegistrationChange::Registered(callee.id, id)]));
+            return Ok((id, vec![RegistrationChange::Added(callee.id, id)]));
         }
         let mut id = random_id();
         while self.registrations.contains_key(&id) {
@@ -323,7 +310,7 @@ impl Dealer {
             id,
             vec![
                 RegistrationChange::Created(callee.id, id),
-                RegistrationChange::Registered(callee.id, id),
+                RegistrationChange::Added(callee.id, id),
             ],
         ))
     }
@@ -356,7 +343,7 @@ impl Dealer {
         callee: SessionId,
         registration: RegistrationId,
     ) -> Vec<RegistrationChange> {
-        let mut changes = vec![RegistrationChange::Unregistered(callee, registration)];
+        let mut changes = vec![RegistrationChange::Removed(callee, registration)];
         if let Some(r) = self.registrations.get_mut(&registration) {
             r.callees.retain(|c| c.session != callee);
             if r.callees.is_empty() {

@@ -7,12 +7,12 @@
 //! `list_subscribers`, `count_subscribers`) and `wamp.session.count` become cluster-wide; the
 //! session answers (`list`, `get`, `kill*`) stay per node.
 
-use super::broker::{Audience, SubscriptionChange};
-use super::dealer::RegistrationChange;
+use super::broker::{Audience, Subscription};
+use super::dealer::Registration;
 use super::request::Refusal;
 use super::session::{random_id, timestamp, SessionId, SessionInfo};
 use super::state::RealmState;
-use super::uri::{reason, Match};
+use super::uri::{reason, Change, Match};
 use crate::wamp::{Dict, Payload, Value};
 
 /// What a meta procedure asks of the realm besides an answer.
@@ -231,15 +231,7 @@ pub fn call(
         }),
         "wamp.registration.get" => {
             arg_id(payload, 0, "registration").and_then(|rid| match dealer.registration(rid) {
-                Some(r) => {
-                    let mut d = Dict::new();
-                    d.insert("id".into(), id(r.id));
-                    d.insert("created".into(), s(&timestamp(r.created)));
-                    d.insert("uri".into(), s(&r.uri));
-                    d.insert("match".into(), s(r.policy.as_str()));
-                    d.insert("invoke".into(), s(r.invoke.as_str()));
-                    none(one(Value::Dict(d)))
-                }
+                Some(r) => none(one(Value::Dict(registration_details(r)))),
                 None => Err(no_registration(rid)),
             })
         }
@@ -273,14 +265,7 @@ pub fn call(
         }),
         "wamp.subscription.get" => {
             arg_id(payload, 0, "subscription").and_then(|sid| match broker.subscription(sid) {
-                Some(sub) => {
-                    let mut d = Dict::new();
-                    d.insert("id".into(), id(sub.id));
-                    d.insert("created".into(), s(&timestamp(sub.created)));
-                    d.insert("uri".into(), s(&sub.uri));
-                    d.insert("match".into(), s(sub.policy.as_str()));
-                    none(one(Value::Dict(d)))
-                }
+                Some(sub) => none(one(Value::Dict(subscription_details(sub)))),
                 None => Err(no_subscription(sid)),
             })
         }
@@ -415,78 +400,78 @@ pub fn publish(state: &RealmState, topic: &str, arguments: Vec<Value>) {
 }
 
 /// The meta events of registration changes.
-pub fn registration_events(state: &RealmState, changes: &[RegistrationChange]) {
-    for change in changes {
-        match *change {
-            RegistrationChange::Created(session, rid) => {
-                let Some(r) = state.dealer.registration(rid) else {
-                    continue;
-                };
-                let mut d = Dict::new();
-                d.insert("id".into(), id(r.id));
-                d.insert("created".into(), s(&timestamp(r.created)));
-                d.insert("uri".into(), s(&r.uri));
-                d.insert("match".into(), s(r.policy.as_str()));
-                d.insert("invoke".into(), s(r.invoke.as_str()));
-                publish(
-                    state,
-                    "wamp.registration.on_create",
-                    vec![id(session), Value::Dict(d)],
-                );
-            }
-            RegistrationChange::Registered(session, rid) => publish(
-                state,
-                "wamp.registration.on_register",
-                vec![id(session), id(rid)],
-            ),
-            RegistrationChange::Unregistered(session, rid) => publish(
-                state,
-                "wamp.registration.on_unregister",
-                vec![id(session), id(rid)],
-            ),
-            RegistrationChange::Deleted(session, rid) => publish(
-                state,
-                "wamp.registration.on_delete",
-                vec![id(session), id(rid)],
-            ),
-        }
-    }
+pub fn registration_events(state: &RealmState, changes: &[Change]) {
+    let details = |rid| state.dealer.registration(rid).map(registration_details);
+    table_events(
+        state,
+        "wamp.registration",
+        ["on_register", "on_unregister"],
+        changes,
+        details,
+    );
 }
 
 /// The meta events of subscription changes.
-pub fn subscription_events(state: &RealmState, changes: &[SubscriptionChange]) {
+pub fn subscription_events(state: &RealmState, changes: &[Change]) {
+    let details = |sid| state.broker.subscription(sid).map(subscription_details);
+    table_events(
+        state,
+        "wamp.subscription",
+        ["on_subscribe", "on_unsubscribe"],
+        changes,
+        details,
+    );
+}
+
+/// `<prefix>.on_create` (session, details), `.on_<added>`, `.on_<removed>`, `.on_delete`
+/// (session, id).
+fn table_events(
+    state: &RealmState,
+    prefix: &str,
+    [added, removed]: [&str; 2],
+    changes: &[Change],
+    details: impl Fn(u64) -> Option<Dict>,
+) {
     for change in changes {
-        match *change {
-            SubscriptionChange::Created(session, sid) => {
-                let Some(sub) = state.broker.subscription(sid) else {
-                    continue;
-                };
-                let mut d = Dict::new();
-                d.insert("id".into(), id(sub.id));
-                d.insert("created".into(), s(&timestamp(sub.created)));
-                d.insert("uri".into(), s(&sub.uri));
-                d.insert("match".into(), s(sub.policy.as_str()));
+        let (event, session, entry) = match *change {
+            Change::Created(session, entry) => {
+                let Some(d) = details(entry) else { continue };
                 publish(
                     state,
-                    "wamp.subscription.on_create",
+                    &format!("{prefix}.on_create"),
                     vec![id(session), Value::Dict(d)],
                 );
+                continue;
             }
-            SubscriptionChange::Subscribed(session, sid) => publish(
-                state,
-                "wamp.subscription.on_subscribe",
-                vec![id(session), id(sid)],
-            ),
-            SubscriptionChange::Unsubscribed(session, sid) => publish(
-                state,
-                "wamp.subscription.on_unsubscribe",
-                vec![id(session), id(sid)],
-            ),
-            SubscriptionChange::Deleted(session, sid) => publish(
-                state,
-                "wamp.subscription.on_delete",
-                vec![id(session), id(sid)],
-            ),
-        }
+            Change::Added(session, entry) => (added, session, entry),
+            Change::Removed(session, entry) => (removed, session, entry),
+            Change::Deleted(session, entry) => ("on_delete", session, entry),
+        };
+        publish(
+            state,
+            &format!("{prefix}.{event}"),
+            vec![id(session), id(entry)],
+        );
     }
+}
+
+/// A registration as `wamp.registration.get` and `on_create` show it.
+fn registration_details(r: &Registration) -> Dict {
+    let mut d = Dict::new();
+    d.insert("id".into(), id(r.id));
+    d.insert("created".into(), s(&timestamp(r.created)));
+    d.insert("uri".into(), s(&r.uri));
+    d.insert("match".into(), s(r.policy.as_str()));
+    d.insert("invoke".into(), s(r.invoke.as_str()));
+    d
+}
+
+/// A subscription as `wamp.subscription.get` and `on_create` show it.
+fn subscription_details(sub: &Subscription) -> Dict {
+    let mut d = Dict::new();
+    d.insert("id".into(), id(sub.id));
+    d.insert("created".into(), s(&timestamp(sub.created)));
+    d.insert("uri".into(), s(&sub.uri));
+    d.insert("match".into(), s(sub.policy.as_str()));
+    d
 }

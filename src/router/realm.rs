@@ -447,15 +447,7 @@ impl Realm {
 
     /// The WELCOME details' `roles` of the router: what it really does.
     pub fn router_roles() -> Dict {
-        let features = |names: &[&str]| {
-            let mut f = Dict::new();
-            for name in names {
-                f.insert((*name).into(), Value::Bool(true));
-            }
-            let mut role = Dict::new();
-            role.insert("features".into(), Value::Dict(f));
-            Value::Dict(role)
-        };
+        let features = crate::wamp::role;
         let mut roles = Dict::new();
         roles.insert(
             "broker".into(),

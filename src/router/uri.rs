@@ -288,6 +288,20 @@ fn components(uri: &str) -> usize {
     uri.bytes().filter(|&b| b == b'.').count() + 1
 }
 
+/// A change of a registration or subscription entry, for the meta events: the session that
+/// caused it and the entry's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// The entry was created (its first session).
+    Created(u64, u64),
+    /// A session was added to it (registered, subscribed).
+    Added(u64, u64),
+    /// A session was removed from it.
+    Removed(u64, u64),
+    /// Its last session was removed and the entry is gone.
+    Deleted(u64, u64),
+}
+
 /// The spec's error and close URIs the router sends.
 pub mod reason {
     #![allow(missing_docs)]

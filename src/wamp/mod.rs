@@ -284,6 +284,17 @@ impl WampMessage {
     }
 }
 
+/// A role's entry in the `roles` of HELLO or WELCOME: `{"features": {name: true, …}}`.
+pub fn role(features: &[&str]) -> Value {
+    let features: Dict = features
+        .iter()
+        .map(|name| ((*name).to_owned(), Value::Bool(true)))
+        .collect();
+    let mut role = Dict::new();
+    role.insert("features".into(), Value::Dict(features));
+    Value::Dict(role)
+}
+
 /// The name of a message type code, for the codes this crate models.
 pub fn name_of(code: u64) -> Option<&'static str> {
     Some(match code {

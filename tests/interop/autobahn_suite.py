@@ -97,6 +97,20 @@ async def wait_for(predicate, what, seconds=TIMEOUT):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def interruptible(interrupted):
+    """A procedure that takes 10 s unless interrupted, which it notes in `interrupted`."""
+
+    async def slow():
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            interrupted.append(True)
+            raise
+        return "late"
+
+    return slow
+
+
 # ---- RPC ------------------------------------------------------------------------------------
 
 async def call_with_args_and_kwargs(args):
@@ -156,16 +170,7 @@ async def progressive_results_arrive_in_order(args):
 async def call_timeout_ends_the_call_and_interrupts_the_callee(args):
     callee, caller = await connect(args), await connect(args)
     interrupted = []
-
-    async def slow():
-        try:
-            await asyncio.sleep(10)
-        except asyncio.CancelledError:
-            interrupted.append(True)
-            raise
-        return "late"
-
-    await callee.register(slow, "com.interop.slow")
+    await callee.register(interruptible(interrupted), "com.interop.slow")
     await expect_error(caller.call("com.interop.slow", options=CallOptions(timeout=300)),
                        "wamp.error.timeout")
     await wait_for(lambda: interrupted, "the callee's interrupt")
@@ -175,16 +180,7 @@ async def call_timeout_ends_the_call_and_interrupts_the_callee(args):
 async def cancel_interrupts_the_callee(args):
     callee, caller = await connect(args), await connect(args)
     interrupted = []
-
-    async def slow():
-        try:
-            await asyncio.sleep(10)
-        except asyncio.CancelledError:
-            interrupted.append(True)
-            raise
-        return "late"
-
-    await callee.register(slow, "com.interop.cancel")
+    await callee.register(interruptible(interrupted), "com.interop.cancel")
     call = asyncio.ensure_future(caller.call("com.interop.cancel"))
     await asyncio.sleep(0.2)
     call.cancel()
