@@ -7,12 +7,14 @@
 //! need `python3` (with `venv`) and `node`/`npm` on the machine, and a package registry to
 //! install from.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use wamp_cluster::client::{Client, ClientOptions, WampError};
 use wamp_cluster::testkit::{free_addr, Reaped};
@@ -216,14 +218,7 @@ pubkeys = ["{public}"]
                 .spawn()
                 .expect("wamp-cluster starts"),
         );
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(ws).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the router did not listen on {ws}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        common::wait_listening(ws, Duration::from_secs(20));
         Node {
             _process: process,
             ws,

@@ -45,14 +45,7 @@ impl Node {
                 .spawn()
                 .expect("wamp-cluster starts"),
         );
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(ws).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the router did not listen on {ws}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        common::wait_listening(ws, Duration::from_secs(20));
         Node {
             _process: process,
             ws,

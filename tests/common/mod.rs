@@ -17,3 +17,16 @@ pub fn http() -> reqwest::Client {
         .build()
         .expect("HTTP client")
 }
+
+/// Waits until something accepts TCP connections on `addr` (a process that started), at most
+/// `timeout`.
+pub fn wait_listening(addr: std::net::SocketAddr, timeout: Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing listens on {addr} after {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
