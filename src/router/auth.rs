@@ -115,15 +115,10 @@ impl Authorizer {
     pub fn discloses(&self, role: &str, uri: &str) -> bool {
         self.rights(role, uri).is_some_and(|r| r.disclose)
     }
-
-    /// Whether the realm has this role.
-    pub fn has_role(&self, role: &str) -> bool {
-        self.roles.contains_key(role)
-    }
 }
 
-/// A user's credentials, read from its files.
-#[derive(Debug)]
+/// A user's credentials, read from its files. Its `Debug` shows which methods it has, never a
+/// secret.
 struct User {
     role: String,
     ticket: Option<String>,
@@ -131,6 +126,18 @@ struct User {
     cra_key: Option<Vec<u8>>,
     salt: Option<(String, u32, u32)>,
     pubkeys: Vec<VerifyingKey>,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("role", &self.role)
+            .field("ticket", &self.ticket.as_ref().map(|_| "<secret>"))
+            .field("wampcra", &self.cra_key.as_ref().map(|_| "<secret>"))
+            .field("salted", &self.salt.is_some())
+            .field("pubkeys", &self.pubkeys.len())
+            .finish()
+    }
 }
 
 /// Who a session is once authenticated.
@@ -151,7 +158,7 @@ pub struct Pending {
     expected: Expected,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 enum Expected {
     Ticket(String),
     /// The base64 HMAC of the challenge string.
@@ -160,6 +167,17 @@ enum Expected {
         key: VerifyingKey,
         challenge: [u8; 32],
     },
+}
+
+impl std::fmt::Debug for Expected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The expected answer is as good as the secret: never shown.
+        f.write_str(match self {
+            Expected::Ticket(_) => "Ticket(<secret>)",
+            Expected::Cra(_) => "Cra(<secret>)",
+            Expected::Cryptosign { .. } => "Cryptosign(<challenge>)",
+        })
+    }
 }
 
 /// What a HELLO leads to.
@@ -597,6 +615,25 @@ mod tests {
             ),
             "{step:?}"
         );
+    }
+
+    #[test]
+    fn debug_output_never_shows_a_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = Authenticator::new(&realm(dir.path()), "r").unwrap();
+        let shown = format!("{auth:?}");
+        assert!(
+            !shown.contains("t0ps3cret") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+        let details = hello(&[
+            ("authmethods", methods("ticket")),
+            ("authid", Value::String("t".into())),
+        ]);
+        let Step::Challenge(_, _, pending) = auth.hello(&details, "realm1", 1) else {
+            panic!()
+        };
+        assert!(!format!("{pending:?}").contains("t0ps3cret"));
     }
 
     #[test]

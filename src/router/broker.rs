@@ -219,11 +219,6 @@ impl Broker {
         }
     }
 
-    /// How many events are retained.
-    pub fn retained_count(&self) -> usize {
-        self.retained.len()
-    }
-
     /// The subscription with this id.
     pub fn subscription(&self, id: SubscriptionId) -> Option<&Subscription> {
         self.subscriptions.get(&id)

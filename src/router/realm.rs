@@ -152,11 +152,6 @@ impl Realm {
         remove(&mut self.lock(), session);
     }
 
-    /// Counts a message received from a client.
-    pub fn count_in(&self, code: u64) {
-        self.lock().sessions.metrics().message_in(code);
-    }
-
     /// Handles a message of a joined session. `Err` is a protocol violation: the caller ends
     /// the session with ABORT.
     pub fn handle(&self, session: &SessionInfo, message: WampMessage) -> Result<(), String> {

@@ -140,7 +140,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> FrameWriter for WsWrite
             },
             Outgoing::Message(bytes) => Message::Binary(bytes),
             Outgoing::Ping(payload) => Message::Ping(payload),
-            Outgoing::Pong(payload) => Message::Pong(payload),
+            // tungstenite answers a client's ping itself as it reads it.
+            Outgoing::Pong(_) => return Ok(()),
             Outgoing::Close => Message::Close(None),
         };
         self.sink.feed(message).await.map_err(io_error)
