@@ -892,9 +892,9 @@ async fn a_client_that_breaks_the_protocol_is_aborted_and_the_router_goes_on() {
 #[tokio::test]
 async fn a_silent_subscriber_stays_while_it_answers_pings_and_the_others_are_closed() {
     let router = router_with(RouterConfig {
-        ping_interval_ms: Duration::from_millis(100),
-        idle_timeout_ms: Duration::from_millis(400),
-        hello_timeout_ms: Duration::from_millis(300),
+        ping_interval_ms: Duration::from_millis(200),
+        idle_timeout_ms: Duration::from_millis(1000),
+        hello_timeout_ms: Duration::from_millis(500),
         ..RouterConfig::default()
     })
     .await;
@@ -917,7 +917,8 @@ async fn a_silent_subscriber_stays_while_it_answers_pings_and_the_others_are_clo
     ))
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Past the HELLO timeout and the idle timeout, with room for a loaded machine.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(raw::closes(&mut silent).await, "no HELLO: closed");
     let publisher = join(&url, Serializer::Json).await;
     publisher
