@@ -603,6 +603,18 @@ async fn subscriptions_of_each_policy_receive_matching_events_and_acknowledge_ge
         wamp_error(refused.unwrap_err()).uri,
         "wamp.error.invalid_uri"
     );
+    // Nobody forges the router's meta events.
+    let forged = publisher
+        .publish(
+            "wamp.session.on_join",
+            dict(&[("acknowledge", Value::Bool(true))]),
+            Payload::Empty,
+        )
+        .await;
+    assert_eq!(
+        wamp_error(forged.unwrap_err()).uri,
+        "wamp.error.invalid_uri"
+    );
     router.shutdown().await;
 }
 

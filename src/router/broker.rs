@@ -357,6 +357,13 @@ impl Broker {
                 format!("{topic:?} is not a valid topic URI"),
             ));
         }
+        if topic.starts_with("wamp.") {
+            // The meta events are the router's: a client cannot forge them.
+            return Err(Refusal::new(
+                reason::INVALID_URI,
+                "the wamp. namespace is the router's",
+            ));
+        }
         let audience = Audience::from_options(options, publisher.id)?;
         let disclose = bool_option(options, "disclose_me")?.then(|| Publisher::of(publisher));
         let retain = bool_option(options, "retain")?;

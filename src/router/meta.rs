@@ -294,7 +294,7 @@ fn add_testament(
     payload: &Payload,
 ) -> Result<(Payload, Effect), Refusal> {
     let topic = arg_str(payload, 0, "topic")?.to_owned();
-    if !super::uri::check(&topic, Match::Exact) {
+    if !super::uri::check(&topic, Match::Exact) || topic.starts_with("wamp.") {
         return Err(Refusal::new(
             reason::INVALID_URI,
             format!("{topic:?} is not a valid topic URI"),
